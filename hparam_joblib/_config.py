@@ -1,0 +1,463 @@
+"""Load the YAML file, apply ``--set`` overrides, validate once into frozen objects.
+
+The only module that checks user input; everything downstream trusts its output. Nothing here
+touches the study database or creates a file.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hparam_joblib._errors import ConfigError
+from hparam_joblib._overrides import Override, apply_overrides
+from hparam_joblib._yaml import load_yaml
+
+logger = logging.getLogger("hparam_joblib")
+
+#: Study settings: read by hparam_joblib, not passed to the training function.
+STUDY_KEYS: tuple[str, ...] = (
+    "direction",
+    "n_jobs",
+    "n_trials",
+    "n_startup_trials",
+    "sweep_parameters",
+    "seed",
+    "trial_timeout",
+)
+#: Naming keys: reserved (they name the study), and passed to the function like fixed values.
+NAME_KEYS: tuple[str, ...] = ("experiment_name", "tag")
+RESERVED_KEYS: tuple[str, ...] = NAME_KEYS + STUDY_KEYS
+
+PARAM_TYPES: tuple[str, ...] = ("float", "int", "categorical")
+_PARAM_KEYS: dict[str, tuple[str, ...]] = {
+    "float": ("type", "low", "high", "log", "step"),
+    "int": ("type", "low", "high", "log", "step"),
+    "categorical": ("type", "choices"),
+}
+DIRECTIONS: tuple[str, ...] = ("minimize", "maximize")
+_NAME_FORBIDDEN = ("/", "\\", "\x00")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One sweep parameter, validated.
+
+    ``name`` is the dotted path where the sampled value lands in the trial's config.
+    """
+
+    name: str
+    type: Literal["float", "int", "categorical"]
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    def describe(self) -> str:
+        """A one-line human description of the range."""
+        if self.type == "categorical":
+            return f"categorical {list(self.choices)}"
+        extra = " log" if self.log else ""
+        extra += f" step {self.step}" if self.step is not None else ""
+        return f"{self.type} [{self.low}, {self.high}]{extra}"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The validated configuration of one search."""
+
+    source: str
+    experiment_name: str
+    tag: str
+    direction: Literal["minimize", "maximize"]
+    n_jobs: int
+    n_trials: int
+    n_startup_trials: int
+    seed: int | None
+    trial_timeout: float | None
+    params: tuple[ParamSpec, ...]
+    fixed: Mapping[str, Any]
+    resolved: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def study_name(self) -> str:
+        """``<experiment_name>_<tag>``: the study name and the database file stem."""
+        return f"{self.experiment_name}_{self.tag}"
+
+    def fixed_copy(self) -> dict[str, Any]:
+        """A deep copy of the fixed parameters (what every trial's config starts from)."""
+        return copy.deepcopy(dict(self.fixed))
+
+
+def resolve_config_path(config_path: str | os.PathLike[str], defining_file: str | None) -> Path:
+    """Find the configuration file.
+
+    Tried in order: the path as given (absolute, or relative to the working directory);
+    ``config/<path>`` under the working directory; ``config/<path>`` beside the file that
+    defines the decorated function; ``<path>`` beside that file.
+
+    Raises:
+        ConfigError: no candidate exists; the message lists every place tried.
+    """
+    given = Path(config_path)
+    candidates = [given]
+    if not given.is_absolute():
+        candidates.append(Path("config") / given)
+        if defining_file:
+            here = Path(defining_file).resolve().parent
+            candidates += [here / "config" / given, here / given]
+    seen: list[Path] = []
+    for candidate in candidates:
+        if candidate in seen:
+            continue
+        seen.append(candidate)
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(str(p) for p in seen)
+    raise ConfigError(str(config_path), "", f"config file not found; tried: {tried}")
+
+
+def read_raw(path: Path) -> dict[str, Any]:
+    """Read the YAML file into a mapping (safe loader only).
+
+    Raises:
+        ConfigError: unreadable file, YAML syntax error (with line and column), a tag that the
+            safe loader refuses (``!!python/object``), or a top level that is not a mapping.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(path, "", f"cannot read the file ({err})") from err
+    try:
+        data = load_yaml(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = (err.problem or err.context or "invalid YAML").strip()
+        if "could not determine a constructor" in problem:
+            problem += " (only plain YAML is allowed; Python tags are never executed)"
+        raise ConfigError(path, "", f"YAML syntax error at {where}{problem}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(path, "", f"YAML error: {str(err).splitlines()[0]}") from err
+    if data is None:
+        raise ConfigError(path, "", "the file is empty; expected a mapping of settings")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            path, "", f"the top level must be a mapping of key: value, got a {type(data).__name__}"
+        )
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(path, str(key), "keys must be strings")
+    return data
+
+
+def load_config(
+    path: Path, overrides: list[Override], cpu_count: int
+) -> tuple[SearchConfig, list[str]]:
+    """Read, override and validate a configuration.
+
+    Args:
+        path: the YAML file (already resolved).
+        overrides: parsed ``--set`` items, applied before validation.
+        cpu_count: what ``n_jobs: -1`` means on this machine.
+
+    Returns:
+        The validated configuration, and notes for the user (keys created by ``--set``,
+        likely typos of reserved keys).
+
+    Raises:
+        ConfigError: anything wrong in the file or the overrides.
+    """
+    raw = read_raw(path)
+    resolved, created = apply_overrides(raw, overrides)
+    notes = [
+        f"--set {key}: not in {path.name}; added it as a new key" for key in created
+    ]
+    notes += _typo_notes(resolved, path)
+    return validate(resolved, str(path), cpu_count), notes
+
+
+def _typo_notes(raw: Mapping[str, Any], path: Path) -> list[str]:
+    notes = []
+    for key in raw:
+        if key in RESERVED_KEYS:
+            continue
+        close = [r for r in RESERVED_KEYS if _edit_distance(key, r) == 1]
+        if not close:
+            close = difflib.get_close_matches(key, RESERVED_KEYS, n=1, cutoff=0.9)
+        if close:
+            notes.append(
+                f"{path.name}: {key}: not a reserved key, so it is passed to the function as a "
+                f"fixed parameter; did you mean {close[0]!r}?"
+            )
+    return notes
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (adjacent swaps count as one edit)."""
+    d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(len(a) + 1):
+        d[i][0] = i
+    for j in range(len(b) + 1):
+        d[0][j] = j
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+class _Checker:
+    """Validation helpers that know the file name for error messages."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.source, key, message)
+
+    def name(self, raw: Mapping[str, Any], key: str, default: str) -> str:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.fail(key, f"must be a string, got {value!r}")
+        text = str(value).strip()
+        if not text:
+            raise self.fail(key, "must not be empty")
+        if any(ch in text for ch in _NAME_FORBIDDEN) or text in {".", ".."} or ".." in text:
+            raise self.fail(
+                key,
+                f"{text!r} would leave the save directory; use letters, digits, '-', '_' or '.'",
+            )
+        return text
+
+    def integer(self, raw: Mapping[str, Any], key: str, default: int | None, minimum: int) -> int:
+        if key not in raw or raw[key] is None:
+            if default is None:
+                raise self.fail(key, f"is required (an integer >= {minimum})")
+            return default
+        value = _as_int(raw[key])
+        if value is None or value < minimum:
+            raise self.fail(key, f"must be an integer >= {minimum}, got {raw[key]!r}")
+        return value
+
+    def number(self, value: Any, key: str) -> float:
+        number = _as_number(value)
+        if number is None:
+            raise self.fail(key, f"must be a number, got {value!r}")
+        return number
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return _as_int(float(value)) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def validate(raw: Mapping[str, Any], source: str, cpu_count: int) -> SearchConfig:
+    """Turn a raw mapping into a :class:`SearchConfig`, or raise the first problem found."""
+    check = _Checker(source)
+    experiment_name = check.name(raw, "experiment_name", Path(source).stem or "experiment")
+    tag = check.name(raw, "tag", "default")
+
+    direction = raw.get("direction", "minimize")
+    if not isinstance(direction, str) or direction.strip().lower() not in DIRECTIONS:
+        raise check.fail("direction", f"must be one of {list(DIRECTIONS)}, got {direction!r}")
+    direction = direction.strip().lower()
+
+    n_jobs_raw = raw.get("n_jobs", 1)
+    n_jobs = _as_int(n_jobs_raw)
+    if n_jobs is None or n_jobs == 0 or n_jobs < -cpu_count:
+        raise check.fail(
+            "n_jobs",
+            f"must be a positive integer, or -1 for all {cpu_count} cores, got {n_jobs_raw!r}",
+        )
+    if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
+        n_jobs = cpu_count + 1 + n_jobs
+
+    n_trials = check.integer(raw, "n_trials", None, 1)
+    n_startup_trials = check.integer(raw, "n_startup_trials", 10, 0)
+    seed = None if raw.get("seed") is None else check.integer(raw, "seed", None, 0)
+
+    trial_timeout: float | None = None
+    if raw.get("trial_timeout") is not None:
+        trial_timeout = check.number(raw["trial_timeout"], "trial_timeout")
+        if trial_timeout <= 0:
+            raise check.fail("trial_timeout", f"must be a number of seconds > 0, got {raw['trial_timeout']!r}")
+
+    params = _validate_params(raw.get("sweep_parameters"), check)
+
+    fixed = {k: copy.deepcopy(v) for k, v in raw.items() if k not in STUDY_KEYS}
+    fixed["experiment_name"] = experiment_name
+    fixed["tag"] = tag
+    _check_param_paths(params, fixed, check)
+    return SearchConfig(
+        source=source,
+        experiment_name=experiment_name,
+        tag=tag,
+        direction=direction,  # type: ignore[arg-type]
+        n_jobs=n_jobs,
+        n_trials=n_trials,
+        n_startup_trials=n_startup_trials,
+        seed=seed,
+        trial_timeout=trial_timeout,
+        params=params,
+        fixed=fixed,
+        resolved=copy.deepcopy(dict(raw)),
+    )
+
+
+def _validate_params(section: Any, check: _Checker) -> tuple[ParamSpec, ...]:
+    if section is None:
+        return ()
+    if not isinstance(section, dict):
+        raise check.fail(
+            "sweep_parameters", f"must be a mapping of parameter name to spec, got {section!r}"
+        )
+    return tuple(_validate_param(str(name), spec, check) for name, spec in section.items())
+
+
+def _validate_param(name: str, spec: Any, check: _Checker) -> ParamSpec:
+    key = f"sweep_parameters.{name}"
+    if not name or any(not part for part in name.split(".")):
+        raise check.fail(key, "parameter names must be non-empty, dotted names")
+    if not isinstance(spec, dict):
+        raise check.fail(key, f"must be a mapping with a 'type' ({', '.join(PARAM_TYPES)}), got {spec!r}")
+    if "type" not in spec:
+        raise check.fail(f"{key}.type", f"is missing; expected one of {list(PARAM_TYPES)}")
+    kind = spec["type"]
+    if kind not in PARAM_TYPES:
+        raise check.fail(f"{key}.type", f"unknown type {kind!r}; expected one of {list(PARAM_TYPES)}")
+    unknown = [k for k in spec if k not in _PARAM_KEYS[kind]]
+    if unknown:
+        raise check.fail(
+            f"{key}.{unknown[0]}",
+            f"unknown setting for a {kind} parameter; allowed: {', '.join(_PARAM_KEYS[kind])}",
+        )
+    if kind == "categorical":
+        return ParamSpec(name=name, type="categorical", choices=_validate_choices(spec, key, check))
+    return _validate_numeric(name, kind, spec, key, check)
+
+
+def _validate_choices(spec: Mapping[str, Any], key: str, check: _Checker) -> tuple[Any, ...]:
+    choices = spec.get("choices")
+    if not isinstance(choices, list):
+        raise check.fail(f"{key}.choices", f"must be a non-empty list, got {choices!r}")
+    if not choices:
+        raise check.fail(f"{key}.choices", "is empty; give at least one choice")
+    seen: set[tuple[type, Any]] = set()
+    for choice in choices:
+        if choice is not None and not isinstance(choice, (str, int, float, bool)):
+            raise check.fail(
+                f"{key}.choices",
+                f"choice {choice!r} is not a string, number, boolean or null (Optuna stores only those)",
+            )
+        marker = (type(choice), choice)
+        if marker in seen:
+            raise check.fail(f"{key}.choices", f"duplicated choice {choice!r}")
+        seen.add(marker)
+    return tuple(choices)
+
+
+def _validate_numeric(
+    name: str, kind: str, spec: Mapping[str, Any], key: str, check: _Checker
+) -> ParamSpec:
+    for bound in ("low", "high"):
+        if spec.get(bound) is None:
+            raise check.fail(f"{key}.{bound}", f"is required for a {kind} parameter")
+    low = check.number(spec["low"], f"{key}.low")
+    high = check.number(spec["high"], f"{key}.high")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise check.fail(f"{key}.log", f"must be true or false, got {log!r}")
+    step_raw = spec.get("step")
+    step = None if step_raw is None else check.number(step_raw, f"{key}.step")
+    if kind == "int":
+        for bound, value, raw_value in (("low", low, spec["low"]), ("high", high, spec["high"])):
+            if not float(value).is_integer():
+                raise check.fail(f"{key}.{bound}", f"must be an integer for an int parameter, got {raw_value!r}")
+        if step is not None and not float(step).is_integer():
+            raise check.fail(f"{key}.step", f"must be an integer for an int parameter, got {step_raw!r}")
+    if high <= low:
+        raise check.fail(f"{key}.high", f"({_fmt(high)}) must be > low ({_fmt(low)})")
+    if log and low <= 0:
+        raise check.fail(f"{key}.low", f"must be > 0 when log is true, got {_fmt(low)}")
+    if step is not None:
+        if step <= 0:
+            raise check.fail(f"{key}.step", f"must be > 0, got {_fmt(step)}")
+        if log and not (kind == "int" and step == 1):
+            raise check.fail(f"{key}.step", "cannot be combined with log: true")
+        if step > high - low:
+            raise check.fail(
+                f"{key}.step", f"({_fmt(step)}) is larger than high - low ({_fmt(high - low)})"
+            )
+    if kind == "int":
+        return ParamSpec(
+            name=name, type="int", low=int(low), high=int(high), log=log,
+            step=None if step is None else int(step),
+        )
+    return ParamSpec(name=name, type="float", low=low, high=high, log=log, step=step)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def _check_param_paths(params: tuple[ParamSpec, ...], fixed: Mapping[str, Any], check: _Checker) -> None:
+    """Reject sweep names that collide with each other or would land inside a non-mapping."""
+    names = [p.name for p in params]
+    for p in params:
+        for other in names:
+            if other != p.name and other.startswith(p.name + "."):
+                raise check.fail(
+                    f"sweep_parameters.{other}",
+                    f"lies inside sweep parameter {p.name!r}; a value cannot be both a number and a mapping",
+                )
+        node: Any = fixed
+        parts = p.name.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+            if not isinstance(node, Mapping):
+                raise check.fail(
+                    f"sweep_parameters.{p.name}",
+                    f"{'.'.join(parts[: i + 1])} is a fixed value ({node!r}), not a mapping",
+                )
+        if p.name.split(".")[0] in NAME_KEYS:
+            raise check.fail(f"sweep_parameters.{p.name}", "experiment_name and tag cannot be swept")

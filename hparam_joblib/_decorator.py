@@ -1,0 +1,131 @@
+"""``@hparam_search``: glue from ``sys.argv`` to config to runner, and one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import joblib
+
+from hparam_joblib._cli import parse_args
+from hparam_joblib._config import SearchConfig, load_config, resolve_config_path
+from hparam_joblib._errors import ConfigError, HparamError
+from hparam_joblib._progress import format_summary
+from hparam_joblib._result import SearchResult
+from hparam_joblib._runner import db_path_for, run_search
+from hparam_joblib._space import describe_space
+from hparam_joblib._yaml import dump_yaml
+
+logger = logging.getLogger("hparam_joblib")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _setup_logging() -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("hparam_joblib: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _check_signature(func: Callable[..., Any], source: str) -> None:
+    try:
+        inspect.signature(func).bind({})
+    except TypeError as err:
+        name = getattr(func, "__qualname__", repr(func))
+        raise ConfigError(
+            source, "", f"the training function {name}() must take exactly one argument (the config dict): {err}"
+        ) from err
+    except ValueError:  # builtins without a signature: let the call decide
+        pass
+
+
+def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
+    lines = [
+        f"# config: {cfg.source}",
+        f"# study:  {cfg.study_name} -> {db_path_for(cfg, save_dir)} (not touched: --dry-run)",
+        f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, direction: {cfg.direction}, "
+        f"n_startup_trials: {cfg.n_startup_trials}",
+        "# search space:",
+        *[f"#   {line}" for line in describe_space(cfg.params)],
+        dump_yaml(dict(cfg.resolved)).rstrip(),
+    ]
+    return "\n".join(lines)
+
+
+def hparam_search(
+    config_path: str | os.PathLike[str] = "config.yaml",
+    save_db_directory: str | os.PathLike[str] = "./optuna_studies",
+) -> Callable[[Callable[[dict[str, Any]], Any]], Callable[..., SearchResult | None]]:
+    """Turn ``train(config: dict) -> float`` into a parallel Optuna search launcher.
+
+    Calling the decorated function with no argument reads ``sys.argv`` (``--set``, ``--config``,
+    ``--dry-run``, ``--help``), runs the search and exits with status 2 on bad input, 130 on
+    Ctrl-C and 143 on SIGTERM. Passing ``argv=[...]`` runs it programmatically: errors are raised
+    and the :class:`SearchResult` is returned. Passing a dict calls the undecorated function.
+
+    Args:
+        config_path: the YAML file; tried as given, then under ``config/`` in the working
+            directory, then under ``config/`` beside the script, then beside the script.
+        save_db_directory: where ``<experiment_name>_<tag>.db`` is written (created if needed).
+
+    Returns:
+        A decorator.
+    """
+
+    def decorate(func: Callable[[dict[str, Any]], Any]) -> Callable[..., SearchResult | None]:
+        try:
+            defining_file: str | None = inspect.getfile(func)
+        except TypeError:
+            defining_file = None
+
+        @functools.wraps(func)
+        def launcher(argv: list[str] | dict[str, Any] | None = None) -> SearchResult | None:
+            if isinstance(argv, dict):
+                return func(argv)  # type: ignore[no-any-return]
+            cli = argv is None
+            args = sys.argv[1:] if argv is None else list(argv)
+            _setup_logging()
+            try:
+                result = _launch(func, args, config_path, Path(save_db_directory), defining_file)
+            except HparamError as err:
+                if not cli:
+                    raise
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+            if result is not None and result.stop_signal and cli:
+                raise SystemExit(128 + result.stop_signal)
+            return result
+
+        return launcher
+
+    return decorate
+
+
+def _launch(
+    func: Callable[[dict[str, Any]], Any],
+    argv: list[str],
+    config_path: str | os.PathLike[str],
+    save_dir: Path,
+    defining_file: str | None,
+) -> SearchResult | None:
+    args = parse_args(argv, prog=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None)
+    path = resolve_config_path(args.config or config_path, defining_file)
+    cfg, notes = load_config(path, args.overrides, joblib.cpu_count())
+    for note in notes:
+        logger.warning("note: %s", note)
+    _check_signature(func, str(path))
+    if args.dry_run:
+        print(_dry_run_text(cfg, save_dir))
+        return None
+    result = run_search(func, cfg, save_dir)
+    print(format_summary(result))
+    return result

@@ -1,0 +1,87 @@
+"""The exception tree of hparam_joblib.
+
+::
+
+    HparamError                 anything the user can fix; the CLI prints it on one line, exit 2
+    ├── UsageError              a bad command-line flag
+    ├── ConfigError             a bad YAML file or value (.path = file, .key = key path)
+    │   └── OverrideError       a bad ``--set`` item (.text = the raw item)
+    └── StorageError            the study database cannot be used (.db = its path or URL)
+        └── StorageBusyError    SQLite stayed locked past the retry bound (.attempts)
+
+Everything else (a bug, an exception inside the user's training function) is not an
+``HparamError``: training-function errors are recorded on the trial, never raised here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HparamError(Exception):
+    """Base class for every error the user can fix; printed as one line with exit status 2."""
+
+
+class UsageError(HparamError):
+    """A bad command-line flag or argument."""
+
+
+class ConfigError(HparamError):
+    """A bad configuration file or value.
+
+    Args:
+        path: the configuration file (or another origin such as ``--set``).
+        key: dotted key path inside the configuration, or ``""`` for the whole file.
+        message: what is wrong and what was expected.
+    """
+
+    def __init__(self, path: str | Path, key: str, message: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.message = message
+        where = f"{self.path}: {key}: " if key else f"{self.path}: "
+        super().__init__(f"{where}{message}")
+
+
+class OverrideError(ConfigError):
+    """A ``--set`` item that cannot be parsed or applied.
+
+    Args:
+        text: the raw ``key=value`` text the user typed.
+        message: what is wrong and what was expected.
+    """
+
+    def __init__(self, text: str, message: str) -> None:
+        self.text = text
+        super().__init__(f"--set {text!r}", "", message)
+
+
+class StorageError(HparamError):
+    """The study database cannot be opened, read or written.
+
+    Args:
+        db: the database path or redacted URL.
+        message: what is wrong.
+    """
+
+    def __init__(self, db: str, message: str) -> None:
+        self.db = db
+        super().__init__(f"{db}: {message}")
+
+
+class StorageBusyError(StorageError):
+    """SQLite stayed locked by another connection past the retry bound.
+
+    Args:
+        db: the database path.
+        attempts: how many attempts were made.
+        holder: a description of what holds the lock, if known.
+    """
+
+    def __init__(self, db: str, attempts: int, holder: str) -> None:
+        self.attempts = attempts
+        super().__init__(
+            db,
+            f"database is locked after {attempts} attempts; {holder}. "
+            "Close the program that holds a write transaction on this file and run again.",
+        )

@@ -1,0 +1,211 @@
+"""Run one call of the training function in a forked child process and report how it ended.
+
+Why a child per trial: loky ends every worker when one dies, so a trial that segfaults,
+calls ``os._exit`` or is SIGKILLed inside a worker would take the trials beside it down. Here the
+worker only supervises: the child dies alone, the worker records why and goes on. The same
+supervision gives per-trial timeouts (kill the child) and a way to stop when the launcher dies.
+
+The pipe protocol (child -> worker): ``("result", payload)``, ``("error", type, message, tb)``,
+``("report", value, step)`` answered by ``("continue",)`` or ``("prune",)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import multiprocessing
+import numbers
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Literal
+
+_POLL_SECONDS = 0.2
+
+OutcomeKind = Literal["value", "error", "died", "timeout", "stopped", "pruned"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one call of the training function ended."""
+
+    kind: OutcomeKind
+    value: float | list[float] | None = None
+    reason: str = ""
+    error_type: str = ""
+    traceback: str = ""
+    exit_code: int | None = None
+    step: int | None = None
+
+
+class _ChildContext:
+    """What ``report()`` in the child talks to."""
+
+    def __init__(self, conn: Connection, trial_number: int) -> None:
+        self.conn = conn
+        self.trial_number = trial_number
+
+
+#: Set in the child process only; read by the public ``report()`` helper.
+CURRENT: _ChildContext | None = None
+
+
+class _PrunedByPruner(BaseException):
+    """Raised in the child by ``report()`` when the pruner stops the trial."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
+
+
+def _die_with_parent(expected_parent: int) -> None:
+    """Ask Linux to SIGKILL this process if the worker dies (PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def normalise_return(value: Any) -> tuple[float | list[float] | None, str]:
+    """A finite float (or list of finite floats), or ``None`` and why it is not one."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+        if math.isfinite(number):
+            return number, ""
+        return None, f"the training function returned {number}, not a finite number"
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # 0-d arrays, tensors
+        return normalise_return(value.item())
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and value:
+        numbers_out: list[float] = []
+        for item in value:
+            number, why = normalise_return(item)
+            if number is None or isinstance(number, list):
+                return None, f"the training function returned {value!r}: {why or 'not a number'}"
+            numbers_out.append(number)
+        return numbers_out, ""
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return None, f"the training function returned {shown} ({type(value).__name__}), not a number"
+
+
+def _child_main(func: Callable[[dict[str, Any]], Any], config: dict[str, Any], conn: Connection,
+                parent: int, trial_number: int) -> None:
+    global CURRENT
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    CURRENT = _ChildContext(conn, trial_number)
+    try:
+        value = func(config)
+    except _PrunedByPruner as pruned:
+        conn.send(("pruned", pruned.step))
+        return
+    except BaseException as err:  # noqa: BLE001 - everything the user code raises is reported
+        conn.send(("error", type(err).__name__, str(err), traceback.format_exc()))
+        return
+    number, why = normalise_return(value)
+    conn.send(("result", number, why))
+
+
+def signal_name(code: int) -> str:
+    """``SIGSEGV`` for 11, or ``signal 99`` when unknown."""
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return f"signal {code}"
+
+
+def run_isolated(
+    func: Callable[[dict[str, Any]], Any],
+    config: dict[str, Any],
+    *,
+    trial_number: int,
+    timeout: float | None,
+    should_stop: Callable[[], bool],
+    on_report: Callable[[float, int], bool],
+) -> Outcome:
+    """Run ``func(config)`` in a forked child; never raises for anything the child does.
+
+    Args:
+        func: the user's training function.
+        config: its argument.
+        trial_number: exposed to the child (``current_trial_number()``).
+        timeout: seconds before the child is killed, or None.
+        should_stop: polled while waiting; True kills the child (launcher gone, shutdown).
+        on_report: called for each ``report(value, step)``; returns True to prune.
+    """
+    ctx = multiprocessing.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(
+        target=_child_main, args=(func, config, theirs, os.getpid(), trial_number), daemon=True
+    )
+    started = time.monotonic()
+    child.start()
+    theirs.close()
+    try:
+        while True:
+            wait = _POLL_SECONDS
+            if timeout is not None:
+                wait = max(0.0, min(wait, started + timeout - time.monotonic()))
+            message = None
+            if ours.poll(wait):
+                try:
+                    message = ours.recv()
+                except (EOFError, OSError):
+                    return _died(child)
+            if message is not None:
+                tag = message[0]
+                if tag == "report":
+                    prune = on_report(float(message[1]), int(message[2]))
+                    ours.send(("prune",) if prune else ("continue",))
+                    continue
+                child.join(5)
+                if tag == "result":
+                    _, value, why = message
+                    if value is None:
+                        return Outcome("error", reason=why, error_type="InvalidReturn")
+                    return Outcome("value", value=value)
+                if tag == "pruned":
+                    return Outcome("pruned", reason=f"pruner at step {message[1]}", step=message[1])
+                _, etype, text, tb = message
+                return Outcome("error", reason=f"{etype}: {text}" if text else etype,
+                               error_type=etype, traceback=tb)
+            if not child.is_alive() and not ours.poll(0):
+                return _died(child)
+            if timeout is not None and time.monotonic() - started >= timeout:
+                _kill(child)
+                return Outcome("timeout", reason=f"timeout (trial ran longer than {timeout:g} s)")
+            if should_stop():
+                _kill(child)
+                return Outcome("stopped", reason="stopped: the search was shut down while the trial ran")
+    finally:
+        if child.is_alive():
+            _kill(child)
+        ours.close()
+
+
+def _kill(child: Any) -> None:
+    try:
+        child.kill()
+    except (OSError, AttributeError):
+        pass
+    child.join(5)
+
+
+def _died(child: Any) -> Outcome:
+    child.join(5)
+    code = child.exitcode
+    if code is not None and code < 0:
+        name = signal_name(-code)
+        return Outcome("died", reason=f"the trial's process was killed by {name}", exit_code=code)
+    return Outcome("died", reason=f"the trial's process exited with status {code} before returning",
+                   exit_code=code)

@@ -1,0 +1,49 @@
+"""The result of a search, returned by the decorated function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a finished (or interrupted) search produced.
+
+    Attributes:
+        study_name: ``<experiment_name>_<tag>``.
+        storage_url: the SQLAlchemy URL of the study database (``sqlite:///...``).
+        db_path: the database file.
+        n_trials: the study's budget (finished trials it aims for).
+        counts: number of trials by state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ...).
+        best_value: the best objective value, or None when no trial completed.
+        best_params: the sampled parameters of the best trial (dotted names).
+        best_config: the full config the best trial's function received.
+        best_trial_number: the best trial's number, or None.
+        wall_time: seconds this call took.
+        lock_retries: storage operations retried because SQLite was locked.
+        trials_run: trials this call ran (0 when the study was already complete).
+        interrupted: True when Ctrl-C or SIGTERM stopped the search.
+        stop_signal: the signal number that stopped it (2 SIGINT, 15 SIGTERM), or 0.
+    """
+
+    study_name: str
+    storage_url: str
+    db_path: str
+    n_trials: int
+    counts: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_config: dict[str, Any]
+    best_trial_number: int | None
+    wall_time: float
+    lock_retries: int = 0
+    trials_run: int = 0
+    interrupted: bool = False
+    stop_signal: int = 0
+    worker_pids: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def n_finished(self) -> int:
+        """COMPLETE + PRUNED: the trials that count toward ``n_trials``."""
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)

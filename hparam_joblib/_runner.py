@@ -1,0 +1,245 @@
+"""The launcher: create the study once, start n_jobs loky workers, supervise them, summarise.
+
+The launcher owns the schema (workers open the file without creating tables), Ctrl-C and
+SIGTERM (workers ignore SIGINT; the launcher kills them and fails their RUNNING trials), and
+worker deaths (it fails the dead workers' trials and starts new workers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable
+
+import optuna
+from loky import get_reusable_executor
+from loky.process_executor import BrokenProcessPool, TerminatedWorkerError
+
+from hparam_joblib._config import SearchConfig
+from hparam_joblib._errors import HparamError
+from hparam_joblib._progress import Progress
+from hparam_joblib._result import SearchResult
+from hparam_joblib._storage import (
+    FINISHED_STATES,
+    RetryPolicy,
+    SearchStorage,
+    enable_wal,
+    fail_trial,
+    preflight,
+    reap_dead_owners,
+    sqlite_url,
+)
+from hparam_joblib._worker import WorkerReport, WorkerTask, worker_main
+
+logger = logging.getLogger("hparam_joblib")
+
+_POLL_SECONDS = 0.5
+_MAX_RESTARTS_WITHOUT_PROGRESS = 3
+
+
+class WorkerCrashError(HparamError):
+    """Worker processes kept dying without finishing any trial."""
+
+
+class _Terminated(Exception):
+    """SIGTERM reached the launcher."""
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def db_path_for(cfg: SearchConfig, save_dir: Path) -> Path:
+    """``<save_db_directory>/<experiment_name>_<tag>.db``."""
+    return save_dir / f"{cfg.study_name}.db"
+
+
+def run_search(
+    func: Callable[[dict[str, Any]], Any],
+    cfg: SearchConfig,
+    save_dir: Path,
+    *,
+    policy: RetryPolicy | None = None,
+    show_progress: bool = True,
+) -> SearchResult:
+    """Run (or resume) the search until the study holds ``cfg.n_trials`` finished trials.
+
+    Raises:
+        StorageError: the database cannot be used (checked before anything is written).
+        WorkerCrashError: workers died repeatedly without finishing a trial.
+    """
+    started = time.monotonic()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    policy = policy or RetryPolicy()
+    db_path = db_path_for(cfg, save_dir)
+    preflight(db_path, cfg.study_name, cfg.direction)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    enable_wal(db_path, policy.busy_timeout)
+    storage = SearchStorage(db_path, create_tables=True, policy=policy)
+    study = optuna.create_study(
+        storage=storage, study_name=cfg.study_name, direction=cfg.direction, load_if_exists=True
+    )
+    study.set_user_attr("config", _jsonable(cfg.resolved))
+    study_id = study._study_id
+    reaped = reap_dead_owners(storage, study_id)
+    if reaped:
+        logger.info("marked %d trial(s) left RUNNING by a dead process as FAIL: %s", len(reaped), reaped)
+
+    run_id = uuid.uuid4().hex[:12]
+    reports: list[WorkerReport] = []
+    interrupted = 0
+    if _n_finished(storage.count_states(study_id)) < cfg.n_trials:
+        interrupted = _supervise(func, cfg, db_path, storage, study_id, run_id, policy, reports, show_progress)
+    else:
+        logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
+    result = _result(study, storage, cfg, db_path, started, reports, interrupted)
+    return result
+
+
+def _n_finished(counts: dict[str, int]) -> int:
+    return sum(counts.get(s.name, 0) for s in FINISHED_STATES)
+
+
+def _supervise(
+    func: Callable[[dict[str, Any]], Any],
+    cfg: SearchConfig,
+    db_path: Path,
+    storage: SearchStorage,
+    study_id: int,
+    run_id: str,
+    policy: RetryPolicy,
+    reports: list[WorkerReport],
+    show_progress: bool,
+) -> int:
+    """Start and watch the workers; returns the signal number that stopped us, or 0."""
+    counts = storage.count_states(study_id)
+    progress = Progress(cfg.n_trials, _n_finished(counts), cfg.direction, enabled=show_progress)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    generation = 0
+    restarts_without_progress = 0
+    executor = None
+    try:
+        while True:
+            executor = get_reusable_executor(max_workers=cfg.n_jobs, timeout=300, reuse=True)
+            futures: list[Future[WorkerReport]] = [
+                executor.submit(
+                    worker_main,
+                    WorkerTask(
+                        func=func, config=cfg, db_path=db_path, run_id=run_id,
+                        launcher_pid=os.getpid(), worker_index=generation * cfg.n_jobs + i,
+                        policy=policy,
+                    ),
+                )
+                for i in range(cfg.n_jobs)
+            ]
+            finished_before = _n_finished(storage.count_states(study_id))
+            crashed = _watch(futures, storage, study_id, progress, reports)
+            if not crashed:
+                return 0
+            reaped = reap_dead_owners(storage, study_id)
+            logger.warning(
+                "a worker process died (%s); %d running trial(s) marked FAIL and will be re-run; "
+                "starting new workers", crashed, len(reaped),
+            )
+            if _n_finished(storage.count_states(study_id)) > finished_before:
+                restarts_without_progress = 0
+            else:
+                restarts_without_progress += 1
+            if restarts_without_progress >= _MAX_RESTARTS_WITHOUT_PROGRESS:
+                raise WorkerCrashError(
+                    f"worker processes died {restarts_without_progress} times in a row without "
+                    f"finishing a trial (last: {crashed})"
+                )
+            generation += 1
+    except (KeyboardInterrupt, _Terminated) as stop:
+        signum = signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT
+        progress.close()
+        logger.warning("%s: stopping the workers", signal.Signals(signum).name)
+        if executor is not None:
+            executor.shutdown(wait=True, kill_workers=True)
+        _fail_run_trials(storage, study_id, run_id, f"interrupted by {signal.Signals(signum).name}")
+        return int(signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+
+
+def _watch(
+    futures: list[Future[WorkerReport]],
+    storage: SearchStorage,
+    study_id: int,
+    progress: Progress,
+    reports: list[WorkerReport],
+) -> str:
+    """Wait for the workers, updating the progress bar; returns why they crashed, or ''."""
+    pending = set(futures)
+    crashed = ""
+    while pending:
+        done, pending = wait(pending, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+        for future in done:
+            try:
+                reports.append(future.result())
+            except (TerminatedWorkerError, BrokenProcessPool) as err:
+                crashed = str(err).splitlines()[0][:200]
+        progress.update(storage, study_id)
+    return crashed
+
+
+def _fail_run_trials(storage: SearchStorage, study_id: int, run_id: str, reason: str) -> None:
+    for trial_id, _number, owner in storage.running_owners(study_id):
+        if owner.get("run") == run_id:
+            fail_trial(storage, trial_id, reason)
+
+
+def _result(
+    study: optuna.Study,
+    storage: SearchStorage,
+    cfg: SearchConfig,
+    db_path: Path,
+    started: float,
+    reports: list[WorkerReport],
+    interrupted: int,
+) -> SearchResult:
+    counts = storage.count_states(study._study_id)
+    best_value = None
+    best_params: dict[str, Any] = {}
+    best_config: dict[str, Any] = {}
+    best_number = None
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    if best is not None:
+        best_value = best.value
+        best_params = dict(best.params)
+        best_config = dict(best.user_attrs.get("config", {}))
+        best_number = best.number
+    return SearchResult(
+        study_name=cfg.study_name,
+        storage_url=sqlite_url(db_path),
+        db_path=str(db_path.resolve()),
+        n_trials=cfg.n_trials,
+        counts=counts,
+        best_value=best_value,
+        best_params=best_params,
+        best_config=best_config,
+        best_trial_number=best_number,
+        wall_time=time.monotonic() - started,
+        lock_retries=storage.lock_retries + sum(r.lock_retries for r in reports),
+        trials_run=sum(r.trials_run for r in reports),
+        interrupted=bool(interrupted),
+        worker_pids=tuple(sorted({r.pid for r in reports})),
+        stop_signal=interrupted,
+    )

@@ -1,0 +1,439 @@
+"""SQLite storage: pre-flight checks, tuned connections, lock retries, the exact trial budget,
+and reaping trials whose owner process died.
+
+Why a subclass of Optuna's ``RDBStorage``:
+
+* every storage call is retried when SQLite reports a lock (bounded, jittered, counted), so a
+  lock never reaches ``study.optimize`` (where a lock inside ``tell`` leaves a trial RUNNING);
+* trial creation checks the budget in the same transaction that numbers the trial, so
+  ``n_trials`` holds across workers, runs and concurrent launches (SQLite serialises writers);
+* the trial's owner (host, pid, process start time) is written in that same transaction, so a
+  trial left RUNNING by a dead process can be recognised at once on this host.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import os
+import random
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import func
+
+from hparam_joblib._errors import StorageBusyError, StorageError
+
+logger = logging.getLogger("hparam_joblib")
+
+OWNER_KEY = "hparam_joblib:owner"
+#: States that use up a slot of the budget. FAIL (a crashed or interrupted trial) does not.
+BUDGET_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+T = TypeVar("T")
+
+
+class BudgetExhausted(Exception):
+    """Internal: every slot of ``n_trials`` is taken (finished, running or queued)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long to keep trying a storage call that hits a SQLite lock.
+
+    ``busy_timeout`` is SQLite's own wait inside one attempt; between attempts we back off
+    exponentially with full jitter, up to ``deadline`` seconds in all.
+    """
+
+    deadline: float = 120.0
+    busy_timeout: float = 10.0
+    base_delay: float = 0.02
+    max_delay: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        """Jittered exponential backoff before attempt ``attempt + 1``."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite file (absolute, so workers agree on it)."""
+    return f"sqlite:///{path.resolve()}"
+
+
+def is_lock_error(err: BaseException) -> bool:
+    """True when SQLite's 'database is locked/busy' is anywhere in the cause chain.
+
+    Optuna wraps it in ``StorageInternalError`` (whose message blames data length).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).lower()
+        if isinstance(current, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return True
+        if type(current).__name__ == "OperationalError" and "database is locked" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def process_start_time(pid: int) -> str | None:
+    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_record(run_id: str) -> dict[str, Any]:
+    """Who runs a trial: host, pid, process start time and the launch it belongs to."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": process_start_time(pid), "run": run_id}
+
+
+def owner_is_dead(owner: dict[str, Any]) -> bool:
+    """True when ``owner`` ran on this host and that process no longer exists."""
+    if owner.get("host") != socket.gethostname():
+        return False
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    started = process_start_time(pid)
+    return owner.get("start") is not None and started is not None and started != owner["start"]
+
+
+def describe_holders(db_path: str) -> str:
+    """Name the processes (other than this one) that have the database file open."""
+    targets = {os.path.realpath(db_path + suffix) for suffix in ("", "-wal", "-shm", "-journal")}
+    holders: list[str] = []
+    me = os.getpid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return "another process holds a write transaction on it"
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            opened = any(os.path.realpath(f"/proc/{pid}/fd/{fd}") in targets for fd in fds)
+        except OSError:
+            continue
+        if opened:
+            try:
+                with open(f"/proc/{pid}/comm", encoding="utf-8") as handle:
+                    name = handle.read().strip()
+            except OSError:
+                name = "?"
+            holders.append(f"{pid} ({name})")
+    if not holders:
+        return "another process holds a write transaction on it"
+    return "processes with it open: " + ", ".join(holders[:8])
+
+
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """One SQLite connection with the pragmas every process needs."""
+    conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
+    # WAL + synchronous=NORMAL: a commit is durable against any process crash (kill -9 included);
+    # only an OS crash or power loss can drop the last commits. No fsync per trial.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+    return conn
+
+
+def enable_wal(db_path: Path, busy_timeout: float) -> None:
+    """Switch the file to WAL (persistent; done once by the launcher, before any worker)."""
+    conn = sqlite3.connect(str(db_path), timeout=busy_timeout)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            logger.warning("%s: could not enable WAL (journal_mode=%s)", db_path, mode)
+    finally:
+        conn.close()
+
+
+_RETRIED_METHODS = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",
+    "set_trial_param", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
+    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
+    "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
+    "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
+)
+
+
+class SearchStorage(RDBStorage):
+    """Optuna's RDBStorage on one SQLite file, with lock retries, a budget and trial owners.
+
+    Args:
+        db_path: the SQLite file.
+        budget: the study's ``n_trials``; ``None`` for no limit (read-only uses).
+        run_id: identifies this launch in the trials it creates.
+        policy: the lock-retry policy.
+        create_tables: create the schema (the launcher does; workers skip it).
+    """
+
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        budget: int | None = None,
+        run_id: str = "",
+        policy: RetryPolicy | None = None,
+        create_tables: bool = False,
+    ) -> None:
+        self.db_path = str(db_path.resolve())
+        self.policy = policy or RetryPolicy()
+        self.budget = budget
+        self.run_id = run_id
+        self.lock_retries = 0
+        self.created_trial_ids: set[int] = set()
+        self.lock_wait_seconds = 0.0
+        engine_kwargs = {"creator": functools.partial(_connect, self.db_path, self.policy.busy_timeout)}
+        self._retry(
+            lambda: RDBStorage.__init__(
+                self,
+                sqlite_url(Path(self.db_path)),
+                engine_kwargs=engine_kwargs,
+                skip_table_creation=not create_tables,
+                skip_compatibility_check=not create_tables,
+            )
+        )
+
+    def __reduce__(self) -> Any:
+        raise TypeError("SearchStorage is opened per process from its path; do not pickle it")
+
+    # -- retries ---------------------------------------------------------------------------
+    def _retry(self, call: Callable[[], T]) -> T:
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except Exception as err:
+                if not is_lock_error(err):
+                    raise
+                attempt += 1
+                waited = time.monotonic() - start
+                if waited >= self.policy.deadline:
+                    raise StorageBusyError(
+                        self.db_path, attempt, describe_holders(self.db_path)
+                    ) from err
+                self.lock_retries += 1
+                pause = min(self.policy.delay(attempt), max(0.0, self.policy.deadline - waited))
+                logger.debug("SQLite locked (attempt %d); retrying in %.3fs", attempt, pause)
+                time.sleep(pause)
+                self.lock_wait_seconds += pause
+
+    # -- budget-aware trial creation ---------------------------------------------------------
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._create_new_trial(study_id, template_trial)._trial_id
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        # Optuna's _CachedStorage calls this directly; replaces Optuna's own 5-try loop (which
+        # sleeps up to 2 s per try) with our bounded, counted retry.
+        frozen = self._retry(lambda: self._create_trial_once(study_id, template_trial))
+        self.created_trial_ids.add(frozen._trial_id)
+        return frozen
+
+    def _create_trial_once(self, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:
+        with _create_scoped_session(self.scoped_session) as session:
+            # Locks the study row on servers; on SQLite the first write takes the file lock, and
+            # SQLite's serialisable isolation turns a stale count into a lock error we retry.
+            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+            if self.budget is not None:
+                taken = (
+                    session.query(func.count(models.TrialModel.trial_id))
+                    .filter(models.TrialModel.study_id == study_id)
+                    .filter(models.TrialModel.state.in_(BUDGET_STATES))
+                    .scalar()
+                )
+                if taken >= self.budget:
+                    raise BudgetExhausted(f"{taken} of {self.budget} trials taken")
+            trial = self._get_prepared_new_trial(study_id, template_trial, session)
+            owner = None
+            if template_trial is None:
+                owner = owner_record(self.run_id)
+                self._set_trial_attr_without_commit(
+                    session, models.TrialSystemAttributeModel, trial.trial_id, OWNER_KEY, owner
+                )
+            if template_trial is not None:
+                frozen = copy.deepcopy(template_trial)
+                frozen.number = trial.number
+                frozen.datetime_start = trial.datetime_start
+                frozen._trial_id = trial.trial_id
+                return frozen
+            return FrozenTrial(
+                number=trial.number, state=trial.state, value=None, values=None,
+                datetime_start=trial.datetime_start, datetime_complete=None, params={},
+                distributions={}, user_attrs={}, system_attrs={OWNER_KEY: owner},
+                intermediate_values={}, trial_id=trial.trial_id,
+            )
+
+    # -- queries for the launcher --------------------------------------------------------------
+    def count_states(self, study_id: int) -> dict[str, int]:
+        """``{state name: count}`` for the study, in one cheap query."""
+
+        def query() -> dict[str, int]:
+            with _create_scoped_session(self.scoped_session) as session:
+                rows = (
+                    session.query(models.TrialModel.state, func.count(models.TrialModel.trial_id))
+                    .filter(models.TrialModel.study_id == study_id)
+                    .group_by(models.TrialModel.state)
+                    .all()
+                )
+            return {state.name: int(n) for state, n in rows}
+
+        return self._retry(query)
+
+    def running_owners(self, study_id: int) -> list[tuple[int, int, dict[str, Any]]]:
+        """``(trial_id, number, owner)`` of every RUNNING trial of the study."""
+
+        def query() -> list[tuple[int, int, dict[str, Any]]]:
+            with _create_scoped_session(self.scoped_session) as session:
+                rows = (
+                    session.query(
+                        models.TrialModel.trial_id,
+                        models.TrialModel.number,
+                        models.TrialSystemAttributeModel.value_json,
+                    )
+                    .outerjoin(
+                        models.TrialSystemAttributeModel,
+                        (models.TrialSystemAttributeModel.trial_id == models.TrialModel.trial_id)
+                        & (models.TrialSystemAttributeModel.key == OWNER_KEY),
+                    )
+                    .filter(models.TrialModel.study_id == study_id)
+                    .filter(models.TrialModel.state == TrialState.RUNNING)
+                    .all()
+                )
+            return [(int(t), int(n), json.loads(v) if v else {}) for t, n, v in rows]
+
+        return self._retry(query)
+
+
+def _wrap(name: str) -> Callable[..., Any]:
+    base = getattr(RDBStorage, name)
+
+    @functools.wraps(base)
+    def method(self: SearchStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(lambda: base(self, *args, **kwargs))
+
+    return method
+
+
+for _name in _RETRIED_METHODS:
+    if hasattr(RDBStorage, _name):
+        setattr(SearchStorage, _name, _wrap(_name))
+
+
+def fail_trial(storage: SearchStorage, trial_id: int, reason: str) -> bool:
+    """Mark a RUNNING trial FAIL with ``reason``; False if it had already finished."""
+    try:
+        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+        return False
+
+
+def reap_dead_owners(
+    storage: SearchStorage, study_id: int, dead_pids: set[int] | None = None, reason: str = ""
+) -> list[int]:
+    """Fail RUNNING trials whose owner process is gone (or is in ``dead_pids``).
+
+    Returns:
+        The numbers of the trials marked FAIL; they no longer count against the budget.
+    """
+    reaped: list[int] = []
+    for trial_id, number, owner in storage.running_owners(study_id):
+        if not owner:
+            continue
+        ours_and_dead = dead_pids is not None and owner.get("pid") in dead_pids and (
+            owner.get("host") == socket.gethostname()
+        )
+        if ours_and_dead or owner_is_dead(owner):
+            why = reason or f"its process (pid {owner.get('pid')}) died while the trial ran"
+            if fail_trial(storage, trial_id, why):
+                reaped.append(number)
+    return reaped
+
+
+def preflight(db_path: Path, study_name: str, direction: str) -> bool:
+    """Check the save directory and an existing database without changing anything.
+
+    Returns:
+        True when the study already exists in the file (a resume).
+
+    Raises:
+        StorageError: unwritable directory, a file that is not SQLite, an unreadable database,
+            or a stored direction that differs from the config.
+    """
+    directory = db_path.parent
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StorageError(str(directory), f"{probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(str(directory), f"save directory is not writable ({probe})")
+    if not db_path.exists():
+        return False
+    if db_path.is_dir():
+        raise StorageError(str(db_path), "is a directory, not a database file")
+    if not os.access(db_path, os.R_OK | os.W_OK):
+        raise StorageError(str(db_path), "database file is not readable and writable")
+    with open(db_path, "rb") as handle:
+        head = handle.read(16)
+    if not head:
+        return False
+    if head != SQLITE_MAGIC:
+        raise StorageError(str(db_path), "exists but is not a SQLite database; move it or pick another tag")
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "studies" not in tables:
+                return False
+            rows = conn.execute(
+                "SELECT d.direction FROM studies s JOIN study_directions d ON d.study_id = s.study_id "
+                "WHERE s.study_name = ? ORDER BY d.objective",
+                (study_name,),
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise StorageError(str(db_path), f"cannot read the database ({err})") from err
+    if not rows:
+        return False
+    stored = [str(r[0]).lower() for r in rows]
+    if stored != [direction]:
+        raise StorageError(
+            str(db_path),
+            f"study {study_name!r} was created with direction {stored[0] if len(stored) == 1 else stored}, "
+            f"but the config says {direction!r}; use another tag for a new study",
+        )
+    return True

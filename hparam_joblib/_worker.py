@@ -1,0 +1,181 @@
+"""What runs inside one loky worker: a ``study.optimize`` loop on the shared SQLite study.
+
+The worker reopens the storage from its path (no schema creation: the launcher did it), takes
+trials until the shared budget is spent, runs each training call in a forked child
+(``_isolation``), and records failures as PRUNED with their reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hparam_joblib._config import SearchConfig
+from hparam_joblib._isolation import Outcome, run_isolated
+from hparam_joblib._space import build_config, suggest_all
+from hparam_joblib._storage import (
+    FINISHED_STATES,
+    OWNER_KEY,
+    BudgetExhausted,
+    RetryPolicy,
+    SearchStorage,
+    owner_record,
+    reap_dead_owners,
+)
+
+logger = logging.getLogger("hparam_joblib")
+
+_WAIT_FOR_OTHERS_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """Everything a worker needs; small and picklable (the function travels by cloudpickle)."""
+
+    func: Callable[[dict[str, Any]], Any]
+    config: SearchConfig
+    db_path: Path
+    run_id: str
+    launcher_pid: int
+    worker_index: int
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What a worker sends back when the budget is spent."""
+
+    pid: int
+    trials_run: int
+    lock_retries: int
+    lock_wait_seconds: float
+
+
+class _LauncherGone(Exception):
+    """The launcher process died; this worker must stop."""
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+class _Objective:
+    """The function handed to ``study.optimize``: sample, run isolated, translate the outcome."""
+
+    def __init__(self, task: WorkerTask, storage: SearchStorage) -> None:
+        self.task = task
+        self.storage = storage
+        self.trials_run = 0
+
+    def launcher_gone(self) -> bool:
+        return os.getppid() != self.task.launcher_pid
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        if self.launcher_gone():
+            raise _LauncherGone("the launcher process is gone")
+        if trial._trial_id not in self.storage.created_trial_ids:  # a queued trial, popped not created
+            self.storage.set_trial_system_attr(trial._trial_id, OWNER_KEY, owner_record(self.task.run_id))
+        cfg = self.task.config
+        sampled = suggest_all(trial, cfg.params)
+        config = build_config(cfg.fixed, sampled)
+        trial.set_user_attr("config", _jsonable(config))
+        self.trials_run += 1
+
+        def on_report(value: float, step: int) -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
+
+        outcome = run_isolated(
+            self.task.func,
+            config,
+            trial_number=trial.number,
+            timeout=cfg.trial_timeout,
+            should_stop=self.launcher_gone,
+            on_report=on_report,
+        )
+        if outcome.kind == "value":
+            assert outcome.value is not None
+            return outcome.value
+        _record_failure(trial, outcome)
+        if outcome.kind == "stopped":
+            raise _LauncherGone(outcome.reason)
+        logger.warning("Trial %d pruned: %s", trial.number, outcome.reason)
+        raise optuna.TrialPruned(outcome.reason)
+
+
+def _record_failure(trial: optuna.Trial, outcome: Outcome) -> None:
+    trial.set_user_attr("failure_reason", outcome.reason)
+    if outcome.error_type:
+        trial.set_user_attr("failure_type", outcome.error_type)
+    if outcome.traceback:
+        trial.set_user_attr("failure_traceback", outcome.traceback[-20000:])
+    if outcome.exit_code is not None:
+        trial.set_user_attr("failure_exit_code", outcome.exit_code)
+
+
+def _setup_worker_logging() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[hparam_joblib] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _finished(storage: SearchStorage, study_id: int, budget: int) -> bool:
+    counts = storage.count_states(study_id)
+    return sum(counts.get(s.name, 0) for s in FINISHED_STATES) >= budget
+
+
+def _sampler(cfg: SearchConfig, worker_index: int) -> optuna.samplers.BaseSampler:
+    seed = None if cfg.seed is None else cfg.seed + worker_index
+    return optuna.samplers.TPESampler(n_startup_trials=cfg.n_startup_trials, seed=seed)
+
+
+def worker_main(task: WorkerTask) -> WorkerReport:
+    """Run trials until the study holds ``n_trials`` finished trials; the loky task body."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C and stops us
+    _setup_worker_logging()
+    cfg = task.config
+    storage = SearchStorage(task.db_path, budget=cfg.n_trials, run_id=task.run_id, policy=task.policy)
+    study = optuna.load_study(
+        study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, task.worker_index)
+    )
+    objective = _Objective(task, storage)
+    try:
+        while True:
+            try:
+                study.optimize(objective, n_trials=None, catch=())
+            except BudgetExhausted:
+                # Every slot is taken; some may be RUNNING elsewhere (a sibling, another launch,
+                # or a dead process). Wait for them to finish or to be reaped, then re-check.
+                if _finished(storage, study._study_id, cfg.n_trials):
+                    break
+                reap_dead_owners(storage, study._study_id)
+                if objective.launcher_gone():
+                    break
+                time.sleep(_WAIT_FOR_OTHERS_SECONDS)
+    except _LauncherGone:
+        logger.warning("launcher is gone; worker %d stops", os.getpid())
+        os._exit(0)
+    return WorkerReport(
+        pid=os.getpid(),
+        trials_run=objective.trials_run,
+        lock_retries=storage.lock_retries,
+        lock_wait_seconds=storage.lock_wait_seconds,
+    )
+
+
+__all__ = ["WorkerReport", "WorkerTask", "worker_main", "TrialState"]

@@ -1,0 +1,37 @@
+"""The one YAML loader: PyYAML's safe loader, plus YAML 1.2 floats such as ``1e-3``.
+
+PyYAML follows YAML 1.1, where ``1e-3`` (no dot) is a string; ML configs are full of them.
+Only the safe loader is ever used: ``!!python/object`` tags are rejected, nothing runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader that also reads ``1e-3`` and ``1E+5`` as floats."""
+
+
+_FLOAT_12 = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with the safe loader; raises ``yaml.YAMLError`` on bad input."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def dump_yaml(data: Any) -> str:
+    """Dump data as block-style YAML, keys in insertion order."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
