@@ -46,6 +46,7 @@ _PARAM_KEYS: dict[str, tuple[str, ...]] = {
 }
 DIRECTIONS: tuple[str, ...] = ("minimize", "maximize")
 _NAME_FORBIDDEN = ("/", "\\", "\x00")
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def resolve_config_path(config_path: str | os.PathLike[str], defining_file: str 
         seen.append(candidate)
         if candidate.is_file():
             return candidate
-    tried = ", ".join(str(p) for p in seen)
+    # Absolute paths: a relative one means nothing without the working directory.
+    tried = ", ".join(str(p if p.is_absolute() else Path.cwd() / p) for p in seen)
     raise ConfigError(str(config_path), "", f"config file not found; tried: {tried}")
 
 
@@ -142,11 +144,14 @@ def read_raw(path: Path) -> dict[str, Any]:
         data = load_yaml(text)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = (err.problem or err.context or "invalid YAML").strip()
-        if "could not determine a constructor" in problem:
-            problem += " (only plain YAML is allowed; Python tags are never executed)"
-        raise ConfigError(path, "", f"YAML syntax error at {where}{problem}") from err
+        kind = "YAML syntax error"
+        if isinstance(err, yaml.constructor.ConstructorError):  # well-formed, but not allowed
+            kind = "YAML error"
+            if "could not determine a constructor" in problem:
+                problem += " (only plain YAML is allowed; Python tags are never executed)"
+        raise ConfigError(path, "", f"{kind}{where}: {problem}") from err
     except yaml.YAMLError as err:
         raise ConfigError(path, "", f"YAML error: {str(err).splitlines()[0]}") from err
     if data is None:
@@ -184,7 +189,7 @@ def load_config(
         f"--set {key}: not in {path.name}; added it as a new key" for key in created
     ]
     notes += _typo_notes(resolved, path)
-    return validate(resolved, str(path), cpu_count), notes
+    return validate(resolved, str(path), cpu_count, tuple(overrides)), notes
 
 
 def _typo_notes(raw: Mapping[str, Any], path: Path) -> list[str]:
@@ -220,17 +225,27 @@ def _edit_distance(a: str, b: str) -> int:
 
 
 class _Checker:
-    """Validation helpers that know the file name for error messages."""
+    """Validation helpers that know the file name (and the ``--set`` items) for messages."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, overrides: tuple[Override, ...] = ()) -> None:
         self.source = source
+        self.overrides = overrides
 
-    def fail(self, key: str, message: str) -> ConfigError:
+    def fail(self, key: str, message: str, related: tuple[str, ...] = ()) -> ConfigError:
+        """The error for ``key``; names the ``--set`` item that set it (or a ``related`` key)."""
+        for item in reversed(self.overrides):
+            for k in (key, *related):
+                if k == item.key or k.startswith(item.key + ".") or item.key.startswith(k + "."):
+                    return ConfigError(f"{self.source} (with --set {item.text!r})", key, message)
         return ConfigError(self.source, key, message)
 
     def name(self, raw: Mapping[str, Any], key: str, default: str) -> str:
         value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        if isinstance(value, bool):
+            raise self.fail(
+                key, f"must be a string, got {value!r} (YAML reads yes/no/on/off as booleans; quote it)"
+            )
+        if not isinstance(value, (str, int, float)):
             raise self.fail(key, f"must be a string, got {value!r}")
         text = str(value).strip()
         if not text:
@@ -289,9 +304,11 @@ def _as_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def validate(raw: Mapping[str, Any], source: str, cpu_count: int) -> SearchConfig:
+def validate(
+    raw: Mapping[str, Any], source: str, cpu_count: int, overrides: tuple[Override, ...] = ()
+) -> SearchConfig:
     """Turn a raw mapping into a :class:`SearchConfig`, or raise the first problem found."""
-    check = _Checker(source)
+    check = _Checker(source, overrides)
     experiment_name = check.name(raw, "experiment_name", Path(source).stem or "experiment")
     tag = check.name(raw, "tag", "default")
 
@@ -380,17 +397,20 @@ def _validate_choices(spec: Mapping[str, Any], key: str, check: _Checker) -> tup
         raise check.fail(f"{key}.choices", f"must be a non-empty list, got {choices!r}")
     if not choices:
         raise check.fail(f"{key}.choices", "is empty; give at least one choice")
-    seen: set[tuple[type, Any]] = set()
-    for choice in choices:
+    for i, choice in enumerate(choices):
         if choice is not None and not isinstance(choice, (str, int, float, bool)):
             raise check.fail(
                 f"{key}.choices",
                 f"choice {choice!r} is not a string, number, boolean or null (Optuna stores only those)",
             )
-        marker = (type(choice), choice)
-        if marker in seen:
-            raise check.fail(f"{key}.choices", f"duplicated choice {choice!r}")
-        seen.add(marker)
+        # Compare with ==, as Optuna does: it stores 1, 1.0 and True as one and the same choice.
+        earlier = next((c for c in choices[:i] if c == choice), _MISSING)
+        if earlier is not _MISSING:
+            same = (
+                "" if type(earlier) is type(choice)
+                else f" (equal to {earlier!r}; Optuna cannot tell them apart)"
+            )
+            raise check.fail(f"{key}.choices", f"duplicated choice {choice!r}{same}")
     return tuple(choices)
 
 
@@ -414,17 +434,18 @@ def _validate_numeric(
         if step is not None and not float(step).is_integer():
             raise check.fail(f"{key}.step", f"must be an integer for an int parameter, got {step_raw!r}")
     if high <= low:
-        raise check.fail(f"{key}.high", f"({_fmt(high)}) must be > low ({_fmt(low)})")
+        raise check.fail(f"{key}.high", f"({_fmt(high)}) must be > low ({_fmt(low)})", (f"{key}.low",))
     if log and low <= 0:
-        raise check.fail(f"{key}.low", f"must be > 0 when log is true, got {_fmt(low)}")
+        raise check.fail(f"{key}.low", f"must be > 0 when log is true, got {_fmt(low)}", (f"{key}.log",))
     if step is not None:
         if step <= 0:
             raise check.fail(f"{key}.step", f"must be > 0, got {_fmt(step)}")
         if log and not (kind == "int" and step == 1):
-            raise check.fail(f"{key}.step", "cannot be combined with log: true")
+            raise check.fail(f"{key}.step", "cannot be combined with log: true", (f"{key}.log",))
         if step > high - low:
             raise check.fail(
-                f"{key}.step", f"({_fmt(step)}) is larger than high - low ({_fmt(high - low)})"
+                f"{key}.step", f"({_fmt(step)}) is larger than high - low ({_fmt(high - low)})",
+                (f"{key}.low", f"{key}.high"),
             )
     if kind == "int":
         return ParamSpec(
@@ -435,7 +456,7 @@ def _validate_numeric(
 
 
 def _fmt(value: float) -> str:
-    return f"{value:g}"
+    return f"{value:.12g}"  # plain :g (6 digits) could print "(1) must be > low (1)"
 
 
 def _check_param_paths(params: tuple[ParamSpec, ...], fixed: Mapping[str, Any], check: _Checker) -> None:
@@ -455,9 +476,11 @@ def _check_param_paths(params: tuple[ParamSpec, ...], fixed: Mapping[str, Any], 
                 break
             node = node[part]
             if not isinstance(node, Mapping):
+                fixed_key = ".".join(parts[: i + 1])
                 raise check.fail(
                     f"sweep_parameters.{p.name}",
-                    f"{'.'.join(parts[: i + 1])} is a fixed value ({node!r}), not a mapping",
+                    f"{fixed_key} is a fixed value ({node!r}), not a mapping",
+                    (fixed_key,),
                 )
         if p.name.split(".")[0] in NAME_KEYS:
             raise check.fail(f"sweep_parameters.{p.name}", "experiment_name and tag cannot be swept")

@@ -63,8 +63,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[Override]) -> tuple[dic
         node: dict[str, Any] = result
         walked: list[str] = []
         is_new = False
-        for part in item.path[:-1]:
-            walked.append(part)
+        for typed in item.path[:-1]:
+            walked.append(typed)
+            part = _existing_key(node, typed)
             if part not in node:
                 node[part] = {}
                 is_new = True
@@ -75,13 +76,23 @@ def apply_overrides(raw: dict[str, Any], overrides: list[Override]) -> tuple[dic
                     f"so {item.key} cannot be set inside it",
                 )
             node = node[part]
-        if item.path[-1] not in node:
+        last = _existing_key(node, item.path[-1])
+        if last not in node:
             is_new = True
-        node[item.path[-1]] = copy.deepcopy(item.value)
+        node[last] = copy.deepcopy(item.value)
         if is_new:
             created.append(item.key)
     return result, created
 
 
+def _existing_key(node: dict[Any, Any], typed: str) -> Any:
+    """The key of ``node`` that ``typed`` names: YAML keys such as ``0`` or ``1.5`` are not strings."""
+    if typed in node:
+        return typed
+    return next((k for k in node if not isinstance(k, str) and str(k) == typed), typed)
+
+
 def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
     return f"a {type(value).__name__} ({value!r})"

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -121,12 +122,14 @@ def _supervise(
     """Start and watch the workers; returns the signal number that stopped us, or 0."""
     counts = storage.count_states(study_id)
     progress = Progress(cfg.n_trials, _n_finished(counts), cfg.direction, enabled=show_progress)
-    previous = signal.getsignal(signal.SIGTERM)
-
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise _Terminated()
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # Installed explicitly: a launcher started in the background of a script inherits SIGINT
+    # ignored, and Ctrl-C / kill -INT must still stop it cleanly.
+    previous = _install_handlers(
+        {signal.SIGTERM: on_sigterm, signal.SIGINT: signal.default_int_handler}
+    )
     generation = 0
     restarts_without_progress = 0
     executor = None
@@ -172,8 +175,15 @@ def _supervise(
         _fail_run_trials(storage, study_id, run_id, f"interrupted by {signal.Signals(signum).name}")
         return int(signum)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _install_handlers(previous)
         progress.close()
+
+
+def _install_handlers(handlers: dict[Any, Any]) -> dict[Any, Any]:
+    """Install signal handlers (main thread only); returns the previous ones."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
 
 
 def _watch(
@@ -193,6 +203,9 @@ def _watch(
                 reports.append(future.result())
             except (TerminatedWorkerError, BrokenProcessPool) as err:
                 crashed = str(err).splitlines()[0][:200]
+            except Exception as err:  # a worker's own bug: log it, fail its trial, restart  # noqa: BLE001
+                logger.error("a worker failed: %s: %s", type(err).__name__, err, exc_info=err)
+                crashed = f"{type(err).__name__}: {str(err)[:200]}"
         progress.update(storage, study_id)
     return crashed
 

@@ -21,6 +21,7 @@ import os
 import random
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import func
+from sqlalchemy import event, func
 
 from hparam_joblib._errors import StorageBusyError, StorageError
 
@@ -156,7 +157,9 @@ def describe_holders(db_path: str) -> str:
 
 def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     """One SQLite connection with the pragmas every process needs."""
-    conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
+    # isolation_level=None: pysqlite must not open transactions itself (it would run a SELECT
+    # outside the transaction and break read-then-write atomicity); SearchStorage emits BEGIN.
+    conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
     # WAL + synchronous=NORMAL: a commit is durable against any process crash (kill -9 included);
     # only an OS crash or power loss can drop the last commits. No fsync per trial.
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -184,6 +187,8 @@ _RETRIED_METHODS = (
     "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
     "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
     "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
+    # Optuna's _CachedStorage calls these private methods of its backend directly.
+    "_set_trial_param", "_get_trials", "_get_best_trial_id",
 )
 
 
@@ -214,6 +219,7 @@ class SearchStorage(RDBStorage):
         self.lock_retries = 0
         self.created_trial_ids: set[int] = set()
         self.lock_wait_seconds = 0.0
+        self._tx = threading.local()
         engine_kwargs = {"creator": functools.partial(_connect, self.db_path, self.policy.busy_timeout)}
         self._retry(
             lambda: RDBStorage.__init__(
@@ -222,16 +228,32 @@ class SearchStorage(RDBStorage):
                 engine_kwargs=engine_kwargs,
                 skip_table_creation=not create_tables,
                 skip_compatibility_check=not create_tables,
-            )
+            ),
+            write=True,
         )
+        event.listen(self.engine, "begin", self._on_begin)
+
+    def _on_begin(self, conn: Any) -> None:
+        # Writes take SQLite's write lock up front (BEGIN IMMEDIATE): the budget count and the
+        # insert are then atomic, and a busy writer waits in busy_timeout instead of failing
+        # with a stale snapshot. Reads stay deferred and never block in WAL mode.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(self._tx, "write", False) else "BEGIN")
 
     def __reduce__(self) -> Any:
         raise TypeError("SearchStorage is opened per process from its path; do not pickle it")
 
     # -- retries ---------------------------------------------------------------------------
-    def _retry(self, call: Callable[[], T]) -> T:
+    def _retry(self, call: Callable[[], T], write: bool = False) -> T:
         start = time.monotonic()
         attempt = 0
+        outer = getattr(self._tx, "write", False)
+        self._tx.write = outer or write
+        try:
+            return self._retry_loop(call, start, attempt)
+        finally:
+            self._tx.write = outer
+
+    def _retry_loop(self, call: Callable[[], T], start: float, attempt: int) -> T:
         while True:
             try:
                 return call()
@@ -257,7 +279,7 @@ class SearchStorage(RDBStorage):
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         # Optuna's _CachedStorage calls this directly; replaces Optuna's own 5-try loop (which
         # sleeps up to 2 s per try) with our bounded, counted retry.
-        frozen = self._retry(lambda: self._create_trial_once(study_id, template_trial))
+        frozen = self._retry(lambda: self._create_trial_once(study_id, template_trial), write=True)
         self.created_trial_ids.add(frozen._trial_id)
         return frozen
 
@@ -338,10 +360,11 @@ class SearchStorage(RDBStorage):
 
 def _wrap(name: str) -> Callable[..., Any]:
     base = getattr(RDBStorage, name)
+    write = name.lstrip("_").startswith(("set_", "create_", "delete_", "record_"))
 
     @functools.wraps(base)
     def method(self: SearchStorage, *args: Any, **kwargs: Any) -> Any:
-        return self._retry(lambda: base(self, *args, **kwargs))
+        return self._retry(lambda: base(self, *args, **kwargs), write=write)
 
     return method
 

@@ -2,6 +2,7 @@
 
 PyYAML follows YAML 1.1, where ``1e-3`` (no dot) is a string; ML configs are full of them.
 Only the safe loader is ever used: ``!!python/object`` tags are rejected, nothing runs.
+A key repeated in one mapping is an error (PyYAML would silently keep the last one).
 """
 
 from __future__ import annotations
@@ -13,13 +14,32 @@ import yaml
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe loader that also reads ``1e-3`` and ``1E+5`` as floats."""
+    """Safe loader that also reads ``1e-3`` and ``1E+5`` as floats and rejects duplicate keys."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override, by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # unhashable: the base class reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r}", key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
 
 
 _FLOAT_12 = re.compile(
     r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""",
     re.X,

@@ -1,0 +1,181 @@
+"""Shared fixtures: a throwaway project (script + config/ in tmp_path) run in a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A training script whose behaviour each trial is chosen by the config ("mode" and friends).
+SCRIPT = '''
+import ctypes, json, math, os, signal, sys, time
+from hparam_joblib import hparam_search
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    mode = config.get("mode", "ok")
+    sleep = config.get("sleep", 0.0)
+    if isinstance(sleep, list):
+        sleep = config["x"] * (sleep[1] - sleep[0]) + sleep[0]
+    if sleep:
+        time.sleep(sleep)
+    if mode == "raise":
+        raise ValueError("boom from trial")
+    if mode == "exit":
+        os._exit(3)
+    if mode == "segv":
+        ctypes.string_at(0)
+    if mode == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "hang":
+        time.sleep(3600)
+    if mode == "none":
+        return None
+    if mode == "nan":
+        return math.nan
+    if mode == "inf":
+        return math.inf
+    if mode == "string":
+        return "0.5"
+    if config.get("record"):
+        with open(config["record"], "a") as fh:
+            fh.write(json.dumps(config) + "\\n")
+    return (config.get("x", 0.0) - 0.25) ** 2
+
+if __name__ == "__main__":
+    train()
+'''
+
+
+@dataclass
+class Project:
+    """A user's project directory: script.py, config/config.yaml, optuna_studies/."""
+
+    root: Path
+
+    @property
+    def script(self) -> Path:
+        return self.root / "script.py"
+
+    def write_config(self, text: str, name: str = "config.yaml") -> Path:
+        path = self.root / "config" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def db(self, name: str) -> Path:
+        return self.root / "optuna_studies" / f"{name}.db"
+
+    def run(self, *args: str, timeout: float = 240, script: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the script to completion; returns the finished process (stdout, stderr, rc)."""
+        return subprocess.run(
+            [sys.executable, str(script or self.script), *args],
+            cwd=self.root, capture_output=True, text=True, timeout=timeout, env=child_env(),
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """Start the script in its own process group (like a terminal job)."""
+        return subprocess.Popen(
+            [sys.executable, str(self.script), *args], cwd=self.root, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(), start_new_session=True,
+        )
+
+    def snapshot(self) -> dict[str, tuple[int, float]]:
+        """Every file under the project with its size and mtime (to prove nothing changed)."""
+        return {
+            str(p.relative_to(self.root)): (p.stat().st_size, p.stat().st_mtime)
+            for p in sorted(self.root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts
+        }
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    """A fresh project with the standard test script."""
+    proj = Project(tmp_path)
+    proj.script.write_text(SCRIPT)
+    yield proj
+    _kill_leftovers(tmp_path)
+
+
+def _kill_leftovers(root: Path) -> None:
+    """Fail the test if a process started from this project is still alive; kill it either way."""
+    leftovers = []
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(pid_dir / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(root)) and int(pid_dir.name) != os.getpid():
+            leftovers.append(int(pid_dir.name))
+    deadline = time.monotonic() + 10
+    while leftovers and time.monotonic() < deadline:
+        leftovers = [p for p in leftovers if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
+        time.sleep(0.2)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not leftovers, f"processes outlived the test: {leftovers}"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def states(db: Path) -> dict[str, int]:
+    """Trial counts by state, read straight from the SQLite file."""
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+
+
+def finished(db: Path) -> int:
+    counts = states(db)
+    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+
+
+def trials(db: Path) -> list[dict[str, Any]]:
+    """Every trial with its state, value, params, user attrs and owner, via Optuna."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{db}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        out.append({
+            "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "user_attrs": t.user_attrs, "system_attrs": t.system_attrs,
+            "start": t.datetime_start, "complete": t.datetime_complete,
+        })
+    return out
+
+
+def integrity(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
