@@ -25,6 +25,8 @@ class SearchResult:
         trials_run: trials this call ran (0 when the study was already complete).
         interrupted: True when Ctrl-C or SIGTERM stopped the search.
         stop_signal: the signal number that stopped it (2 SIGINT, 15 SIGTERM), or 0.
+        worker_pids: the loky worker processes that ran trials.
+        storage_ops: workers' storage calls: ``count``, ``p50_ms``, ``p99_ms``, ``max_ms``.
     """
 
     study_name: str
@@ -42,6 +44,7 @@ class SearchResult:
     interrupted: bool = False
     stop_signal: int = 0
     worker_pids: tuple[int, ...] = field(default=(), repr=False)
+    storage_ops: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_finished(self) -> int:

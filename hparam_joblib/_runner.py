@@ -255,4 +255,16 @@ def _result(
         interrupted=bool(interrupted),
         worker_pids=tuple(sorted({r.pid for r in reports})),
         stop_signal=interrupted,
+        storage_ops=_latency([t for r in reports for t in r.op_seconds]),
     )
+
+
+def _latency(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {}
+    ordered = sorted(samples)
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {"count": float(len(ordered)), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": ordered[-1] * 1000}

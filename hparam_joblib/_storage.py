@@ -218,6 +218,8 @@ class SearchStorage(RDBStorage):
         self.run_id = run_id
         self.lock_retries = 0
         self.created_trial_ids: set[int] = set()
+        #: Wall time of each top-level storage call (seconds), for the contention benchmark.
+        self.op_seconds: list[float] = []
         self.lock_wait_seconds = 0.0
         self._tx = threading.local()
         engine_kwargs = {"creator": functools.partial(_connect, self.db_path, self.policy.busy_timeout)}
@@ -247,11 +249,16 @@ class SearchStorage(RDBStorage):
         start = time.monotonic()
         attempt = 0
         outer = getattr(self._tx, "write", False)
+        nested = getattr(self._tx, "depth", 0)
         self._tx.write = outer or write
+        self._tx.depth = nested + 1
         try:
             return self._retry_loop(call, start, attempt)
         finally:
             self._tx.write = outer
+            self._tx.depth = nested
+            if nested == 0:
+                self.op_seconds.append(time.monotonic() - start)
 
     def _retry_loop(self, call: Callable[[], T], start: float, attempt: int) -> T:
         while True:

@@ -60,6 +60,7 @@ class WorkerReport:
     trials_run: int
     lock_retries: int
     lock_wait_seconds: float
+    op_seconds: tuple[float, ...] = ()
 
 
 class _LauncherGone(Exception):
@@ -175,6 +176,7 @@ def worker_main(task: WorkerTask) -> WorkerReport:
         trials_run=objective.trials_run,
         lock_retries=storage.lock_retries,
         lock_wait_seconds=storage.lock_wait_seconds,
+        op_seconds=tuple(storage.op_seconds),
     )
 
 
