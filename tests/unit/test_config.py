@@ -17,7 +17,7 @@ from hparam_joblib._config import (
     resolve_config_path,
     validate,
 )
-from hparam_joblib._errors import ConfigError
+from hparam_joblib._errors import ConfigError, OverrideError
 from hparam_joblib._overrides import parse_override
 from hparam_joblib._yaml import dump_yaml, load_yaml
 
@@ -751,8 +751,6 @@ def test_error_without_set_does_not_mention_set(tmp_path: Path) -> None:
 
 def test_bad_yaml_in_set_is_override_error(tmp_path: Path) -> None:
     """A --set value with a Python tag is refused at parse time (OverrideError), not executed."""
-    from hparam_joblib._errors import OverrideError
-
     marker = tmp_path / "pwned"
     with pytest.raises(OverrideError, match="value is not valid YAML"):
         parse_override(f"x=!!python/object/apply:os.system ['touch {marker}']")
