@@ -87,6 +87,7 @@ class _Objective:
             raise _LauncherGone("the launcher process is gone")
         if trial._trial_id not in self.storage.created_trial_ids:  # a queued trial, popped not created
             self.storage.set_trial_system_attr(trial._trial_id, OWNER_KEY, owner_record(self.task.run_id))
+            self.storage.created_trial_ids.add(trial._trial_id)
         cfg = self.task.config
         sampled = suggest_all(trial, cfg.params)
         config = build_config(cfg.fixed, sampled)
@@ -146,7 +147,25 @@ def _sampler(cfg: SearchConfig, worker_index: int) -> optuna.samplers.BaseSample
 
 
 def worker_main(task: WorkerTask) -> WorkerReport:
-    """Run trials until the study holds ``n_trials`` finished trials; the loky task body."""
+    """Run trials until the study holds ``n_trials`` finished trials; the loky task body.
+
+    With ``HPARAM_JOBLIB_PROFILE=DIR`` in the environment, each worker writes a cProfile dump
+    to ``DIR/worker-<pid>.prof`` (used by the benchmarks to see where a trial's time goes).
+    """
+    profile_dir = os.environ.get("HPARAM_JOBLIB_PROFILE")
+    if not profile_dir:
+        return _worker_main(task)
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(_worker_main, task)
+    finally:
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(Path(profile_dir) / f"worker-{os.getpid()}.prof"))
+
+
+def _worker_main(task: WorkerTask) -> WorkerReport:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C and stops us
     _setup_worker_logging()
     cfg = task.config
