@@ -33,6 +33,7 @@ STUDY_KEYS: tuple[str, ...] = (
     "sweep_parameters",
     "seed",
     "trial_timeout",
+    "lock_timeout",
 )
 #: Naming keys: reserved (they name the study), and passed to the function like fixed values.
 NAME_KEYS: tuple[str, ...] = ("experiment_name", "tag")
@@ -86,6 +87,7 @@ class SearchConfig:
     n_startup_trials: int
     seed: int | None
     trial_timeout: float | None
+    lock_timeout: float
     params: tuple[ParamSpec, ...]
     fixed: Mapping[str, Any]
     resolved: Mapping[str, Any] = field(repr=False)
@@ -336,6 +338,11 @@ def validate(
         trial_timeout = check.number(raw["trial_timeout"], "trial_timeout")
         if trial_timeout <= 0:
             raise check.fail("trial_timeout", f"must be a number of seconds > 0, got {raw['trial_timeout']!r}")
+    lock_timeout = 120.0
+    if raw.get("lock_timeout") is not None:
+        lock_timeout = check.number(raw["lock_timeout"], "lock_timeout")
+        if lock_timeout <= 0:
+            raise check.fail("lock_timeout", f"must be a number of seconds > 0, got {raw['lock_timeout']!r}")
 
     params = _validate_params(raw.get("sweep_parameters"), check)
 
@@ -353,6 +360,7 @@ def validate(
         n_startup_trials=n_startup_trials,
         seed=seed,
         trial_timeout=trial_timeout,
+        lock_timeout=lock_timeout,
         params=params,
         fixed=fixed,
         resolved=copy.deepcopy(dict(raw)),

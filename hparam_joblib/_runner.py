@@ -24,7 +24,7 @@ from loky import get_reusable_executor
 from loky.process_executor import BrokenProcessPool, TerminatedWorkerError
 
 from hparam_joblib._config import SearchConfig
-from hparam_joblib._errors import HparamError
+from hparam_joblib._errors import HparamError, StorageError
 from hparam_joblib._progress import Progress
 from hparam_joblib._result import SearchResult
 from hparam_joblib._storage import (
@@ -78,12 +78,16 @@ def run_search(
     """
     started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    policy = policy or RetryPolicy()
+    policy = policy or RetryPolicy(deadline=cfg.lock_timeout, busy_timeout=min(10.0, cfg.lock_timeout / 2))
     db_path = db_path_for(cfg, save_dir)
     preflight(db_path, cfg.study_name, cfg.direction)
-    save_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(str(save_dir), f"cannot create the save directory ({err.strerror})") from err
     enable_wal(db_path, policy.busy_timeout)
     storage = SearchStorage(db_path, create_tables=True, policy=policy)
+    storage.family = os.getpid()
     study = optuna.create_study(
         storage=storage, study_name=cfg.study_name, direction=cfg.direction, load_if_exists=True
     )
@@ -166,6 +170,12 @@ def _supervise(
                     f"finishing a trial (last: {crashed})"
                 )
             generation += 1
+    except HparamError as err:
+        progress.close()
+        if executor is not None:
+            executor.shutdown(wait=True, kill_workers=True)
+        _fail_run_trials(storage, study_id, run_id, f"the search stopped: {err}")
+        raise
     except (KeyboardInterrupt, _Terminated) as stop:
         signum = signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT
         progress.close()
@@ -201,6 +211,8 @@ def _watch(
         for future in done:
             try:
                 reports.append(future.result())
+            except HparamError:
+                raise  # e.g. the database stayed locked past lock_timeout: stop the search
             except (TerminatedWorkerError, BrokenProcessPool) as err:
                 crashed = str(err).splitlines()[0][:200]
             except Exception as err:  # a worker's own bug: log it, fail its trial, restart  # noqa: BLE001
@@ -211,9 +223,13 @@ def _watch(
 
 
 def _fail_run_trials(storage: SearchStorage, study_id: int, run_id: str, reason: str) -> None:
-    for trial_id, _number, owner in storage.running_owners(study_id):
-        if owner.get("run") == run_id:
-            fail_trial(storage, trial_id, reason)
+    """Fail this launch's RUNNING trials once its workers are dead (best effort)."""
+    try:
+        for trial_id, _number, owner in storage.running_owners(study_id):
+            if owner.get("run") == run_id:
+                fail_trial(storage, trial_id, reason)
+    except HparamError as err:  # the next launch reaps them (their owners are dead)
+        logger.warning("could not mark this run's trials FAIL now (%s); the next run will", err)
 
 
 def _result(

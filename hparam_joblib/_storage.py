@@ -127,8 +127,21 @@ def owner_is_dead(owner: dict[str, Any]) -> bool:
     return owner.get("start") is not None and started is not None and started != owner["start"]
 
 
-def describe_holders(db_path: str) -> str:
-    """Name the processes (other than this one) that have the database file open."""
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def describe_holders(db_path: str, family: int | None = None) -> str:
+    """Name the processes that have the database file open, other than this search's own.
+
+    Args:
+        db_path: the database file.
+        family: the launcher's pid; it and its children (our workers) are left out.
+    """
     targets = {os.path.realpath(db_path + suffix) for suffix in ("", "-wal", "-shm", "-journal")}
     holders: list[str] = []
     me = os.getpid()
@@ -137,7 +150,7 @@ def describe_holders(db_path: str) -> str:
     except OSError:
         return "another process holds a write transaction on it"
     for pid in pids:
-        if pid == me:
+        if pid == me or (family is not None and (pid == family or _ppid(pid) == family)):
             continue
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -240,6 +253,8 @@ class SearchStorage(RDBStorage):
         self.policy = policy or RetryPolicy()
         self.budget = budget
         self.run_id = run_id
+        #: The launcher's pid: its processes are not named as lock holders.
+        self.family: int | None = None
         self.lock_retries = 0
         self.created_trial_ids: set[int] = set()
         #: Wall time of each top-level storage call (seconds), for the contention benchmark.
@@ -302,7 +317,7 @@ class SearchStorage(RDBStorage):
                 waited = time.monotonic() - start
                 if waited >= self.policy.deadline:
                     raise StorageBusyError(
-                        self.db_path, attempt, describe_holders(self.db_path)
+                        self.db_path, attempt, describe_holders(self.db_path, self.family)
                     ) from err
                 self.lock_retries += 1
                 pause = min(self.policy.delay(attempt), max(0.0, self.policy.deadline - waited))

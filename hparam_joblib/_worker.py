@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hparam_joblib._config import SearchConfig
+from hparam_joblib._errors import HparamError
 from hparam_joblib._isolation import Outcome, run_isolated
 from hparam_joblib._space import build_config, suggest_all
 from hparam_joblib._storage import (
@@ -106,12 +107,13 @@ class _Objective:
             should_stop=self.launcher_gone,
             on_report=on_report,
         )
-        if outcome.kind == "value":
-            assert outcome.value is not None
+        if outcome.kind == "value" and outcome.value is not None:
             return outcome.value
-        _record_failure(trial, outcome)
         if outcome.kind == "stopped":
-            raise _LauncherGone(outcome.reason)
+            reason = "the launcher process died while the trial ran; it will be re-run"
+            trial.set_user_attr("failure_reason", reason)
+            raise _LauncherGone(reason)
+        _record_failure(trial, outcome)
         logger.warning("Trial %d pruned: %s", trial.number, outcome.reason)
         raise optuna.TrialPruned(outcome.reason)
 
@@ -134,6 +136,28 @@ def _setup_worker_logging() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+def _optimize(study: optuna.Study, objective: _Objective) -> None:
+    """``study.optimize`` until the budget is spent, surfacing our own errors.
+
+    When storage fails inside Optuna's ``tell``, Optuna raises ``AssertionError('Should not
+    reach.')`` from its ``finally`` block; the real cause (e.g. StorageBusyError) is in the
+    exception's context, so we re-raise that.
+    """
+    try:
+        study.optimize(objective, n_trials=None, catch=())
+    except (BudgetExhausted, _LauncherGone, HparamError):
+        raise
+    except Exception as err:
+        cause: BaseException | None = err
+        seen: set[int] = set()
+        while cause is not None and id(cause) not in seen:
+            seen.add(id(cause))
+            if isinstance(cause, (HparamError, BudgetExhausted)):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        raise
 
 
 def _finished(storage: SearchStorage, study_id: int, budget: int) -> bool:
@@ -170,6 +194,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     _setup_worker_logging()
     cfg = task.config
     storage = SearchStorage(task.db_path, budget=cfg.n_trials, run_id=task.run_id, policy=task.policy)
+    storage.family = task.launcher_pid
     study = optuna.load_study(
         study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, task.worker_index)
     )
@@ -177,7 +202,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     try:
         while True:
             try:
-                study.optimize(objective, n_trials=None, catch=())
+                _optimize(study, objective)
             except BudgetExhausted:
                 # Every slot is taken; some may be RUNNING elsewhere (a sibling, another launch,
                 # or a dead process). Wait for them to finish or to be reaped, then re-check.

@@ -1,0 +1,254 @@
+"""Fault injection with real processes and a real SQLite file; every test asserts on the DB."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Project, child_env, finished, integrity, states, trials
+
+CONFIG = """
+experiment_name: exp
+tag: t
+direction: minimize
+n_jobs: {n_jobs}
+n_trials: {n_trials}
+n_startup_trials: 5
+sleep: {sleep}
+sweep_parameters:
+  x: {{type: float, low: 0.0, high: 1.0}}
+"""
+
+
+def _wait_for(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+    pytest.fail("condition not reached in time")
+
+
+def _running_owner_pids(db: Path) -> list[int]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT a.value_json FROM trials t JOIN trial_system_attributes a ON a.trial_id = t.trial_id "
+            "WHERE t.state = 'RUNNING' AND a.key = 'hparam_joblib:owner'"
+        ).fetchall()
+    return [json.loads(r[0])["pid"] for r in rows]
+
+
+def _project_pids(root: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if os.readlink(entry / "cwd").startswith(str(root)):
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if stat[0] != "Z":
+                        pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_worker_killed_from_outside_is_reaped_and_rerun(project: Project) -> None:
+    """SIGKILL of a loky worker mid-trial: its trial becomes FAIL, is re-run, the budget is exact."""
+    project.write_config(CONFIG.format(n_jobs=2, n_trials=12, sleep=0.4))
+    proc = project.start()
+    db = project.db("exp_t")
+    _wait_for(lambda: db.exists() and finished(db) >= 2 and _running_owner_pids(db), 60)
+    victim = _running_owner_pids(db)[0]
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    counts = states(db)
+    assert finished(db) == 12 and "RUNNING" not in counts
+    failed = [t for t in trials(db) if t["state"] == "FAIL"]
+    assert failed, counts
+    assert any(str(victim) in t["user_attrs"]["failure_reason"] for t in failed)
+    assert "a worker process died" in err
+    assert integrity(db) == "ok"
+
+
+def test_trial_timeout_prunes_hung_trials(project: Project) -> None:
+    """A trial past trial_timeout is killed and PRUNED with reason 'timeout'; the search goes on."""
+    project.write_config(
+        CONFIG.format(n_jobs=2, n_trials=10, sleep=0)
+        + "  mode: {type: categorical, choices: [ok, hang]}\n"
+        + "trial_timeout: 1\n"
+    )
+    started = time.monotonic()
+    done = project.run(timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    db = project.db("exp_t")
+    rows = trials(db)
+    assert finished(db) == 10
+    hung = [r for r in rows if r["params"]["mode"] == "hang"]
+    assert hung and all(r["state"] == "PRUNED" for r in hung)
+    assert all(r["user_attrs"]["failure_reason"].startswith("timeout") for r in hung)
+    assert all(r["state"] == "COMPLETE" for r in rows if r["params"]["mode"] == "ok")
+    assert time.monotonic() - started < 10 + len(hung) * 2
+
+
+def test_kill9_launcher_five_times_then_finish(project: Project) -> None:
+    """SIGKILL the launcher at random moments 5 times during a 200-trial search; then finish.
+
+    Orphaned workers exit on their own, no finished trial is lost or changed, the final study
+    holds exactly 200 finished trials and nothing RUNNING, and the file passes integrity_check.
+    """
+    project.write_config(CONFIG.format(n_jobs=4, n_trials=200, sleep=[0.02, 0.12]))
+    db = project.db("exp_t")
+    rng = random.Random(1234)
+    completed: dict[int, float] = {}
+    for kill in range(5):
+        proc = project.start()
+        time.sleep(rng.uniform(1.5, 4.0))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        _wait_for(lambda: not _project_pids(project.root), 15)  # orphans exit on their own
+        assert integrity(db) == "ok"
+        now = {t["number"]: t["value"] for t in trials(db) if t["state"] == "COMPLETE"}
+        assert all(now.get(n) == v for n, v in completed.items()), f"kill {kill}: a COMPLETE trial changed"
+        completed = now
+    assert 0 < len(completed) < 200
+    done = project.run(timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = states(db)
+    assert finished(db) == 200 and "RUNNING" not in counts, counts
+    final = {t["number"]: t["value"] for t in trials(db) if t["state"] == "COMPLETE"}
+    assert all(final[n] == v for n, v in completed.items())
+    assert integrity(db) == "ok"
+
+
+def test_two_launches_of_one_study_cooperate(project: Project) -> None:
+    """Two terminals start the same study at once: both succeed, the total is exact."""
+    project.write_config(CONFIG.format(n_jobs=2, n_trials=40, sleep=0.1))
+    first, second = project.start(), project.start()
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-3000:]
+    db = project.db("exp_t")
+    assert states(db) == {"COMPLETE": 40}
+    runs = {t["system_attrs"]["hparam_joblib:owner"]["run"] for t in trials(db)}
+    assert len(runs) == 2
+    assert sorted(t["number"] for t in trials(db)) == list(range(40))
+
+
+def _hold_write_lock(db: Path, seconds: float, ready: threading.Event) -> None:
+    conn = sqlite3.connect(db, timeout=60, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    ready.set()
+    time.sleep(seconds)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_5s_write_transaction_from_another_process_fails_nothing(project: Project) -> None:
+    """Another connection holding a write transaction for 5 s only delays the search."""
+    project.write_config(CONFIG.format(n_jobs=2, n_trials=40, sleep=0.05))
+    proc = project.start()
+    db = project.db("exp_t")
+    _wait_for(lambda: db.exists() and finished(db) >= 5, 60)
+    ready = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(db, 5.0, ready))
+    holder.start()
+    ready.wait(30)
+    holder.join()
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    assert states(db) == {"COMPLETE": 40}
+    assert "Traceback" not in err
+
+
+def test_lock_held_past_lock_timeout_names_db_and_holder(project: Project) -> None:
+    """Past lock_timeout the search stops with one line naming the DB and what holds it."""
+    project.write_config(CONFIG.format(n_jobs=2, n_trials=60, sleep=0.05) + "lock_timeout: 2\n")
+    proc = project.start()
+    db = project.db("exp_t")
+    _wait_for(lambda: db.exists() and finished(db) >= 3, 60)
+    ready = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(db, 12.0, ready))
+    holder.start()
+    ready.wait(30)
+    _, err = proc.communicate(timeout=120)
+    holder.join()
+    assert proc.returncode == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err[-3000:]
+    assert str(db.resolve()) in lines[0] and "locked" in lines[0]
+    assert str(os.getpid()) in lines[0]  # this test process holds the lock
+    assert "Traceback" not in err
+    done = project.run(timeout=180)  # the lock is gone: the same command finishes the job
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert finished(db) == 60 and "RUNNING" not in states(db)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_optuna_dashboard_polling_during_search_fails_nothing(project: Project) -> None:
+    """A real optuna-dashboard server polled all through the search never fails a trial."""
+    pytest.importorskip("optuna_dashboard")
+    project.write_config(CONFIG.format(n_jobs=2, n_trials=60, sleep=0.05))
+    db = project.db("exp_t")
+    proc = project.start()
+    _wait_for(lambda: db.exists() and finished(db) >= 1, 60)
+    port = _free_port()
+    dash = subprocess.Popen(
+        [sys.executable, "-m", "optuna_dashboard", f"sqlite:///{db}", "--host", "127.0.0.1",
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env(), cwd=project.root,
+    )
+    polls = 0
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.loads(r.read())["studies"]
+                for study in studies:
+                    url = f"http://127.0.0.1:{port}/api/studies/{study['study_id']}"
+                    with urllib.request.urlopen(url, timeout=5) as r:
+                        json.loads(r.read())
+                polls += 1
+            except OSError:
+                pass
+            time.sleep(0.05)
+    finally:
+        dash.terminate()
+        dash.wait(10)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert polls >= 5
+    assert states(db) == {"COMPLETE": 60}
+
+
+@pytest.mark.slow
+def test_64_workers_2000_trials_exact(project: Project) -> None:
+    """64 workers, 0.02 s trials, 2000 trials on one file: exactly 2000, none FAIL, no errors."""
+    project.write_config(CONFIG.format(n_jobs=64, n_trials=2000, sleep=0.02))
+    done = project.run(timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    db = project.db("exp_t")
+    assert states(db) == {"COMPLETE": 2000}
+    assert "database is locked" not in done.stderr and "Traceback" not in done.stderr
+    assert integrity(db) == "ok"
