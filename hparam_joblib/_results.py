@@ -1,0 +1,447 @@
+"""Read a finished (or running) study: counts, best trials, failures, throughput, the trials table.
+
+Everything here works on a :class:`StudyData` snapshot taken once from the database, and
+returns plain data or text; nothing writes to the study. ``_results_cli`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import socket
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from hparam_joblib._yaml import dump_yaml
+
+#: The order states are listed in (every Optuna state).
+STATE_ORDER: tuple[str, ...] = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+OWNER_KEY = "hparam_joblib:owner"
+#: How many Pareto-optimal / running trials ``status`` lists before "... and N more".
+LIST_LIMIT = 10
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """One study, read once: what every report below is computed from.
+
+    Attributes:
+        name: the study name.
+        directions: ``"minimize"``/``"maximize"``, one per objective.
+        metric_names: the objectives' names, when the study set them.
+        config: the study's user attr ``"config"`` (the resolved YAML config), if stored.
+        trials: every trial, in number order.
+        best: the best trial (one objective) or the Pareto front (several); empty when no
+            trial completed.
+    """
+
+    name: str
+    directions: tuple[str, ...]
+    metric_names: tuple[str, ...] | None
+    config: Mapping[str, Any] | None
+    trials: tuple[FrozenTrial, ...]
+    best: tuple[FrozenTrial, ...]
+
+    @property
+    def multi_objective(self) -> bool:
+        """True when the study has several objectives."""
+        return len(self.directions) > 1
+
+    def objective_names(self) -> list[str]:
+        """A name per objective: the study's metric names, else ``value`` / ``value_<i>``."""
+        if self.metric_names and len(self.metric_names) == len(self.directions):
+            return list(self.metric_names)
+        if not self.multi_objective:
+            return ["value"]
+        return [f"value_{i}" for i in range(len(self.directions))]
+
+
+def snapshot(study: optuna.Study) -> StudyData:
+    """Read everything the reports need from a loaded study (one pass over the database)."""
+    trials = tuple(sorted(study.get_trials(deepcopy=False), key=lambda t: t.number))
+    directions = tuple(
+        "maximize" if d == StudyDirection.MAXIMIZE else "minimize" for d in study.directions
+    )
+    best: tuple[FrozenTrial, ...] = ()
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        try:
+            if len(directions) > 1:
+                best = tuple(sorted(study.best_trials, key=lambda t: t.number))
+            else:
+                best = (study.best_trial,)
+        except ValueError:  # e.g. every completed value is non-finite
+            best = ()
+    config = study.user_attrs.get("config")
+    metric_names = study.metric_names
+    return StudyData(
+        name=study.study_name,
+        directions=directions,
+        metric_names=tuple(metric_names) if metric_names else None,
+        config=config if isinstance(config, Mapping) else None,
+        trials=trials,
+        best=best,
+    )
+
+
+# -- counts, failures, throughput, running ---------------------------------------------------
+
+
+def state_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """Trials per state name, in :data:`STATE_ORDER`, only states that occur."""
+    counts = Counter(t.state.name for t in trials)
+    return {name: counts[name] for name in STATE_ORDER if counts.get(name)}
+
+
+def failure_reason(trial: FrozenTrial) -> str | None:
+    """The stored one-line reason of a PRUNED or FAIL trial (a placeholder when none was stored)."""
+    if trial.state not in (TrialState.PRUNED, TrialState.FAIL):
+        return None
+    reason = trial.user_attrs.get("failure_reason")
+    if reason:
+        return str(reason).splitlines()[0]
+    return f"({trial.state.name.lower()}, no reason recorded)"
+
+
+def failure_groups(trials: Iterable[FrozenTrial], top: int = 10) -> tuple[list[tuple[str, int]], int]:
+    """Failed trials grouped by reason, most frequent first.
+
+    Returns:
+        Up to ``top`` ``(reason, count)`` pairs, and how many further reasons were left out.
+    """
+    counts = Counter(r for r in (failure_reason(t) for t in trials) if r is not None)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ranked[:top], max(0, len(ranked) - top)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Finished trials over the study's span (first start to last completion)."""
+
+    finished: int
+    first_start: datetime | None
+    last_complete: datetime | None
+
+    @property
+    def span_seconds(self) -> float:
+        """Seconds between the first trial's start and the last trial's completion."""
+        if self.first_start is None or self.last_complete is None:
+            return 0.0
+        return max(0.0, (self.last_complete - self.first_start).total_seconds())
+
+    @property
+    def per_minute(self) -> float | None:
+        """Finished trials per minute, or ``None`` when nothing finished yet."""
+        if not self.finished or self.span_seconds <= 0:
+            return None
+        return self.finished * 60.0 / self.span_seconds
+
+
+def throughput(trials: Iterable[FrozenTrial]) -> Throughput:
+    """Finished (COMPLETE, PRUNED, FAIL) trials per minute over the study's span."""
+    starts: list[datetime] = []
+    completes: list[datetime] = []
+    for t in trials:
+        if t.datetime_start is not None:
+            starts.append(t.datetime_start)
+        if t.state.is_finished() and t.datetime_complete is not None:
+            completes.append(t.datetime_complete)
+    return Throughput(
+        finished=len(completes),
+        first_start=min(starts) if starts else None,
+        last_complete=max(completes) if completes else None,
+    )
+
+
+@dataclass(frozen=True)
+class RunningTrial:
+    """A RUNNING trial: when it started and who runs it."""
+
+    number: int
+    started: datetime | None
+    host: str | None
+    pid: int | None
+
+
+def running_trials(trials: Iterable[FrozenTrial]) -> list[RunningTrial]:
+    """The RUNNING trials with their owner (host, pid) when the package recorded one."""
+    out = []
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        owner = t.system_attrs.get(OWNER_KEY)
+        owner = owner if isinstance(owner, Mapping) else {}
+        pid = owner.get("pid")
+        out.append(RunningTrial(
+            number=t.number, started=t.datetime_start,
+            host=owner.get("host"), pid=pid if isinstance(pid, int) else None,
+        ))
+    return out
+
+
+def owner_gone(host: str | None, pid: int | None) -> bool:
+    """True when ``pid`` ran on this host and no such process exists any more."""
+    if host != socket.gethostname() or pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+# -- configs ---------------------------------------------------------------------------------
+
+
+def place_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with each ``dotted.name`` value placed at its path."""
+    config: dict[str, Any] = copy.deepcopy(dict(base))
+    for name, value in params.items():
+        node = config
+        parts = name.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return config
+
+
+def trial_config(data: StudyData, trial: FrozenTrial) -> tuple[dict[str, Any], bool]:
+    """The config the training function received for ``trial``.
+
+    Returns:
+        The config, and False when it was stored on the trial, True when it had to be rebuilt
+        (the study config without ``sweep_parameters``, the trial's params at their paths).
+    """
+    stored = trial.user_attrs.get("config")
+    if isinstance(stored, Mapping):
+        return copy.deepcopy(dict(stored)), False
+    base = {k: v for k, v in (data.config or {}).items() if k != "sweep_parameters"}
+    return place_params(base, trial.params), True
+
+
+# -- the trials table ------------------------------------------------------------------------
+
+
+def param_names(data: StudyData) -> list[str]:
+    """Every param name: the config's ``sweep_parameters`` order first, then first appearance."""
+    names: list[str] = []
+    sweep = (data.config or {}).get("sweep_parameters")
+    if isinstance(sweep, Mapping):
+        names = [str(k) for k in sweep]
+    seen = set(names)
+    used: set[str] = set()
+    for t in data.trials:
+        for name in t.params:
+            used.add(name)
+            if name not in seen:
+                seen.add(name)
+                names.append(name)
+    return [n for n in names if n in used]
+
+
+def trials_table(data: StudyData) -> tuple[list[str], list[list[Any]]]:
+    """One row per trial: number, state, value(s), every param, duration, datetimes, reason.
+
+    Returns:
+        The column names and the rows (cells are ``None`` where a trial has no value).
+    """
+    params = param_names(data)
+    value_columns = ["value"]
+    if data.multi_objective:
+        names = data.metric_names or tuple(str(i) for i in range(len(data.directions)))
+        value_columns = [f"value_{name}" for name in names]
+    columns = (
+        ["number", "state", *value_columns]
+        + [f"params_{p}" for p in params]
+        + ["duration_s", "datetime_start", "datetime_complete", "failure_reason"]
+    )
+    rows = []
+    for t in data.trials:
+        values: list[Any] = list(t.values) if t.values is not None else []
+        values += [None] * (len(value_columns) - len(values))
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        rows.append(
+            [t.number, t.state.name, *values[: len(value_columns)]]
+            + [t.params.get(p) for p in params]
+            + [
+                duration,
+                t.datetime_start.isoformat(sep=" ") if t.datetime_start else None,
+                t.datetime_complete.isoformat(sep=" ") if t.datetime_complete else None,
+                failure_reason(t),
+            ]
+        )
+    return columns, rows
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def fmt_value(value: Any) -> str:
+    """A short human form: floats to 6 significant digits, everything else as ``str``."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def fmt_values(values: Sequence[float] | None) -> str:
+    """``[v1, v2]`` with each value short."""
+    return "[" + ", ".join(fmt_value(v) for v in (values or [])) + "]"
+
+
+def fmt_rate(rate: float) -> str:
+    """A rate with 3 significant digits, never in exponent form."""
+    return f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
+def fmt_seconds(seconds: float) -> str:
+    """``42.0 s``, ``3m05s``, ``2h07m``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _fmt_params(params: Mapping[str, Any], indent: str) -> list[str]:
+    if not params:
+        return [f"{indent}(no params)"]
+    width = max(len(k) for k in params)
+    return [f"{indent}{k:<{width}} = {fmt_value(v)}" for k, v in params.items()]
+
+
+def format_status(data: StudyData, db_path: str, now: datetime) -> str:
+    """The multi-line report of ``hparam-joblib status``."""
+    counts = state_counts(data.trials)
+    total = len(data.trials)
+    lines = [
+        f"study:      {data.name} ({', '.join(data.directions)})",
+        f"database:   {db_path}",
+    ]
+    by_state = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+    planned = (data.config or {}).get("n_trials")
+    n_finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    target = f"; {n_finished}/{planned} of n_trials finished" if isinstance(planned, int) else ""
+    lines.append(f"trials:     {total} ({by_state}){target}")
+
+    if not data.best:
+        lines.append("best:       none yet (no trial completed)")
+    elif data.multi_objective:
+        objectives = ", ".join(f"{n} ({d})" for n, d in zip(data.objective_names(), data.directions))
+        lines.append(f"best:       Pareto front of {len(data.best)} trial(s) over {objectives}")
+        for t in data.best[:LIST_LIMIT]:
+            params = ", ".join(f"{k}={fmt_value(v)}" for k, v in t.params.items())
+            lines.append(f"  trial {t.number}: values {fmt_values(t.values)}  {params}")
+        if len(data.best) > LIST_LIMIT:
+            lines.append(f"  ... and {len(data.best) - LIST_LIMIT} more (see the best command)")
+    else:
+        best = data.best[0]
+        lines.append(f"best:       {fmt_value(best.value)} (trial {best.number})")
+        lines.extend(_fmt_params(best.params, "  "))
+
+    running = running_trials(data.trials)
+    if not running:
+        lines.append("running:    none")
+    else:
+        lines.append(f"running:    {len(running)}")
+        for r in running[:LIST_LIMIT]:
+            since = ""
+            if r.started is not None:
+                ago = fmt_seconds((now - r.started).total_seconds())
+                since = f" started {r.started:%Y-%m-%d %H:%M:%S} ({ago} ago)"
+            who = f" on {r.host} pid {r.pid}" if r.host is not None or r.pid is not None else ""
+            if owner_gone(r.host, r.pid):
+                who += " (that process is gone; the next run of the search marks it FAIL)"
+            lines.append(f"  trial {r.number}{since}{who}")
+        if len(running) > LIST_LIMIT:
+            lines.append(f"  ... and {len(running) - LIST_LIMIT} more")
+
+    tp = throughput(data.trials)
+    if tp.per_minute is None or tp.first_start is None or tp.last_complete is None:
+        lines.append(f"throughput: n/a ({tp.finished} finished)")
+    else:
+        lines.append(
+            f"throughput: {fmt_rate(tp.per_minute)} finished trials/min ({tp.finished} in "
+            f"{fmt_seconds(tp.span_seconds)}, {tp.first_start:%Y-%m-%d %H:%M:%S} to "
+            f"{tp.last_complete:%Y-%m-%d %H:%M:%S})"
+        )
+
+    groups, more = failure_groups(data.trials)
+    n_failed = counts.get("PRUNED", 0) + counts.get("FAIL", 0)
+    if not n_failed:
+        lines.append("failures:   none")
+    else:
+        lines.append(f"failures:   {n_failed} (by reason)")
+        width = max(len(str(c)) for _, c in groups)
+        lines.extend(f"  {count:>{width}}  {reason}" for reason, count in groups)
+        if more:
+            lines.append(f"  ... and {more} more reason(s)")
+    return "\n".join(lines)
+
+
+def _header_lines(data: StudyData, trial: FrozenTrial, rebuilt: bool, db_path: str) -> list[str]:
+    dirs = ", ".join(data.directions)
+    if data.multi_objective:
+        what = f"values {list(trial.values or [])!r} ({dirs}), on the Pareto front"
+    else:
+        what = f"value {trial.value!r} ({dirs})"
+    lines = [
+        f"# best config of study {data.name}: trial {trial.number}, {what}",
+        f"# from {db_path}",
+    ]
+    if rebuilt:
+        lines.append("# rebuilt from the study config: this trial has no stored config")
+    return lines
+
+
+def best_yaml(data: StudyData, db_path: str) -> str:
+    """The best trial's config as YAML with a header comment (one document per Pareto trial)."""
+    if not data.multi_objective:
+        trial = data.best[0]
+        config, rebuilt = trial_config(data, trial)
+        return "\n".join(_header_lines(data, trial, rebuilt, db_path)) + "\n" + dump_yaml(config)
+    docs = []
+    for trial in data.best:
+        config, rebuilt = trial_config(data, trial)
+        header = "\n".join(_header_lines(data, trial, rebuilt, db_path))
+        docs.append(f"---\n{header}\n{dump_yaml(config)}")
+    return "".join(docs)
+
+
+def best_json(data: StudyData) -> str:
+    """The best trial's config as JSON; a list of ``{trial, values, config}`` for a Pareto front."""
+    if not data.multi_objective:
+        return json.dumps(trial_config(data, data.best[0])[0], indent=2)
+    return json.dumps(
+        [
+            {"trial": t.number, "values": list(t.values or []), "config": trial_config(data, t)[0]}
+            for t in data.best
+        ],
+        indent=2,
+    )
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell: empty for ``None``, exact ``repr`` for floats, JSON for lists and dicts."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
