@@ -519,7 +519,11 @@ def preflight(db_path: Path, study_name: str, direction: str) -> bool:
     if head != SQLITE_MAGIC:
         raise StorageError(str(db_path), "exists but is not a SQLite database; move it or pick another tag")
     try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+        # Without a -wal file the database is fully checkpointed: open it immutable so that not
+        # even -wal/-shm side files appear (bad input must leave the disk as it was).
+        has_wal = Path(f"{db_path}-wal").exists()
+        uri = f"file:{db_path}?mode=ro" + ("" if has_wal else "&immutable=1")
+        conn = sqlite3.connect(uri, uri=True, timeout=30)
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "studies" not in tables:

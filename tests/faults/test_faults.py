@@ -214,8 +214,8 @@ def test_optuna_dashboard_polling_during_search_fails_nothing(project: Project) 
     _wait_for(lambda: db.exists() and finished(db) >= 1, 60)
     port = _free_port()
     dash = subprocess.Popen(
-        [sys.executable, "-m", "optuna_dashboard", f"sqlite:///{db}", "--host", "127.0.0.1",
-         "--port", str(port)],
+        [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())",
+         f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env(), cwd=project.root,
     )
     polls = 0
@@ -224,7 +224,7 @@ def test_optuna_dashboard_polling_during_search_fails_nothing(project: Project) 
         while proc.poll() is None and time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
-                    studies = json.loads(r.read())["studies"]
+                    studies = json.loads(r.read())["study_summaries"]
                 for study in studies:
                     url = f"http://127.0.0.1:{port}/api/studies/{study['study_id']}"
                     with urllib.request.urlopen(url, timeout=5) as r:
