@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine (Python >= 3.10 and make are all it needs):
+#   make demo   # builds .venv, installs hparam_joblib, runs the guide's example search end to end
+#   make test   # builds .venv if needed and runs the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: venv demo example-sklearn test test-fast bench bench-quick clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: venv
+	$(BIN)/python examples/your_script.py
+
+example-sklearn: venv
+	$(BIN)/python examples/sklearn_digits.py
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench-quick: venv
+	$(BIN)/python benchmarks/scaling.py --quick
+
+clean:
+	rm -rf optuna_studies .pytest_cache
