@@ -7,6 +7,7 @@ touches the study database or creates a file.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import logging
 import math
@@ -18,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from hparam_joblib import _algorithms
+from hparam_joblib._algorithms import AlgorithmSpec
 from hparam_joblib._errors import ConfigError
 from hparam_joblib._overrides import Override, apply_overrides
 from hparam_joblib._yaml import load_yaml
@@ -27,6 +30,7 @@ logger = logging.getLogger("hparam_joblib")
 #: Study settings: read by hparam_joblib, not passed to the training function.
 STUDY_KEYS: tuple[str, ...] = (
     "direction",
+    "directions",
     "n_jobs",
     "n_trials",
     "n_startup_trials",
@@ -34,6 +38,9 @@ STUDY_KEYS: tuple[str, ...] = (
     "seed",
     "trial_timeout",
     "lock_timeout",
+    "sampler",
+    "pruner",
+    "enqueue",
 )
 #: Naming keys: reserved (they name the study), and passed to the function like fixed values.
 NAME_KEYS: tuple[str, ...] = ("experiment_name", "tag")
@@ -41,9 +48,9 @@ RESERVED_KEYS: tuple[str, ...] = NAME_KEYS + STUDY_KEYS
 
 PARAM_TYPES: tuple[str, ...] = ("float", "int", "categorical")
 _PARAM_KEYS: dict[str, tuple[str, ...]] = {
-    "float": ("type", "low", "high", "log", "step"),
-    "int": ("type", "low", "high", "log", "step"),
-    "categorical": ("type", "choices"),
+    "float": ("type", "low", "high", "log", "step", "when"),
+    "int": ("type", "low", "high", "log", "step", "when"),
+    "categorical": ("type", "choices", "when"),
 }
 DIRECTIONS: tuple[str, ...] = ("minimize", "maximize")
 _NAME_FORBIDDEN = ("/", "\\", "\x00")
@@ -54,7 +61,9 @@ _MISSING = object()
 class ParamSpec:
     """One sweep parameter, validated.
 
-    ``name`` is the dotted path where the sampled value lands in the trial's config.
+    ``name`` is the dotted path where the sampled value lands in the trial's config. ``when``
+    is its condition, ``((other parameter, (accepted values...)), ...)``: the parameter is
+    sampled only when every named parameter was sampled with one of its accepted values.
     """
 
     name: str
@@ -64,14 +73,63 @@ class ParamSpec:
     log: bool = False
     step: float | int | None = None
     choices: tuple[Any, ...] = ()
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     def describe(self) -> str:
-        """A one-line human description of the range."""
+        """A one-line human description of the range (and the condition, if any)."""
         if self.type == "categorical":
-            return f"categorical {list(self.choices)}"
-        extra = " log" if self.log else ""
-        extra += f" step {self.step}" if self.step is not None else ""
-        return f"{self.type} [{self.low}, {self.high}]{extra}"
+            text = f"categorical {list(self.choices)}"
+        else:
+            extra = " log" if self.log else ""
+            extra += f" step {self.step}" if self.step is not None else ""
+            text = f"{self.type} [{self.low}, {self.high}]{extra}"
+        if self.when:
+            text += f" when {self.condition_text()}"
+        return text
+
+    def condition_text(self) -> str:
+        """``optimizer == 'SGD' and depth in [2, 3]``; empty without a condition."""
+        return " and ".join(
+            f"{name} == {values[0]!r}" if len(values) == 1 else f"{name} in {list(values)}"
+            for name, values in self.when
+        )
+
+    def active(self, sampled: Mapping[str, Any]) -> bool:
+        """True when the condition holds for the values sampled so far (absent = false)."""
+        return all(
+            name in sampled and _among(sampled[name], values) for name, values in self.when
+        )
+
+    def contains(self, value: Any) -> bool:
+        """True when ``value`` is one this parameter can take (for enqueued values)."""
+        if self.type == "categorical":
+            return _among(value, self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.type == "int" and not float(value).is_integer():
+            return False
+        if not (self.low <= value <= self.high):  # type: ignore[operator]
+            return False
+        if self.step is not None:
+            k = (value - self.low) / self.step  # type: ignore[operator]
+            return abs(k - round(k)) < 1e-8
+        return True
+
+    def grid_values(self) -> tuple[Any, ...] | None:
+        """Every value, for the grid sampler; None for a float without a step."""
+        if self.type == "categorical":
+            return self.choices
+        if self.type == "int":
+            return tuple(range(int(self.low), int(self.high) + 1, int(self.step or 1)))  # type: ignore[arg-type]
+        if self.step is None:
+            return None
+        n = int(math.floor((self.high - self.low) / self.step + 1e-8))  # type: ignore[operator]
+        return tuple(round(self.low + i * self.step, 12) for i in range(n + 1))  # type: ignore[operator]
+
+
+def _among(value: Any, values: tuple[Any, ...]) -> bool:
+    """``value in values`` where True is not 1 (YAML tells them apart; so do we)."""
+    return any(v == value and isinstance(v, bool) == isinstance(value, bool) for v in values)
 
 
 @dataclass(frozen=True)
@@ -91,6 +149,15 @@ class SearchConfig:
     params: tuple[ParamSpec, ...]
     fixed: Mapping[str, Any]
     resolved: Mapping[str, Any] = field(repr=False)
+    directions: tuple[str, ...] = ("minimize",)
+    sampler: AlgorithmSpec = AlgorithmSpec("sampler", "tpe", (("n_startup_trials", 10),))
+    pruner: AlgorithmSpec = _algorithms.DEFAULT_PRUNER
+    enqueue: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def multi_objective(self) -> bool:
+        """True with several ``directions``."""
+        return len(self.directions) > 1
 
     @property
     def study_name(self) -> str:
@@ -191,7 +258,15 @@ def load_config(
         f"--set {key}: not in {path.name}; added it as a new key" for key in created
     ]
     notes += _typo_notes(resolved, path)
-    return validate(resolved, str(path), cpu_count, tuple(overrides)), notes
+    cfg = validate(resolved, str(path), cpu_count, tuple(overrides))
+    if cfg.sampler.type == "grid":
+        points = math.prod(len(values) for _, values in cfg.sampler.grid)
+        if points < cfg.n_trials:
+            notes.append(
+                f"{path.name}: the grid has {points} points but n_trials is {cfg.n_trials}; "
+                f"the last {cfg.n_trials - points} trials repeat grid points"
+            )
+    return cfg, notes
 
 
 def _typo_notes(raw: Mapping[str, Any], path: Path) -> list[str]:
@@ -314,10 +389,8 @@ def validate(
     experiment_name = check.name(raw, "experiment_name", Path(source).stem or "experiment")
     tag = check.name(raw, "tag", "default")
 
-    direction = raw.get("direction", "minimize")
-    if not isinstance(direction, str) or direction.strip().lower() not in DIRECTIONS:
-        raise check.fail("direction", f"must be one of {list(DIRECTIONS)}, got {direction!r}")
-    direction = direction.strip().lower()
+    directions = _validate_directions(raw, check)
+    direction = directions[0]
 
     n_jobs_raw = raw.get("n_jobs", 1)
     n_jobs = _as_int(n_jobs_raw)
@@ -345,11 +418,15 @@ def validate(
             raise check.fail("lock_timeout", f"must be a number of seconds > 0, got {raw['lock_timeout']!r}")
 
     params = _validate_params(raw.get("sweep_parameters"), check)
+    params = _check_conditions(params, check)
 
     fixed = {k: copy.deepcopy(v) for k, v in raw.items() if k not in STUDY_KEYS}
     fixed["experiment_name"] = experiment_name
     fixed["tag"] = tag
     _check_param_paths(params, fixed, check)
+    sampler = _validate_sampler(raw, params, n_startup_trials, directions, check)
+    pruner = _validate_pruner(raw.get("pruner"), directions, check)
+    enqueue = _validate_enqueue(raw.get("enqueue"), params, sampler, check)
     return SearchConfig(
         source=source,
         experiment_name=experiment_name,
@@ -364,7 +441,198 @@ def validate(
         params=params,
         fixed=fixed,
         resolved=copy.deepcopy(dict(raw)),
+        directions=directions,
+        sampler=sampler,
+        pruner=pruner,
+        enqueue=enqueue,
     )
+
+
+def _validate_directions(raw: Mapping[str, Any], check: _Checker) -> tuple[str, ...]:
+    """``direction: minimize`` or ``directions: [minimize, maximize]`` (not both)."""
+    if raw.get("directions") is None:
+        direction = raw.get("direction", "minimize")
+        if not isinstance(direction, str) or direction.strip().lower() not in DIRECTIONS:
+            raise check.fail("direction", f"must be one of {list(DIRECTIONS)}, got {direction!r}")
+        return (direction.strip().lower(),)
+    if raw.get("direction") is not None:
+        raise check.fail(
+            "directions", "give either direction (one objective) or directions (several), not both",
+            ("direction",),
+        )
+    directions = raw["directions"]
+    if not isinstance(directions, list) or not directions:
+        raise check.fail(
+            "directions", f"must be a non-empty list of {' / '.join(DIRECTIONS)}, got {directions!r}"
+        )
+    out = []
+    for i, item in enumerate(directions):
+        if not isinstance(item, str) or item.strip().lower() not in DIRECTIONS:
+            raise check.fail(f"directions[{i}]", f"must be one of {list(DIRECTIONS)}, got {item!r}")
+        out.append(item.strip().lower())
+    return tuple(out)
+
+
+def _block(section: Any, kind: str, default: str, table: Mapping[str, str], check: _Checker) -> tuple[str, dict[str, Any]]:
+    """``sampler: tpe`` or ``sampler: {type: tpe, ...}`` -> (type, other keys)."""
+    if section is None:
+        return default, {}
+    if isinstance(section, str):
+        section = {"type": section}
+    if not isinstance(section, dict):
+        raise check.fail(kind, f"must be a mapping with a 'type' ({', '.join(table)}), got {section!r}")
+    body = dict(section)
+    kind_name = body.pop("type", default)
+    if not isinstance(kind_name, str) or kind_name.strip().lower() not in table:
+        raise check.fail(f"{kind}.type", f"unknown {kind} {kind_name!r}; expected one of {list(table)}")
+    for key in body:
+        if not isinstance(key, str):
+            raise check.fail(kind, f"setting names must be strings, got {key!r}")
+    return kind_name.strip().lower(), body
+
+
+def _check_options(kind: str, type_name: str, body: Mapping[str, Any], check: _Checker) -> None:
+    """Every key must be a keyword argument of the Optuna class that YAML can express."""
+    options = _algorithms.options_of(kind, type_name)
+    valid = _algorithms.settable(kind, type_name)
+    valid_text = ", ".join(valid) if valid else "none"
+    for key, value in body.items():
+        where = f"{kind}.{key}"
+        if key in _algorithms.MANAGED and key in options:
+            raise check.fail(where, f"cannot be set here: {_algorithms.MANAGED[key]}")
+        option = options.get(key)
+        if option is None:
+            raise check.fail(
+                where, f"unknown setting for the {type_name} {kind}; valid: {valid_text}"
+            )
+        if option.types is None:
+            raise check.fail(
+                where, f"takes a Python object, which a YAML file cannot give; valid: {valid_text}"
+            )
+        if value is not None and not _algorithms.type_ok(value, option.types):
+            names = " or ".join(sorted({t.__name__ for t in option.types}))
+            raise check.fail(where, f"must be {names}, got {value!r}")
+    missing = [
+        name for name, opt in options.items()
+        if opt.required and name not in body and name not in _algorithms.MANAGED
+    ]
+    if missing:
+        raise check.fail(kind, f"the {type_name} {kind} needs {', '.join(missing)}")
+
+
+def _try_build(spec: AlgorithmSpec, check: _Checker) -> None:
+    """Build the object once so that a bad value is reported now, not in every worker."""
+    try:
+        _algorithms.build(spec, seed=0)
+    except (TypeError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise check.fail(spec.kind, f"the {spec.type} {spec.kind} rejects these settings: {message}") from err
+
+
+def _validate_sampler(
+    raw: Mapping[str, Any], params: tuple[ParamSpec, ...], n_startup_trials: int,
+    directions: tuple[str, ...], check: _Checker,
+) -> AlgorithmSpec:
+    type_name, body = _block(raw.get("sampler"), "sampler", "tpe", _algorithms.SAMPLERS, check)
+    _check_options("sampler", type_name, body, check)
+    missing = _algorithms.missing_module(type_name)
+    if missing:
+        raise check.fail(
+            "sampler.type",
+            f"the {type_name} sampler needs the {missing!r} package, which is not installed; "
+            f"pip install {missing}",
+        )
+    if len(directions) > 1 and type_name in _algorithms.SINGLE_OBJECTIVE_SAMPLERS:
+        raise check.fail(
+            "sampler.type", f"the {type_name} sampler optimises one objective; directions has {len(directions)}",
+            ("directions",),
+        )
+    # The top-level n_startup_trials drives TPE (as the guide says), and any other sampler that
+    # takes one when the file sets it; a value inside the sampler block wins.
+    if "n_startup_trials" in _algorithms.options_of("sampler", type_name) and "n_startup_trials" not in body:
+        if type_name == "tpe" or raw.get("n_startup_trials") is not None:
+            body["n_startup_trials"] = n_startup_trials
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    if type_name == "grid":
+        if not params:
+            raise check.fail("sampler.type", "the grid sampler needs at least one sweep parameter")
+        cells = []
+        for p in params:
+            values = p.grid_values()
+            if values is None:
+                raise check.fail(
+                    f"sweep_parameters.{p.name}",
+                    "the grid sampler needs a step for a float parameter (or make it int or categorical)",
+                    ("sampler.type",),
+                )
+            cells.append((p.name, values))
+        grid = tuple(cells)
+    spec = AlgorithmSpec("sampler", type_name, tuple(body.items()), grid)
+    _try_build(spec, check)
+    return spec
+
+
+def _validate_pruner(section: Any, directions: tuple[str, ...], check: _Checker) -> AlgorithmSpec:
+    type_name, body = _block(section, "pruner", "none", _algorithms.PRUNERS, check)
+    _check_options("pruner", type_name, body, check)
+    if type_name != "none" and len(directions) > 1:
+        raise check.fail(
+            "pruner.type",
+            f"pruning needs one objective (Optuna cannot prune a multi-objective study); directions has {len(directions)}",
+            ("directions",),
+        )
+    spec = AlgorithmSpec("pruner", type_name, tuple(body.items()))
+    _try_build(spec, check)
+    return spec
+
+
+def _validate_enqueue(
+    section: Any, params: tuple[ParamSpec, ...], sampler: AlgorithmSpec, check: _Checker
+) -> tuple[Mapping[str, Any], ...]:
+    """A list of partial configs: ``{dotted name: value}`` or nested mappings of them."""
+    if section is None:
+        return ()
+    if not isinstance(section, list):
+        raise check.fail("enqueue", f"must be a list of parameter mappings, got {section!r}")
+    if section and sampler.type == "grid":
+        raise check.fail("enqueue", "cannot be combined with the grid sampler (it tries every point)",
+                         ("sampler.type",))
+    by_name = {p.name: p for p in params}
+    names = ", ".join(by_name) or "none"
+    entries = []
+    for i, entry in enumerate(section):
+        key = f"enqueue[{i}]"
+        if not isinstance(entry, dict) or not entry:
+            raise check.fail(key, f"must be a non-empty mapping of sweep parameter to value, got {entry!r}")
+        flat: dict[str, Any] = {}
+        _flatten_entry(entry, "", by_name, flat, key, names, check)
+        for name, value in flat.items():
+            spec = by_name[name]
+            if not spec.contains(value):
+                raise check.fail(f"{key}.{name}", f"{value!r} is not in the space of {name} ({spec.describe()})")
+        for name in flat:
+            spec = by_name[name]
+            if all(other in flat for other, _ in spec.when) and not spec.active(flat):
+                raise check.fail(
+                    f"{key}.{name}",
+                    f"is never used: its condition ({spec.condition_text()}) is false for this entry's values",
+                )
+        entries.append(flat)
+    return tuple(entries)
+
+
+def _flatten_entry(
+    node: Mapping[str, Any], prefix: str, by_name: Mapping[str, ParamSpec], out: dict[str, Any],
+    key: str, names: str, check: _Checker,
+) -> None:
+    for part, value in node.items():
+        name = f"{prefix}{part}"
+        if name in by_name:
+            out[name] = value
+        elif isinstance(value, dict) and any(n.startswith(name + ".") for n in by_name):
+            _flatten_entry(value, name + ".", by_name, out, key, names, check)
+        else:
+            raise check.fail(f"{key}.{name}", f"not a sweep parameter; sweep parameters: {names}")
 
 
 def _validate_params(section: Any, check: _Checker) -> tuple[ParamSpec, ...]:
@@ -394,9 +662,75 @@ def _validate_param(name: str, spec: Any, check: _Checker) -> ParamSpec:
             f"{key}.{unknown[0]}",
             f"unknown setting for a {kind} parameter; allowed: {', '.join(_PARAM_KEYS[kind])}",
         )
+    when = _validate_when(spec.get("when"), key, check)
     if kind == "categorical":
-        return ParamSpec(name=name, type="categorical", choices=_validate_choices(spec, key, check))
-    return _validate_numeric(name, kind, spec, key, check)
+        return ParamSpec(name=name, type="categorical", choices=_validate_choices(spec, key, check), when=when)
+    return dataclasses.replace(_validate_numeric(name, kind, spec, key, check), when=when)
+
+
+def _validate_when(section: Any, key: str, check: _Checker) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """``when: {optimizer: SGD}`` or ``{optimizer: [SGD, RMSprop], depth: 2}`` (all must hold)."""
+    if section is None:
+        return ()
+    if not isinstance(section, dict) or not section:
+        raise check.fail(
+            f"{key}.when", f"must be a mapping of sweep parameter to value(s), e.g. {{optimizer: SGD}}, got {section!r}"
+        )
+    out = []
+    for name, value in section.items():
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise check.fail(f"{key}.when.{name}", "is an empty list; give at least one value")
+        out.append((str(name), tuple(values)))
+    return tuple(out)
+
+
+def _check_conditions(params: tuple[ParamSpec, ...], check: _Checker) -> tuple[ParamSpec, ...]:
+    """Check each condition against the parameter it names; return the parameters ordered so
+    that every parameter comes after those its condition names (declaration order otherwise)."""
+    by_name = {p.name: p for p in params}
+    for p in params:
+        for other, values in p.when:
+            where = f"sweep_parameters.{p.name}.when.{other}"
+            target = by_name.get(other)
+            if target is None:
+                raise check.fail(
+                    where, f"names no sweep parameter; sweep parameters: {', '.join(by_name)}"
+                )
+            if target.type == "float":
+                raise check.fail(where, f"{other} is a float parameter; conditions can name only categorical or int parameters")
+            for value in values:
+                if not target.contains(value):
+                    allowed = (
+                        f"choices {list(target.choices)}" if target.type == "categorical"
+                        else target.describe()
+                    )
+                    raise check.fail(where, f"{value!r} is not a value {other} can take ({allowed})")
+    ordered: list[ParamSpec] = []
+    placed: set[str] = set()
+    remaining = list(params)
+    while remaining:
+        ready = next((p for p in remaining if all(o in placed for o, _ in p.when)), None)
+        if ready is None:
+            cycle = _find_cycle(remaining)
+            raise check.fail(
+                f"sweep_parameters.{cycle[0]}.when", f"conditions form a cycle: {' -> '.join(cycle)}"
+            )
+        ordered.append(ready)
+        placed.add(ready.name)
+        remaining.remove(ready)
+    return tuple(ordered)
+
+
+def _find_cycle(params: list[ParamSpec]) -> list[str]:
+    """A cycle among parameters that could not be ordered (each names an unplaced one)."""
+    deps = {p.name: [o for o, _ in p.when if o in {q.name for q in params}] for p in params}
+    path = [params[0].name]
+    while True:
+        nxt = deps[path[-1]][0]
+        if nxt in path:
+            return path[path.index(nxt):] + [nxt]
+        path.append(nxt)
 
 
 def _validate_choices(spec: Mapping[str, Any], key: str, check: _Checker) -> tuple[Any, ...]:

@@ -49,15 +49,24 @@ def _check_signature(func: Callable[..., Any], source: str) -> None:
 
 
 def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
+    direction = (
+        f"directions: {list(cfg.directions)}" if cfg.multi_objective else f"direction: {cfg.direction}"
+    )
+    seeds = "" if cfg.seed is None else f", seed: {cfg.seed}"
     lines = [
         f"# config: {cfg.source}",
         f"# study:  {cfg.study_name} -> {db_path_for(cfg, save_dir)} (not touched: --dry-run)",
-        f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, direction: {cfg.direction}, "
-        f"n_startup_trials: {cfg.n_startup_trials}",
-        "# search space:",
+        f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, {direction}, "
+        f"n_startup_trials: {cfg.n_startup_trials}{seeds}",
+        f"# sampler: {cfg.sampler.describe()}",
+        f"# pruner:  {cfg.pruner.describe()}",
+        "# search space (in sampling order):" if any(p.when for p in cfg.params) else "# search space:",
         *[f"#   {line}" for line in describe_space(cfg.params)],
-        dump_yaml(dict(cfg.resolved)).rstrip(),
     ]
+    if cfg.enqueue:
+        lines.append(f"# enqueue: {len(cfg.enqueue)} trial(s) first, unless an earlier run queued them:")
+        lines += [f"#   {dict(entry)}" for entry in cfg.enqueue]
+    lines.append(dump_yaml(dict(cfg.resolved)).rstrip())
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ import numbers
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -49,6 +50,21 @@ class _ChildContext:
     def __init__(self, conn: Connection, trial_number: int) -> None:
         self.conn = conn
         self.trial_number = trial_number
+        #: The step at which the pruner stopped the trial; once set, the trial ends PRUNED
+        #: however the function goes on (even if it catches BaseException).
+        self.pruned_step: int | None = None
+        self._lock = threading.Lock()
+
+    def report(self, value: float, step: int) -> None:
+        """Send one intermediate value; raises ``_PrunedByPruner`` when the pruner says stop."""
+        if self.pruned_step is not None:
+            raise _PrunedByPruner(self.pruned_step)
+        with self._lock:  # one request/answer at a time on the pipe
+            self.conn.send(("report", value, step))
+            answer = self.conn.recv()
+        if answer[0] == "prune":
+            self.pruned_step = step
+            raise _PrunedByPruner(step)
 
 
 #: Set in the child process only; read by the public ``report()`` helper.
@@ -110,7 +126,13 @@ def _child_main(func: Callable[[dict[str, Any]], Any], config: dict[str, Any], c
         conn.send(("pruned", pruned.step))
         return
     except BaseException as err:  # noqa: BLE001 - everything the user code raises is reported
+        if CURRENT.pruned_step is not None:  # the prune was caught and something else raised
+            conn.send(("pruned", CURRENT.pruned_step))
+            return
         conn.send(("error", type(err).__name__, str(err), traceback.format_exc()))
+        return
+    if CURRENT.pruned_step is not None:  # the user's code swallowed the prune and returned
+        conn.send(("pruned", CURRENT.pruned_step))
         return
     number, why = normalise_return(value)
     conn.send(("result", number, why))

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+#: How many Pareto-optimal trials the summary lists.
+PARETO_SHOWN = 5
+
 if TYPE_CHECKING:
     from hparam_joblib._result import SearchResult
     from hparam_joblib._storage import SearchStorage
@@ -16,8 +19,11 @@ if TYPE_CHECKING:
 class Progress:
     """A tqdm bar fed by polling the study's state counts (workers never talk to it)."""
 
-    def __init__(self, total: int, initial: int, direction: str, *, enabled: bool = True) -> None:
+    def __init__(
+        self, total: int, initial: int, direction: str, *, enabled: bool = True, show_best: bool = True
+    ) -> None:
         self.direction = direction
+        self.show_best = show_best  # False for several objectives: there is no single best
         self.bar: Any = None
         if enabled:
             self.bar = tqdm(
@@ -33,7 +39,7 @@ class Progress:
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
         delta = min(finished, self.bar.total) - self.bar.n
         postfix = {"running": counts.get("RUNNING", 0)}
-        if counts.get("COMPLETE", 0):
+        if self.show_best and counts.get("COMPLETE", 0):
             try:
                 best = storage.get_best_trial(study_id)
                 postfix["best"] = f"{best.value:.6g}"
@@ -56,10 +62,7 @@ class Progress:
 
 def dashboard_command(db_path: str) -> str:
     """The exact ``optuna-dashboard sqlite:///...`` command; relative when under the cwd."""
-    rel = os.path.relpath(db_path)
-    if rel.startswith(".."):
-        return f"optuna-dashboard sqlite:///{db_path}"
-    return f"optuna-dashboard sqlite:///{rel}"
+    return f"optuna-dashboard sqlite:///{dashboard_db(db_path)}"
 
 
 def format_summary(result: SearchResult) -> str:
@@ -70,7 +73,9 @@ def format_summary(result: SearchResult) -> str:
         f"hparam_joblib: study {result.study_name} {status}: "
         f"{result.n_finished}/{result.n_trials} finished ({counts}) in {result.wall_time:.1f} s",
     ]
-    if result.best_value is not None:
+    if result.multi_objective:
+        lines += _pareto_lines(result)
+    elif result.best_value is not None:
         lines.append(f"  best value:   {result.best_value:.6g} (trial {result.best_trial_number})")
         params = ", ".join(f"{k}={v!r}" for k, v in result.best_params.items())
         lines.append(f"  best params:  {params}")
@@ -80,3 +85,27 @@ def format_summary(result: SearchResult) -> str:
     lines.append(f"  database:     {result.db_path}")
     lines.append(f"  dashboard:    {dashboard_command(result.db_path)}")
     return "\n".join(lines)
+
+
+def _pareto_lines(result: SearchResult) -> list[str]:
+    """The Pareto front, at most :data:`PARETO_SHOWN` trials (``hparam-joblib status`` lists more)."""
+    directions = ", ".join(result.directions)
+    if not result.best_trials:
+        return [f"  pareto front: none yet (no trial completed; directions {directions})"]
+    lines = [f"  pareto front: {len(result.best_trials)} trial(s) ({directions})"]
+    for best in result.best_trials[:PARETO_SHOWN]:
+        values = ", ".join(f"{v:.6g}" for v in best.values)
+        params = ", ".join(f"{k}={v!r}" for k, v in best.params.items())
+        lines.append(f"    trial {best.number}: [{values}]  {params}")
+    if len(result.best_trials) > PARETO_SHOWN:
+        lines.append(
+            f"    ... and {len(result.best_trials) - PARETO_SHOWN} more "
+            f"(hparam-joblib status {dashboard_db(result.db_path)})"
+        )
+    return lines
+
+
+def dashboard_db(db_path: str) -> str:
+    """The database path as the user would type it (relative when under the cwd)."""
+    rel = os.path.relpath(db_path)
+    return db_path if rel.startswith("..") else rel

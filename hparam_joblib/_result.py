@@ -7,6 +7,23 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class BestTrial:
+    """One best trial: the best one (one objective) or one of the Pareto front (several).
+
+    Attributes:
+        number: the trial number.
+        values: its objective values, one per direction.
+        params: its sampled parameters (dotted names).
+        config: the full config its function received.
+    """
+
+    number: int
+    values: tuple[float, ...]
+    params: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """What a finished (or interrupted) search produced.
 
@@ -16,7 +33,8 @@ class SearchResult:
         db_path: the database file.
         n_trials: the study's budget (finished trials it aims for).
         counts: number of trials by state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ...).
-        best_value: the best objective value, or None when no trial completed.
+        best_value: the best objective value, or None when no trial completed or the study
+            has several objectives (see ``best_trials``).
         best_params: the sampled parameters of the best trial (dotted names).
         best_config: the full config the best trial's function received.
         best_trial_number: the best trial's number, or None.
@@ -27,6 +45,9 @@ class SearchResult:
         stop_signal: the signal number that stopped it (2 SIGINT, 15 SIGTERM), or 0.
         worker_pids: the loky worker processes that ran trials.
         storage_ops: workers' storage calls: ``count``, ``p50_ms``, ``p99_ms``, ``max_ms``.
+        directions: ``"minimize"``/``"maximize"``, one per objective.
+        best_trials: the best trial (one objective) or the Pareto front (several), by number;
+            empty when no trial completed.
     """
 
     study_name: str
@@ -45,8 +66,15 @@ class SearchResult:
     stop_signal: int = 0
     worker_pids: tuple[int, ...] = field(default=(), repr=False)
     storage_ops: dict[str, float] = field(default_factory=dict)
+    directions: tuple[str, ...] = ("minimize",)
+    best_trials: tuple[BestTrial, ...] = ()
 
     @property
     def n_finished(self) -> int:
         """COMPLETE + PRUNED: the trials that count toward ``n_trials``."""
         return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+
+    @property
+    def multi_objective(self) -> bool:
+        """True when the study has several objectives."""
+        return len(self.directions) > 1

@@ -7,6 +7,7 @@ worker deaths (it fails the dead workers' trials and starts new workers).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -14,6 +15,8 @@ import signal
 import threading
 import time
 import uuid
+import warnings
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from types import FrameType
@@ -22,13 +25,15 @@ from typing import Any, Callable
 import optuna
 from loky import get_reusable_executor
 from loky.process_executor import BrokenProcessPool, TerminatedWorkerError
+from optuna.trial import FrozenTrial
 
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError, StorageError
 from hparam_joblib._progress import Progress
-from hparam_joblib._result import SearchResult
+from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib._storage import (
     FINISHED_STATES,
+    BudgetExhausted,
     RetryPolicy,
     SearchStorage,
     enable_wal,
@@ -43,6 +48,8 @@ logger = logging.getLogger("hparam_joblib")
 
 _POLL_SECONDS = 0.5
 _MAX_RESTARTS_WITHOUT_PROGRESS = 3
+#: Study system attr: keys of the ``enqueue`` entries already queued (see :func:`enqueue_keys`).
+ENQUEUED_KEY = "hparam_joblib:enqueued"
 
 
 class WorkerCrashError(HparamError):
@@ -80,7 +87,7 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     policy = policy or RetryPolicy(deadline=cfg.lock_timeout, busy_timeout=min(10.0, cfg.lock_timeout / 2))
     db_path = db_path_for(cfg, save_dir)
-    preflight(db_path, cfg.study_name, cfg.direction)
+    preflight(db_path, cfg.study_name, list(cfg.directions))
     try:
         save_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -88,14 +95,18 @@ def run_search(
     enable_wal(db_path, policy.busy_timeout)
     storage = SearchStorage(db_path, create_tables=True, policy=policy)
     storage.family = os.getpid()
+    # The pruner is not stored in the database: each worker builds its own (it is consulted by
+    # the worker whose trial reports), so the launcher's study needs none.
     study = optuna.create_study(
-        storage=storage, study_name=cfg.study_name, direction=cfg.direction, load_if_exists=True
+        storage=storage, study_name=cfg.study_name, directions=list(cfg.directions), load_if_exists=True
     )
     study.set_user_attr("config", _jsonable(cfg.resolved))
     study_id = study._study_id
     reaped = reap_dead_owners(storage, study_id)
     if reaped:
         logger.info("marked %d trial(s) left RUNNING by a dead process as FAIL: %s", len(reaped), reaped)
+    if cfg.enqueue:
+        _enqueue(study, storage, cfg)
 
     run_id = uuid.uuid4().hex[:12]
     reports: list[WorkerReport] = []
@@ -106,6 +117,46 @@ def run_search(
         logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
     result = _result(study, storage, cfg, db_path, started, reports, interrupted)
     return result
+
+
+def enqueue_keys(entries: tuple[Mapping[str, Any], ...]) -> list[str]:
+    """A stable key per ``enqueue`` entry: a hash of its values, and its occurrence number
+    (so that the same entry listed twice is queued twice, and reordering does not re-queue)."""
+    keys = []
+    seen: dict[str, int] = {}
+    for entry in entries:
+        digest = hashlib.sha256(json.dumps(_jsonable(entry), sort_keys=True).encode()).hexdigest()[:16]
+        seen[digest] = seen.get(digest, 0) + 1
+        keys.append(f"{digest}#{seen[digest]}")
+    return keys
+
+
+def _enqueue(study: optuna.Study, storage: SearchStorage, cfg: SearchConfig) -> None:
+    """Queue the ``enqueue`` entries not queued by an earlier run; each takes a budget slot.
+
+    What was queued is recorded in the study's system attr :data:`ENQUEUED_KEY`, entry by
+    entry, so a resumed (or interrupted) search never queues an entry twice.
+    """
+    done = list(storage.get_study_system_attrs(study._study_id).get(ENQUEUED_KEY, []))
+    queued = 0
+    for key, entry in zip(enqueue_keys(cfg.enqueue), cfg.enqueue):
+        if key in done:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.enqueue_trial(dict(entry))
+        except BudgetExhausted:
+            logger.warning(
+                "enqueue: %d entr%s not queued: all %d trials of the budget are taken",
+                len(cfg.enqueue) - len(done), "y" if len(cfg.enqueue) - len(done) == 1 else "ies", cfg.n_trials,
+            )
+            break
+        done.append(key)
+        storage.set_study_system_attr(study._study_id, ENQUEUED_KEY, done)
+        queued += 1
+    if queued:
+        logger.info("enqueue: queued %d trial(s) to run first", queued)
 
 
 def _n_finished(counts: dict[str, int]) -> int:
@@ -125,7 +176,10 @@ def _supervise(
 ) -> int:
     """Start and watch the workers; returns the signal number that stopped us, or 0."""
     counts = storage.count_states(study_id)
-    progress = Progress(cfg.n_trials, _n_finished(counts), cfg.direction, enabled=show_progress)
+    progress = Progress(
+        cfg.n_trials, _n_finished(counts), cfg.direction, enabled=show_progress,
+        show_best=not cfg.multi_objective,
+    )
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise _Terminated()
 
@@ -246,15 +300,27 @@ def _result(
     best_params: dict[str, Any] = {}
     best_config: dict[str, Any] = {}
     best_number = None
+    front: list[FrozenTrial] = []
     try:
-        best = study.best_trial
+        if cfg.multi_objective:
+            front = sorted(study.best_trials, key=lambda t: t.number)
+        else:
+            front = [study.best_trial]
     except ValueError:
-        best = None
-    if best is not None:
+        front = []
+    if front and not cfg.multi_objective:
+        best = front[0]
         best_value = best.value
         best_params = dict(best.params)
         best_config = dict(best.user_attrs.get("config", {}))
         best_number = best.number
+    best_trials = tuple(
+        BestTrial(
+            number=t.number, values=tuple(t.values or ()), params=dict(t.params),
+            config=dict(t.user_attrs.get("config", {})),
+        )
+        for t in front
+    )
     return SearchResult(
         study_name=cfg.study_name,
         storage_url=sqlite_url(db_path),
@@ -272,6 +338,8 @@ def _result(
         worker_pids=tuple(sorted({r.pid for r in reports})),
         stop_signal=interrupted,
         storage_ops=_latency([t for r in reports for t in r.op_seconds]),
+        directions=tuple(cfg.directions),
+        best_trials=best_trials,
     )
 
 

@@ -27,8 +27,17 @@ def to_distribution(spec: ParamSpec) -> BaseDistribution:
 
 
 def suggest_all(trial: optuna.Trial, specs: Iterable[ParamSpec]) -> dict[str, Any]:
-    """Sample every parameter on the trial; returns ``{dotted name: value}``."""
-    return {spec.name: _suggest(trial, spec) for spec in specs}
+    """Sample every parameter whose condition holds; returns ``{dotted name: value}``.
+
+    ``specs`` come ordered so that a condition only names parameters sampled before it; a
+    parameter whose condition is false is not suggested, so it is absent from the trial's
+    params and from the config.
+    """
+    sampled: dict[str, Any] = {}
+    for spec in specs:
+        if spec.active(sampled):
+            sampled[spec.name] = _suggest(trial, spec)
+    return sampled
 
 
 def _suggest(trial: optuna.Trial, spec: ParamSpec) -> Any:

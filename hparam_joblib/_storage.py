@@ -488,7 +488,7 @@ def reap_dead_owners(
     return reaped
 
 
-def preflight(db_path: Path, study_name: str, direction: str) -> bool:
+def preflight(db_path: Path, study_name: str, direction: str | Sequence[str]) -> bool:
     """Check the save directory and an existing database without changing anything.
 
     Returns:
@@ -540,10 +540,14 @@ def preflight(db_path: Path, study_name: str, direction: str) -> bool:
     if not rows:
         return False
     stored = [str(r[0]).lower() for r in rows]
-    if stored != [direction]:
+    expected = [direction] if isinstance(direction, str) else list(direction)
+    if stored != expected:
+        def shown(dirs: list[str]) -> str:
+            return f"direction {dirs[0]!r}" if len(dirs) == 1 else f"directions {dirs}"
+
         raise StorageError(
             str(db_path),
-            f"study {study_name!r} was created with direction {stored[0] if len(stored) == 1 else stored}, "
-            f"but the config says {direction!r}; use another tag for a new study",
+            f"study {study_name!r} was created with {shown(stored)}, "
+            f"but the config says {shown(expected)}; use another tag for a new study",
         )
     return True

@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hparam_joblib._algorithms import build, worker_seed
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError
 from hparam_joblib._isolation import Outcome, run_isolated
@@ -79,6 +80,7 @@ class _Objective:
         self.task = task
         self.storage = storage
         self.trials_run = 0
+        self.warned_multi_report = False
 
     def launcher_gone(self) -> bool:
         return os.getppid() != self.task.launcher_pid
@@ -96,6 +98,11 @@ class _Objective:
         self.trials_run += 1
 
         def on_report(value: float, step: int) -> bool:
+            if cfg.multi_objective:  # Optuna cannot record or prune these; config forbids a pruner
+                if not self.warned_multi_report:
+                    logger.warning("report() is ignored in a multi-objective search")
+                    self.warned_multi_report = True
+                return False
             trial.report(value, step)
             return trial.should_prune()
 
@@ -108,14 +115,32 @@ class _Objective:
             on_report=on_report,
         )
         if outcome.kind == "value" and outcome.value is not None:
-            return outcome.value
+            values, why = _fit_directions(outcome.value, len(cfg.directions))
+            if values is not None:
+                return values
+            outcome = Outcome("error", reason=why, error_type="InvalidReturn")
         if outcome.kind == "stopped":
             reason = "the launcher process died while the trial ran; it will be re-run"
             trial.set_user_attr("failure_reason", reason)
             raise _LauncherGone(reason)
+        if outcome.kind == "pruned":
+            reason = f"pruned by the pruner at step {outcome.step}"
+            trial.set_user_attr("failure_reason", reason)
+            trial.set_user_attr("pruned_step", outcome.step)
+            logger.info("Trial %d %s", trial.number, reason)
+            raise optuna.TrialPruned(reason)
         _record_failure(trial, outcome)
         logger.warning("Trial %d pruned: %s", trial.number, outcome.reason)
         raise optuna.TrialPruned(outcome.reason)
+
+
+def _fit_directions(value: float | list[float], n: int) -> tuple[float | list[float] | None, str]:
+    """The value Optuna expects for ``n`` objectives, or None and why the return does not fit."""
+    values = value if isinstance(value, list) else [value]
+    if len(values) == n:
+        return (values[0] if n == 1 else values), ""
+    what = f"{len(values)} values {values!r}" if isinstance(value, list) else f"one value {value!r}"
+    return None, f"the training function returned {what}, but directions has {n}"
 
 
 def _record_failure(trial: optuna.Trial, outcome: Outcome) -> None:
@@ -166,8 +191,8 @@ def _finished(storage: SearchStorage, study_id: int, budget: int) -> bool:
 
 
 def _sampler(cfg: SearchConfig, worker_index: int) -> optuna.samplers.BaseSampler:
-    seed = None if cfg.seed is None else cfg.seed + worker_index
-    return optuna.samplers.TPESampler(n_startup_trials=cfg.n_startup_trials, seed=seed)
+    seed = worker_seed(cfg.sampler, cfg.seed, worker_index)
+    return build(cfg.sampler, seed)  # type: ignore[no-any-return]
 
 
 def worker_main(task: WorkerTask) -> WorkerReport:
@@ -196,7 +221,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     storage = SearchStorage(task.db_path, budget=cfg.n_trials, run_id=task.run_id, policy=task.policy)
     storage.family = task.launcher_pid
     study = optuna.load_study(
-        study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, task.worker_index)
+        study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, task.worker_index),
+        pruner=build(cfg.pruner),
     )
     objective = _Objective(task, storage)
     try:

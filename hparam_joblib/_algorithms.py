@@ -1,0 +1,183 @@
+"""The samplers and pruners a config may name, what each accepts from YAML, and how to build them.
+
+``_config`` asks this module which keyword arguments a type takes (read from the Optuna class's
+signature with :mod:`inspect`) and builds each object once to check the values; workers build
+their own (a pruner is consulted in the worker that runs the trial, and a sampler carries the
+worker's seed). No I/O.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+#: Sampler types: YAML name -> Optuna class name.
+SAMPLERS: dict[str, str] = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "cmaes": "CmaEsSampler",
+    "gp": "GPSampler",
+    "qmc": "QMCSampler",
+    "nsgaii": "NSGAIISampler",
+    "grid": "GridSampler",
+}
+#: Pruner types: YAML name -> Optuna class name.
+PRUNERS: dict[str, str] = {
+    "none": "NopPruner",
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+    "threshold": "ThresholdPruner",
+}
+#: Optional packages a sampler imports only when it samples: (module, pip package).
+REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "cmaes": (("cmaes", "cmaes"),),
+    "gp": (("torch", "torch"), ("scipy", "scipy")),
+    "qmc": (("scipy", "scipy"),),
+}
+#: Samplers that cannot optimise several objectives.
+SINGLE_OBJECTIVE_SAMPLERS: tuple[str, ...] = ("cmaes",)
+#: Samplers whose workers must share one seed: they map trial numbers to points (grid) or
+#: share a sequence (qmc), so per-worker seeds would make workers disagree on the points.
+SHARED_SEED_SAMPLERS: tuple[str, ...] = ("grid", "qmc")
+#: Arguments the YAML block may not set, and why.
+MANAGED: dict[str, str] = {
+    "seed": "set the top-level seed instead (each worker gets a seed derived from it)",
+    "search_space": "the grid is derived from sweep_parameters",
+}
+_YAML_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "None": (type(None),),
+}
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """A validated ``sampler:`` or ``pruner:`` block.
+
+    ``grid`` holds the grid sampler's search space, ``((name, (values...)), ...)``.
+    """
+
+    kind: str
+    type: str
+    options: tuple[tuple[str, Any], ...] = ()
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = field(default=(), repr=False)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for the Optuna class."""
+        return dict(self.options)
+
+    def describe(self) -> str:
+        """``tpe (n_startup_trials=10)``: one line for --dry-run."""
+        shown = [f"{k}={v!r}" for k, v in self.options]
+        if self.grid:
+            points = 1
+            for _, values in self.grid:
+                points *= len(values)
+            shown.append(f"{points} grid points")
+        return f"{self.type} ({', '.join(shown)})" if shown else self.type
+
+
+def optuna_class(kind: str, type_name: str) -> type:
+    """The Optuna class for a sampler or pruner type."""
+    if kind == "sampler":
+        return getattr(optuna.samplers, SAMPLERS[type_name])  # type: ignore[no-any-return]
+    return getattr(optuna.pruners, PRUNERS[type_name])  # type: ignore[no-any-return]
+
+
+def _annotation_types(annotation: Any) -> tuple[type, ...] | None:
+    """The Python types a YAML value may have for this annotation; None when YAML cannot
+    express it (a callable, a sampler object, ...)."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+    allowed: tuple[type, ...] = ()
+    for token in (t.strip() for t in text.split("|")):
+        if token in _YAML_TYPES:
+            allowed += _YAML_TYPES[token]
+        elif token.startswith(("dict[", "Mapping[")) or token == "dict":
+            allowed += (dict,)
+        else:
+            return None
+    return allowed
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword argument of an Optuna class, as YAML sees it."""
+
+    name: str
+    types: tuple[type, ...] | None  # None: not settable from YAML
+    required: bool
+
+
+def options_of(kind: str, type_name: str) -> dict[str, Option]:
+    """Every keyword argument of the class (``self``, ``*args``, ``**kwargs`` left out)."""
+    params = inspect.signature(optuna_class(kind, type_name)).parameters.values()
+    return {
+        p.name: Option(p.name, _annotation_types(p.annotation), p.default is inspect.Parameter.empty)
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def settable(kind: str, type_name: str) -> list[str]:
+    """The argument names a YAML block may set for this type."""
+    return [
+        name for name, opt in options_of(kind, type_name).items()
+        if opt.types is not None and name not in MANAGED
+    ]
+
+
+def type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    """True when ``value`` fits ``types`` (a YAML ``true`` is not an int, ``1`` is a float)."""
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def missing_module(type_name: str) -> str | None:
+    """The pip package a sampler needs and this environment lacks, or None."""
+    for module, package in REQUIREMENTS.get(type_name, ()):
+        if importlib.util.find_spec(module) is None:
+            return package
+    return None
+
+
+def build(spec: AlgorithmSpec, seed: int | None = None) -> Any:
+    """The Optuna sampler or pruner for ``spec`` (``seed`` only for samplers)."""
+    cls = optuna_class(spec.kind, spec.type)
+    kwargs = spec.kwargs
+    if spec.kind == "sampler":
+        kwargs["seed"] = seed
+        if spec.type == "grid":
+            kwargs["search_space"] = {name: list(values) for name, values in spec.grid}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(**kwargs)
+
+
+def worker_seed(spec: AlgorithmSpec, seed: int | None, worker_index: int) -> int | None:
+    """``seed + worker_index``, except for samplers whose workers must agree on one seed."""
+    if spec.type in SHARED_SEED_SAMPLERS:
+        return 0 if seed is None else seed
+    return None if seed is None else seed + worker_index
+
+
+DEFAULT_PRUNER = AlgorithmSpec("pruner", "none")
+
+
+def describe_options(options: Mapping[str, Any]) -> str:
+    """``a=1, b='x'``."""
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
