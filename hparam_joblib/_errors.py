@@ -16,6 +16,7 @@ Everything else (a bug, an exception inside the user's training function) is not
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class HparamError(Exception):
@@ -42,6 +43,9 @@ class ConfigError(HparamError):
         where = f"{self.path}: {key}: " if key else f"{self.path}: "
         super().__init__(f"{where}{message}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled across processes (loky results)
+        return (ConfigError, (self.path, self.key, self.message))
+
 
 class OverrideError(ConfigError):
     """A ``--set`` item that cannot be parsed or applied.
@@ -55,6 +59,9 @@ class OverrideError(ConfigError):
         self.text = text
         super().__init__(f"--set {text!r}", "", message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (OverrideError, (self.text, self.message))
+
 
 class StorageError(HparamError):
     """The study database cannot be opened, read or written.
@@ -66,7 +73,11 @@ class StorageError(HparamError):
 
     def __init__(self, db: str, message: str) -> None:
         self.db = db
+        self.detail = message
         super().__init__(f"{db}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StorageError, (self.db, self.detail))
 
 
 class StorageBusyError(StorageError):
@@ -80,8 +91,12 @@ class StorageBusyError(StorageError):
 
     def __init__(self, db: str, attempts: int, holder: str) -> None:
         self.attempts = attempts
+        self.holder = holder
         super().__init__(
             db,
             f"database is locked after {attempts} attempts; {holder}. "
             "Close the program that holds a write transaction on this file and run again.",
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StorageBusyError, (self.db, self.attempts, self.holder))
