@@ -49,7 +49,7 @@ SINGLE_OBJECTIVE_SAMPLERS: tuple[str, ...] = ("cmaes",)
 SHARED_SEED_SAMPLERS: tuple[str, ...] = ("grid", "qmc")
 #: Arguments the YAML block may not set, and why.
 MANAGED: dict[str, str] = {
-    "seed": "set the top-level seed instead (each worker gets a seed derived from it)",
+    "seed": "set the top-level seed instead (workers derive their seeds from it)",
     "search_space": "the grid is derived from sweep_parameters",
 }
 _YAML_TYPES: dict[str, tuple[type, ...]] = {

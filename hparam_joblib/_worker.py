@@ -139,7 +139,7 @@ def _fit_directions(value: float | list[float], n: int) -> tuple[float | list[fl
     values = value if isinstance(value, list) else [value]
     if len(values) == n:
         return (values[0] if n == 1 else values), ""
-    what = f"{len(values)} values {values!r}" if isinstance(value, list) else f"one value {value!r}"
+    what = f"{len(values)} value{'' if len(values) == 1 else 's'} {values!r}" if isinstance(value, list) else f"one value {value!r}"
     return None, f"the training function returned {what}, but directions has {n}"
 
 
