@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,8 +91,8 @@ class AlgorithmSpec:
 def optuna_class(kind: str, type_name: str) -> type:
     """The Optuna class for a sampler or pruner type."""
     if kind == "sampler":
-        return getattr(optuna.samplers, SAMPLERS[type_name])  # type: ignore[no-any-return]
-    return getattr(optuna.pruners, PRUNERS[type_name])  # type: ignore[no-any-return]
+        return getattr(optuna.samplers, SAMPLERS[type_name])
+    return getattr(optuna.pruners, PRUNERS[type_name])
 
 
 def _annotation_types(annotation: Any) -> tuple[type, ...] | None:
@@ -175,9 +174,9 @@ def worker_seed(spec: AlgorithmSpec, seed: int | None, worker_index: int) -> int
     return None if seed is None else seed + worker_index
 
 
+#: No ``pruner:`` block.
 DEFAULT_PRUNER = AlgorithmSpec("pruner", "none")
+#: No ``sampler:`` block: TPE with the top-level n_startup_trials' default.
+DEFAULT_SAMPLER = AlgorithmSpec("sampler", "tpe", (("n_startup_trials", 10),))
 
 
-def describe_options(options: Mapping[str, Any]) -> str:
-    """``a=1, b='x'``."""
-    return ", ".join(f"{k}={v!r}" for k, v in options.items())

@@ -123,7 +123,7 @@ class ParamSpec:
             return tuple(range(int(self.low), int(self.high) + 1, int(self.step or 1)))  # type: ignore[arg-type]
         if self.step is None:
             return None
-        n = int(math.floor((self.high - self.low) / self.step + 1e-8))  # type: ignore[operator]
+        n = math.floor((self.high - self.low) / self.step + 1e-8)  # type: ignore[operator]
         return tuple(round(self.low + i * self.step, 12) for i in range(n + 1))  # type: ignore[operator]
 
 
@@ -150,7 +150,7 @@ class SearchConfig:
     fixed: Mapping[str, Any]
     resolved: Mapping[str, Any] = field(repr=False)
     directions: tuple[str, ...] = ("minimize",)
-    sampler: AlgorithmSpec = AlgorithmSpec("sampler", "tpe", (("n_startup_trials", 10),))
+    sampler: AlgorithmSpec = _algorithms.DEFAULT_SAMPLER
     pruner: AlgorithmSpec = _algorithms.DEFAULT_PRUNER
     enqueue: tuple[Mapping[str, Any], ...] = ()
 
@@ -549,9 +549,9 @@ def _validate_sampler(
         )
     # The top-level n_startup_trials drives TPE (as the guide says), and any other sampler that
     # takes one when the file sets it; a value inside the sampler block wins.
-    if "n_startup_trials" in _algorithms.options_of("sampler", type_name) and "n_startup_trials" not in body:
-        if type_name == "tpe" or raw.get("n_startup_trials") is not None:
-            body["n_startup_trials"] = n_startup_trials
+    takes_it = "n_startup_trials" in _algorithms.options_of("sampler", type_name)
+    if takes_it and "n_startup_trials" not in body and (type_name == "tpe" or raw.get("n_startup_trials") is not None):
+        body["n_startup_trials"] = n_startup_trials
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     if type_name == "grid":
         if not params:

@@ -56,8 +56,10 @@ def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
     lines = [
         f"# config: {cfg.source}",
         f"# study:  {cfg.study_name} -> {db_path_for(cfg, save_dir)} (not touched: --dry-run)",
-        f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, {direction}, "
-        f"n_startup_trials: {cfg.n_startup_trials}{seeds}",
+        (
+            f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, {direction}, "
+            f"n_startup_trials: {cfg.n_startup_trials}{seeds}"
+        ),
         f"# sampler: {cfg.sampler.describe()}",
         f"# pruner:  {cfg.pruner.describe()}",
         "# search space (in sampling order):" if any(p.when for p in cfg.params) else "# search space:",
@@ -99,7 +101,7 @@ def hparam_search(
         @functools.wraps(func)
         def launcher(argv: list[str] | dict[str, Any] | None = None) -> SearchResult | None:
             if isinstance(argv, dict):
-                return func(argv)  # type: ignore[no-any-return]
+                return func(argv)  # type: ignore[no-any-return,unused-ignore]
             cli = argv is None
             args = sys.argv[1:] if argv is None else list(argv)
             _setup_logging()

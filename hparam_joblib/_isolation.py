@@ -6,7 +6,9 @@ worker only supervises: the child dies alone, the worker records why and goes on
 supervision gives per-trial timeouts (kill the child) and a way to stop when the launcher dies.
 
 The pipe protocol (child -> worker): ``("result", payload)``, ``("error", type, message, tb)``,
-``("report", value, step)`` answered by ``("continue",)`` or ``("prune",)``.
+``("pruned", step)``, and ``("report", value, step)`` answered by ``("continue",)`` or
+``("prune",)``. After a ``prune`` answer the child ends with ``("pruned", step)`` however the
+user's code reacts (``_ChildContext.pruned_step`` remembers it).
 """
 
 from __future__ import annotations
@@ -102,10 +104,10 @@ def normalise_return(value: Any) -> tuple[float | list[float] | None, str]:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and value:
         numbers_out: list[float] = []
         for item in value:
-            number, why = normalise_return(item)
-            if number is None or isinstance(number, list):
+            one, why = normalise_return(item)
+            if one is None or isinstance(one, list):
                 return None, f"the training function returned {value!r}: {why or 'not a number'}"
-            numbers_out.append(number)
+            numbers_out.append(one)
         return numbers_out, ""
     shown = repr(value)
     if len(shown) > 80:

@@ -38,7 +38,7 @@ class Progress:
         counts = storage.count_states(study_id)
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
         delta = min(finished, self.bar.total) - self.bar.n
-        postfix = {"running": counts.get("RUNNING", 0)}
+        postfix: dict[str, Any] = {"running": counts.get("RUNNING", 0)}
         if self.show_best and counts.get("COMPLETE", 0):
             try:
                 best = storage.get_best_trial(study_id)
@@ -70,8 +70,10 @@ def format_summary(result: SearchResult) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "no trials"
     status = "interrupted" if result.interrupted else "done"
     lines = [
-        f"hparam_joblib: study {result.study_name} {status}: "
-        f"{result.n_finished}/{result.n_trials} finished ({counts}) in {result.wall_time:.1f} s",
+        (
+            f"hparam_joblib: study {result.study_name} {status}: "
+            f"{result.n_finished}/{result.n_trials} finished ({counts}) in {result.wall_time:.1f} s"
+        ),
     ]
     if result.multi_objective:
         lines += _pareto_lines(result)

@@ -16,15 +16,16 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from loky import get_reusable_executor
 from loky.process_executor import BrokenProcessPool, TerminatedWorkerError
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from hparam_joblib._config import SearchConfig
@@ -98,7 +99,7 @@ def run_search(
     # The pruner is not stored in the database: each worker builds its own (it is consulted by
     # the worker whose trial reports), so the launcher's study needs none.
     study = optuna.create_study(
-        storage=storage, study_name=cfg.study_name, directions=list(cfg.directions), load_if_exists=True
+        storage=storage, study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
     )
     study.set_user_attr("config", _jsonable(cfg.resolved))
     study_id = study._study_id
@@ -157,6 +158,10 @@ def _enqueue(study: optuna.Study, storage: SearchStorage, cfg: SearchConfig) -> 
         queued += 1
     if queued:
         logger.info("enqueue: queued %d trial(s) to run first", queued)
+
+
+def _directions(cfg: SearchConfig) -> list[StudyDirection]:
+    return [StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE for d in cfg.directions]
 
 
 def _n_finished(counts: dict[str, int]) -> int:
@@ -269,7 +274,7 @@ def _watch(
                 raise  # e.g. the database stayed locked past lock_timeout: stop the search
             except (TerminatedWorkerError, BrokenProcessPool) as err:
                 crashed = str(err).splitlines()[0][:200]
-            except Exception as err:  # a worker's own bug: log it, fail its trial, restart  # noqa: BLE001
+            except Exception as err:  # a worker's own bug: log it, fail its trial, restart
                 logger.error("a worker failed: %s: %s", type(err).__name__, err, exc_info=err)
                 crashed = f"{type(err).__name__}: {str(err)[:200]}"
         progress.update(storage, study_id)

@@ -1,8 +1,10 @@
 """What runs inside one loky worker: a ``study.optimize`` loop on the shared SQLite study.
 
-The worker reopens the storage from its path (no schema creation: the launcher did it), takes
-trials until the shared budget is spent, runs each training call in a forked child
-(``_isolation``), and records failures as PRUNED with their reason.
+The worker reopens the storage from its path (no schema creation: the launcher did it), builds
+its own sampler (with its derived seed) and pruner from the config, takes trials until the
+shared budget is spent, runs each training call in a forked child (``_isolation``) whose
+``report()`` calls it answers with the pruner's decision, and records failures as PRUNED with
+their reason (and pruner decisions as PRUNED with ``pruned_step``).
 """
 
 from __future__ import annotations
@@ -192,7 +194,8 @@ def _finished(storage: SearchStorage, study_id: int, budget: int) -> bool:
 
 def _sampler(cfg: SearchConfig, worker_index: int) -> optuna.samplers.BaseSampler:
     seed = worker_seed(cfg.sampler, cfg.seed, worker_index)
-    return build(cfg.sampler, seed)  # type: ignore[no-any-return]
+    sampler: optuna.samplers.BaseSampler = build(cfg.sampler, seed)
+    return sampler
 
 
 def worker_main(task: WorkerTask) -> WorkerReport:

@@ -382,8 +382,10 @@ ERRORS = [
      ["sweep_parameters.y.when.colour", "no sweep parameter"]),
     ("condition-bad-value", "sweep_parameters:\n  y: {type: int, low: 1, high: 2, when: {c: z}}",
      ["sweep_parameters.y.when.c", "'z'", "['a', 'b']"]),
-    ("condition-cycle", "sweep_parameters:\n  y: {type: int, low: 1, high: 2, when: {z: 1}}\n"
-     "  z: {type: int, low: 1, high: 2, when: {y: 2}}", ["when", "cycle", "y -> z -> y"]),
+    ("condition-cycle", (
+        "sweep_parameters:\n  y: {type: int, low: 1, high: 2, when: {z: 1}}\n"
+        "  z: {type: int, low: 1, high: 2, when: {y: 2}}"
+    ), ["when", "cycle", "y -> z -> y"]),
     ("pruner-multi", "directions: [minimize, maximize]\npruner: median", ["pruner.type", "one objective"]),
     ("enqueue-unknown", "enqueue: [{w: 1}]", ["enqueue[0].w", "not a sweep parameter"]),
     ("enqueue-out-of-range", "enqueue: [{x: 2.0}]", ["enqueue[0].x", "2.0"]),

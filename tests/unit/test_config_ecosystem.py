@@ -269,11 +269,11 @@ def test_wrong_length_return_is_a_failure_reason(value: Any, n: int, reason: str
 
 
 def _result(**kw: Any) -> SearchResult:
-    base: dict[str, Any] = dict(
-        study_name="s", storage_url="sqlite:////tmp/s.db", db_path="/tmp/s.db", n_trials=3,
-        counts={"COMPLETE": 3}, best_value=None, best_params={}, best_config={},
-        best_trial_number=None, wall_time=1.0,
-    )
+    base: dict[str, Any] = {
+        "study_name": "s", "storage_url": "sqlite:////tmp/s.db", "db_path": "/tmp/s.db", "n_trials": 3,
+        "counts": {"COMPLETE": 3}, "best_value": None, "best_params": {}, "best_config": {},
+        "best_trial_number": None, "wall_time": 1.0,
+    }
     base.update(kw)
     return SearchResult(**base)
 
