@@ -24,6 +24,10 @@ class ScriptArgs:
     overrides: list[Override]
     config: str | None
     dry_run: bool
+    tune_n_jobs: bool = False
+    tune_seconds: float = 20.0
+    tune_ladder: tuple[int, ...] = ()
+    tune_plot: str | None = None
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -45,6 +49,17 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--dry-run", action="store_true",
         help="print the resolved config and search space; touch no database",
     )
+    tune = p.add_argument_group("tuning n_jobs")
+    tune.add_argument(
+        "--tune-n-jobs", action="store_true",
+        help="run your function at a ladder of n_jobs values in a throwaway study, print "
+        "trials/s, speedup, efficiency and memory, and recommend n_jobs (the real study is untouched)",
+    )
+    tune.add_argument("--tune-seconds", type=_positive_float, default=20.0, metavar="S",
+                      help="seconds per rung of the ladder (default 20)")
+    tune.add_argument("--tune-ladder", type=_ladder, default=(), metavar="1,2,4",
+                      help="n_jobs values to try (default 1, 2, 4, ... up to twice the cores)")
+    tune.add_argument("--tune-plot", metavar="PNG", help="also save the ladder as a PNG (needs matplotlib)")
     return p
 
 
@@ -57,4 +72,27 @@ def parse_args(argv: list[str], prog: str | None = None) -> ScriptArgs:
     """
     ns = parser(prog).parse_args(argv)
     overrides = [parse_override(text) for group in ns.sets for text in group]
-    return ScriptArgs(overrides=overrides, config=ns.config, dry_run=ns.dry_run)
+    return ScriptArgs(
+        overrides=overrides, config=ns.config, dry_run=ns.dry_run, tune_n_jobs=ns.tune_n_jobs,
+        tune_seconds=ns.tune_seconds, tune_ladder=ns.tune_ladder, tune_plot=ns.tune_plot,
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _ladder(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,2,4, got {text!r}")
+    return values

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import joblib
 
-from hparam_joblib._cli import parse_args
+from hparam_joblib._cli import ScriptArgs, parse_args
 from hparam_joblib._config import SearchConfig, load_config, resolve_config_path
 from hparam_joblib._errors import ConfigError, HparamError
 from hparam_joblib._progress import format_summary
@@ -121,6 +121,26 @@ def hparam_search(
     return decorate
 
 
+def _tune(func: Callable[[dict[str, Any]], Any], cfg: SearchConfig, args: ScriptArgs) -> None:
+    from hparam_joblib import _tune as tune
+
+    ladder = list(args.tune_ladder) or tune.default_ladder(joblib.cpu_count(), cfg.n_jobs)
+    print(
+        f"tuning n_jobs for {cfg.study_name}: ladder {ladder}, {args.tune_seconds:g} s each, "
+        f"in a throwaway study (the real study is not touched)",
+        flush=True,
+    )
+    rungs = tune.run_ladder(func, cfg, ladder, args.tune_seconds)
+    print(tune.format_table(rungs))
+    if args.tune_plot:
+        try:
+            tune.save_plot(rungs, Path(args.tune_plot))
+        except ImportError:
+            logger.warning('no plot: matplotlib is not installed (pip install "hparam_joblib[plots]")')
+        else:
+            print(f"plot: {args.tune_plot}")
+
+
 def _launch(
     func: Callable[[dict[str, Any]], Any],
     argv: list[str],
@@ -136,6 +156,9 @@ def _launch(
     _check_signature(func, str(path))
     if args.dry_run:
         print(_dry_run_text(cfg, save_dir))
+        return None
+    if args.tune_n_jobs:
+        _tune(func, cfg, args)
         return None
     result = run_search(func, cfg, save_dir)
     print(format_summary(result))

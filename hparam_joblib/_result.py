@@ -45,6 +45,7 @@ class SearchResult:
         stop_signal: the signal number that stopped it (2 SIGINT, 15 SIGTERM), or 0.
         worker_pids: the loky worker processes that ran trials.
         storage_ops: workers' storage calls: ``count``, ``p50_ms``, ``p99_ms``, ``max_ms``.
+        peak_trial_mib: the largest resident memory of any trial process, in MiB.
         directions: ``"minimize"``/``"maximize"``, one per objective.
         best_trials: the best trial (one objective) or the Pareto front (several), by number;
             empty when no trial completed.
@@ -66,6 +67,7 @@ class SearchResult:
     stop_signal: int = 0
     worker_pids: tuple[int, ...] = field(default=(), repr=False)
     storage_ops: dict[str, float] = field(default_factory=dict)
+    peak_trial_mib: float = 0.0
     directions: tuple[str, ...] = ("minimize",)
     best_trials: tuple[BestTrial, ...] = ()
 

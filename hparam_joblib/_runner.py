@@ -77,6 +77,7 @@ def run_search(
     *,
     policy: RetryPolicy | None = None,
     show_progress: bool = True,
+    time_limit: float | None = None,
 ) -> SearchResult:
     """Run (or resume) the search until the study holds ``cfg.n_trials`` finished trials.
 
@@ -113,7 +114,10 @@ def run_search(
     reports: list[WorkerReport] = []
     interrupted = 0
     if _n_finished(storage.count_states(study_id)) < cfg.n_trials:
-        interrupted = _supervise(func, cfg, db_path, storage, study_id, run_id, policy, reports, show_progress)
+        deadline = None if time_limit is None else time.time() + time_limit
+        interrupted = _supervise(
+            func, cfg, db_path, storage, study_id, run_id, policy, reports, show_progress, deadline
+        )
     else:
         logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
     result = _result(study, storage, cfg, db_path, started, reports, interrupted)
@@ -178,6 +182,7 @@ def _supervise(
     policy: RetryPolicy,
     reports: list[WorkerReport],
     show_progress: bool,
+    deadline: float | None = None,
 ) -> int:
     """Start and watch the workers; returns the signal number that stopped us, or 0."""
     counts = storage.count_states(study_id)
@@ -205,7 +210,7 @@ def _supervise(
                     WorkerTask(
                         func=func, config=cfg, db_path=db_path, run_id=run_id,
                         launcher_pid=os.getpid(), worker_index=generation * cfg.n_jobs + i,
-                        policy=policy,
+                        policy=policy, deadline=deadline,
                     ),
                 )
                 for i in range(cfg.n_jobs)
@@ -343,6 +348,7 @@ def _result(
         worker_pids=tuple(sorted({r.pid for r in reports})),
         stop_signal=interrupted,
         storage_ops=_latency([t for r in reports for t in r.op_seconds]),
+        peak_trial_mib=max((r.peak_trial_mib for r in reports), default=0.0),
         directions=tuple(cfg.directions),
         best_trials=best_trials,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -54,6 +55,8 @@ class WorkerTask:
     launcher_pid: int
     worker_index: int
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    #: ``time.time()`` after which no new trial starts (``--tune-n-jobs`` rungs), or None.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class WorkerReport:
     lock_retries: int
     lock_wait_seconds: float
     op_seconds: tuple[float, ...] = ()
+    #: Peak resident memory of this worker's trial processes, in MiB (ru_maxrss of children).
+    peak_trial_mib: float = 0.0
 
 
 class _LauncherGone(Exception):
@@ -165,7 +170,7 @@ def _setup_worker_logging() -> None:
         logger.propagate = False
 
 
-def _optimize(study: optuna.Study, objective: _Objective) -> None:
+def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None = None) -> None:
     """``study.optimize`` until the budget is spent, surfacing our own errors.
 
     When storage fails inside Optuna's ``tell``, Optuna raises ``AssertionError('Should not
@@ -173,7 +178,8 @@ def _optimize(study: optuna.Study, objective: _Objective) -> None:
     exception's context, so we re-raise that.
     """
     try:
-        study.optimize(objective, n_trials=None, catch=())
+        callbacks = [] if deadline is None else [_stop_after(deadline)]
+        study.optimize(objective, n_trials=None, catch=(), callbacks=callbacks)
     except (BudgetExhausted, _LauncherGone, HparamError):
         raise
     except Exception as err:
@@ -185,6 +191,14 @@ def _optimize(study: optuna.Study, objective: _Objective) -> None:
                 raise cause from None
             cause = cause.__cause__ or cause.__context__
         raise
+
+
+def _stop_after(deadline: float) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if time.time() >= deadline:
+            study.stop()
+
+    return callback
 
 
 def _finished(storage: SearchStorage, study_id: int, budget: int) -> bool:
@@ -231,7 +245,9 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     try:
         while True:
             try:
-                _optimize(study, objective)
+                _optimize(study, objective, task.deadline)
+                if task.deadline is not None and time.time() >= task.deadline:
+                    break
             except BudgetExhausted:
                 # Every slot is taken; some may be RUNNING elsewhere (a sibling, another launch,
                 # or a dead process). Wait for them to finish or to be reaped, then re-check.
@@ -250,6 +266,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         lock_retries=storage.lock_retries,
         lock_wait_seconds=storage.lock_wait_seconds,
         op_seconds=tuple(storage.op_seconds),
+        peak_trial_mib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     )
 
 

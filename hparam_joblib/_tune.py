@@ -1,0 +1,155 @@
+"""``--tune-n-jobs``: measure the user's own training function at a ladder of n_jobs values.
+
+Each rung runs the real function for a bounded time in a throwaway study (a temporary
+directory; the real study is never opened), then the table shows trials/s, speedup, parallel
+efficiency and peak memory per worker, and recommends the smallest n_jobs within a few percent
+of the best throughput.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hparam_joblib._config import SearchConfig
+from hparam_joblib._runner import run_search
+
+logger = logging.getLogger("hparam_joblib")
+
+#: A rung whose throughput is within this fraction of the best counts as "as good".
+TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One measured n_jobs value."""
+
+    n_jobs: int
+    trials: int
+    seconds: float
+    rate: float
+    peak_mib: float
+
+    def speedup(self, base: Rung) -> float:
+        """Throughput relative to the first rung (normally n_jobs=1)."""
+        return self.rate / base.rate if base.rate > 0 else math.nan
+
+    def efficiency(self, base: Rung) -> float:
+        """Speedup per worker, relative to the first rung."""
+        return self.speedup(base) * base.n_jobs / self.n_jobs
+
+
+def default_ladder(cpu_count: int, configured: int) -> list[int]:
+    """1, 2, 4, ... up to twice the cores, plus the configured n_jobs."""
+    ladder = []
+    k = 1
+    while k <= max(2, 2 * cpu_count):
+        ladder.append(k)
+        k *= 2
+    if configured not in ladder:
+        ladder.append(configured)
+    return sorted(ladder)
+
+
+def steady_rate(study: optuna.Study) -> tuple[int, float]:
+    """(finished trials, trials/s from the first trial's start to the last completion).
+
+    Worker start-up (imports, connections) happens before the first trial starts, so it is
+    left out; what remains is the rate a long search would see.
+    """
+    trials = [
+        t for t in study.get_trials(deepcopy=False)
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        and t.datetime_complete is not None and t.datetime_start is not None
+    ]
+    if not trials:
+        return 0, 0.0
+    first = min(t.datetime_start for t in trials if t.datetime_start is not None)
+    last = max(t.datetime_complete for t in trials if t.datetime_complete is not None)
+    span = (last - first).total_seconds()
+    return len(trials), len(trials) / span if span > 0 else 0.0
+
+
+def run_ladder(
+    func: Callable[[dict[str, Any]], Any],
+    cfg: SearchConfig,
+    ladder: Sequence[int],
+    seconds: float,
+) -> list[Rung]:
+    """Run the function for ``seconds`` at each n_jobs of ``ladder`` (highest first)."""
+    scratch = Path(tempfile.mkdtemp(prefix="hparam_joblib_tune_"))
+    rungs: list[Rung] = []
+    try:
+        for n_jobs in sorted(set(ladder), reverse=True):  # high to low: warm caches hurt no rung
+            rung_cfg = dataclasses.replace(
+                cfg, n_jobs=n_jobs, n_trials=10**9, tag=f"{cfg.tag}_tune{n_jobs}",
+            )
+            logger.info("tune: n_jobs=%d for %.0f s", n_jobs, seconds)
+            result = run_search(func, rung_cfg, scratch, time_limit=seconds, show_progress=False)
+            study = optuna.load_study(study_name=rung_cfg.study_name, storage=result.storage_url)
+            trials, rate = steady_rate(study)
+            rungs.append(Rung(n_jobs, trials, result.wall_time, rate, result.peak_trial_mib))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return sorted(rungs, key=lambda r: r.n_jobs)
+
+
+def recommend(rungs: Sequence[Rung]) -> Rung:
+    """The smallest n_jobs whose throughput is within TOLERANCE of the best."""
+    best = max(r.rate for r in rungs)
+    return next(r for r in rungs if r.rate >= (1 - TOLERANCE) * best)
+
+
+def format_table(rungs: Sequence[Rung]) -> str:
+    """A plain-text table of the ladder and the recommendation."""
+    base = rungs[0]
+    lines = [
+        f"{'n_jobs':>6}  {'trials':>6}  {'trials/s':>9}  {'speedup':>7}  {'efficiency':>10}  {'peak MiB/trial':>14}",
+    ]
+    for r in rungs:
+        lines.append(
+            f"{r.n_jobs:>6}  {r.trials:>6}  {r.rate:>9.3f}  {r.speedup(base):>7.2f}  "
+            f"{r.efficiency(base):>10.2f}  {r.peak_mib:>14.0f}"
+        )
+    pick = recommend(rungs)
+    lines.append("")
+    lines.append(
+        f"recommended: n_jobs={pick.n_jobs} (smallest within {TOLERANCE:.0%} of the best throughput); "
+        f"run with: --set n_jobs={pick.n_jobs}"
+    )
+    return "\n".join(lines)
+
+
+def save_plot(rungs: Sequence[Rung], path: Path) -> None:
+    """Throughput and efficiency versus n_jobs as a PNG (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = rungs[0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r.n_jobs for r in rungs]
+    ax.plot(xs, [r.rate for r in rungs], "o-", label="trials/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("n_jobs")
+    ax.set_ylabel("trials/s")
+    ax2 = ax.twinx()
+    ax2.plot(xs, [r.efficiency(base) for r in rungs], "s--", color="tab:orange", label="efficiency")
+    ax2.set_ylabel("parallel efficiency")
+    ax2.set_ylim(0, 1.2)
+    ax.set_title(f"--tune-n-jobs ({datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
