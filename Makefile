@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv demo example-sklearn test test-fast bench bench-quick clean
+.PHONY: venv demo example-sklearn test test-fast lint bench-quick clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ example-sklearn: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check hparam_joblib
+	$(BIN)/mypy hparam_joblib
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"

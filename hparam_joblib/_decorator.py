@@ -16,6 +16,7 @@ import joblib
 from hparam_joblib._cli import ScriptArgs, parse_args
 from hparam_joblib._config import SearchConfig, load_config, resolve_config_path
 from hparam_joblib._errors import ConfigError, HparamError
+from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._progress import format_summary
 from hparam_joblib._result import SearchResult
 from hparam_joblib._runner import db_path_for, run_search
@@ -28,12 +29,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _setup_logging() -> None:
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("hparam_joblib: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    setup_logging("hparam_joblib:")
 
 
 def _check_signature(func: Callable[..., Any], source: str) -> None:

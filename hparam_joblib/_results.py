@@ -21,6 +21,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hparam_joblib._space import build_config
 from hparam_joblib._yaml import dump_yaml
 
 #: The order states are listed in (every Optuna state).
@@ -205,18 +206,7 @@ def owner_gone(host: str | None, pid: int | None) -> bool:
 
 def place_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of ``base`` with each ``dotted.name`` value placed at its path."""
-    config: dict[str, Any] = copy.deepcopy(dict(base))
-    for name, value in params.items():
-        node = config
-        parts = name.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[parts[-1]] = value
-    return config
+    return build_config(base, params)
 
 
 def trial_config(data: StudyData, trial: FrozenTrial) -> tuple[dict[str, Any], bool]:

@@ -355,23 +355,24 @@ class SearchStorage(RDBStorage):
                 if taken >= self.budget:
                     raise BudgetExhausted(f"{taken} of {self.budget} trials taken")
             trial = self._get_prepared_new_trial(study_id, template_trial, session)
+            trial_id, number = int(trial.trial_id), int(trial.number)
             owner = None
             if template_trial is None:
                 owner = owner_record(self.run_id)
                 self._set_trial_attr_without_commit(
-                    session, models.TrialSystemAttributeModel, trial.trial_id, OWNER_KEY, owner
+                    session, models.TrialSystemAttributeModel, trial_id, OWNER_KEY, owner
                 )
             if template_trial is not None:
                 frozen = copy.deepcopy(template_trial)
-                frozen.number = trial.number
+                frozen.number = number
                 frozen.datetime_start = trial.datetime_start
-                frozen._trial_id = trial.trial_id
+                frozen._trial_id = trial_id
                 return frozen
             return FrozenTrial(
-                number=trial.number, state=trial.state, value=None, values=None,
+                number=number, state=TrialState.RUNNING, value=None, values=None,
                 datetime_start=trial.datetime_start, datetime_complete=None, params={},
                 distributions={}, user_attrs={}, system_attrs={OWNER_KEY: owner},
-                intermediate_values={}, trial_id=trial.trial_id,
+                intermediate_values={}, trial_id=trial_id,
             )
 
     # -- fewer reads: skip a re-read when nobody has committed since -----------------------------

@@ -14,7 +14,6 @@ import logging
 import os
 import resource
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from hparam_joblib._algorithms import build, worker_seed
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError
 from hparam_joblib._isolation import Outcome, run_isolated
+from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._space import build_config, suggest_all
 from hparam_joblib._storage import (
     FINISHED_STATES,
@@ -162,12 +162,7 @@ def _record_failure(trial: optuna.Trial, outcome: Outcome) -> None:
 
 def _setup_worker_logging() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[hparam_joblib] %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    setup_logging("[hparam_joblib]")
 
 
 def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None = None) -> None:
@@ -270,4 +265,4 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     )
 
 
-__all__ = ["WorkerReport", "WorkerTask", "worker_main", "TrialState"]
+__all__ = ["TrialState", "WorkerReport", "WorkerTask", "worker_main"]

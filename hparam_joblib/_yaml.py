@@ -33,7 +33,7 @@ class _Loader(yaml.SafeLoader):
                         f"found duplicate key {key!r}", key_node.start_mark,
                     )
                 seen.add(key)
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+        return super().construct_mapping(node, deep=deep)
 
 
 _FLOAT_12 = re.compile(
@@ -42,14 +42,14 @@ _FLOAT_12 = re.compile(
     |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""",
-    re.X,
+    re.VERBOSE,
 )
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
 
 
 def load_yaml(text: str) -> Any:
     """Parse YAML text with the safe loader; raises ``yaml.YAMLError`` on bad input."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    return yaml.load(text, Loader=_Loader)
 
 
 def dump_yaml(data: Any) -> str:

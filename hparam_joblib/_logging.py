@@ -1,0 +1,18 @@
+"""The package logger's one stderr handler (the launcher and the workers each set it up once)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+logger = logging.getLogger("hparam_joblib")
+
+
+def setup(prefix: str) -> None:
+    """Log INFO and above to stderr as ``<prefix> message``, unless a handler exists already."""
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{prefix} %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
