@@ -83,7 +83,12 @@ def format_summary(result: SearchResult) -> str:
         lines.append(f"  best params:  {params}")
     else:
         lines.append("  best value:   none yet (no trial completed)")
-    lines.append(f"  lock retries: {result.lock_retries}")
+    ops = result.storage_ops
+    latency = (
+        f" (workers' storage calls: {int(ops['count'])}, p50 {ops['p50_ms']:.1f} ms, p99 {ops['p99_ms']:.1f} ms)"
+        if ops else ""
+    )
+    lines.append(f"  lock retries: {result.lock_retries}{latency}")
     lines.append(f"  database:     {result.db_path}")
     lines.append(f"  dashboard:    {dashboard_command(result.db_path)}")
     return "\n".join(lines)
