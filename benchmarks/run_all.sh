@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Reproduce every table of benchmarks/README.md in one go (about 15 minutes on 2 cores).
+#
+#   bash benchmarks/run_all.sh                 # full run, results in benchmarks/results/full/
+#   bash benchmarks/run_all.sh --quick smoke   # smoke version of every script (~5 min)
+#   RUN_NAME=mybox bash benchmarks/run_all.sh  # another name, to compare machines or commits
+#
+# The full run copies its figures to benchmarks/figures/ (the ones README.md shows).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+QUICK=()
+if [[ "${1:-}" == "--quick" ]]; then QUICK=(--quick); shift; fi
+RUN=${1:-${RUN_NAME:-$([[ ${#QUICK[@]} -gt 0 ]] && echo quick || echo full)}}
+# Full run: scaling.py and overhead.py repeat every point 3 times; contention.py collects hundreds
+# of storage-call samples per run and runs each point once (CONTENTION_REPEATS=3 for the spread).
+# --quick runs every point once.
+SCALING_REPEATS=${SCALING_REPEATS:-3}
+OVERHEAD_REPEATS=${OVERHEAD_REPEATS:-3}
+CONTENTION_REPEATS=${CONTENTION_REPEATS:-1}
+
+# Measure a fixed commit: snapshot HEAD's hparam_joblib/ (others may be editing the work tree)
+# and put it first on PYTHONPATH. SNAPSHOT=0 measures the installed package as it is.
+out=benchmarks/results/$RUN
+mkdir -p "$out"
+if [[ "${SNAPSHOT:-1}" == 1 && -z "${HJ_BENCH_SRC:-}" ]]; then
+  rm -rf "$out/src" && mkdir -p "$out/src"
+  git archive HEAD hparam_joblib | tar -x -C "$out/src"
+  git rev-parse --short HEAD > "$out/src/COMMIT"
+  export HJ_BENCH_SRC=$PWD/$out/src
+fi
+echo "measuring hparam_joblib from ${HJ_BENCH_SRC:-the installed package} ($(cat "${HJ_BENCH_SRC:-/dev/null}/COMMIT" 2>/dev/null || git rev-parse --short HEAD))"
+
+start=$(date +%s)
+"$PY" benchmarks/scaling.py --run-name "$RUN" "${QUICK[@]}" $([[ ${#QUICK[@]} -eq 0 ]] && echo --repeats "$SCALING_REPEATS")
+t1=$(date +%s)
+"$PY" benchmarks/overhead.py --run-name "$RUN" "${QUICK[@]}" $([[ ${#QUICK[@]} -eq 0 ]] && echo --repeats "$OVERHEAD_REPEATS")
+t2=$(date +%s)
+"$PY" benchmarks/contention.py --run-name "$RUN" "${QUICK[@]}" $([[ ${#QUICK[@]} -eq 0 ]] && echo --repeats "$CONTENTION_REPEATS")
+t3=$(date +%s)
+printf 'scaling %ss, overhead %ss, contention %ss, total %ss\n' \
+  $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t3 - start)) | tee "$out/run_all_time.txt"
+if [[ ${#QUICK[@]} -eq 0 ]]; then
+  mkdir -p benchmarks/figures
+  cp "$out/scaling.png" "$out/overhead.png" "$out/contention.png" benchmarks/figures/
+fi
