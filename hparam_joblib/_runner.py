@@ -96,6 +96,7 @@ def run_search(
         raise StorageError(str(save_dir), f"cannot create the save directory ({err.strerror})") from err
     enable_wal(db_path, policy.busy_timeout)
     storage = SearchStorage(db_path, create_tables=True, policy=policy)
+    storage.add_budget_index()
     storage.family = os.getpid()
     # The pruner is not stored in the database: each worker builds its own (it is consulted by
     # the worker whose trial reports), so the launcher's study needs none.
@@ -218,6 +219,8 @@ def _supervise(
             finished_before = _n_finished(storage.count_states(study_id))
             crashed = _watch(futures, storage, study_id, progress, reports)
             if not crashed:
+                # Idle workers would otherwise be joined at interpreter exit, seconds later.
+                executor.shutdown(wait=True)
                 return 0
             reaped = reap_dead_owners(storage, study_id)
             logger.warning(

@@ -196,6 +196,17 @@ def _stop_after(deadline: float) -> Callable[[optuna.Study, optuna.trial.FrozenT
     return callback
 
 
+def _wait_for_slot(storage: SearchStorage, study_id: int, budget: int, objective: _Objective) -> bool:
+    """Poll until a budget slot is free (False) or the study is finished or we must stop (True)."""
+    while True:
+        if _finished(storage, study_id, budget) or objective.launcher_gone():
+            return True
+        reap_dead_owners(storage, study_id)
+        if storage.free_slots(study_id) > 0:
+            return False
+        time.sleep(_WAIT_FOR_OTHERS_SECONDS)
+
+
 def _finished(storage: SearchStorage, study_id: int, budget: int) -> bool:
     counts = storage.count_states(study_id)
     return sum(counts.get(s.name, 0) for s in FINISHED_STATES) >= budget
@@ -245,13 +256,10 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
                     break
             except BudgetExhausted:
                 # Every slot is taken; some may be RUNNING elsewhere (a sibling, another launch,
-                # or a dead process). Wait for them to finish or to be reaped, then re-check.
-                if _finished(storage, study._study_id, cfg.n_trials):
+                # or a dead process). Wait, with reads only, until they finish (done) or one is
+                # freed (a FAIL), then try again.
+                if _wait_for_slot(storage, study._study_id, cfg.n_trials, objective):
                     break
-                reap_dead_owners(storage, study._study_id)
-                if objective.launcher_gone():
-                    break
-                time.sleep(_WAIT_FOR_OTHERS_SECONDS)
     except _LauncherGone:
         logger.warning("launcher is gone; worker %d stops", os.getpid())
         os._exit(0)

@@ -112,7 +112,7 @@ def test_kill9_launcher_five_times_then_finish(project: Project) -> None:
     Orphaned workers exit on their own, no finished trial is lost or changed, the final study
     holds exactly 200 finished trials and nothing RUNNING, and the file passes integrity_check.
     """
-    project.write_config(CONFIG.format(n_jobs=4, n_trials=200, sleep=[0.02, 0.12]))
+    project.write_config(CONFIG.format(n_jobs=4, n_trials=200, sleep=[0.2, 0.5]))
     db = project.db("exp_t")
     rng = random.Random(1234)
     completed: dict[int, float] = {}
