@@ -94,7 +94,7 @@ def run_search(
         save_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise StorageError(str(save_dir), f"cannot create the save directory ({err.strerror})") from err
-    enable_wal(db_path, policy.busy_timeout)
+    enable_wal(db_path, policy)
     storage = SearchStorage(db_path, create_tables=True, policy=policy)
     storage.add_budget_index()
     storage.family = os.getpid()

@@ -94,6 +94,12 @@ def is_lock_error(err: BaseException) -> bool:
     return False
 
 
+def _is_setup_race(err: BaseException) -> bool:
+    """A schema-creation error caused by another launch creating the same schema."""
+    text = str(err).lower()
+    return "already exists" in text or "unique constraint" in text or "integrityerror" in text
+
+
 def process_start_time(pid: int) -> str | None:
     """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
     try:
@@ -181,15 +187,32 @@ def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
-def enable_wal(db_path: Path, busy_timeout: float) -> None:
-    """Switch the file to WAL (persistent; done once by the launcher, before any worker)."""
-    conn = sqlite3.connect(str(db_path), timeout=busy_timeout)
-    try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            logger.warning("%s: could not enable WAL (journal_mode=%s)", db_path, mode)
-    finally:
-        conn.close()
+def enable_wal(db_path: Path, policy: RetryPolicy) -> None:
+    """Switch the file to WAL (persistent; done by the launcher before any worker starts).
+
+    Changing the journal mode needs the file to itself, so when another launch of the same study
+    is setting it up at this moment, SQLite says "locked" at once: retry within the policy.
+    """
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        conn = sqlite3.connect(str(db_path), timeout=policy.busy_timeout)
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                logger.warning("%s: could not enable WAL (journal_mode=%s)", db_path, mode)
+            return
+        except sqlite3.OperationalError as err:
+            if not is_lock_error(err):
+                raise StorageError(str(db_path), f"cannot open the database ({err})") from err
+            attempt += 1
+            if time.monotonic() - start >= policy.deadline:
+                raise StorageBusyError(str(db_path), attempt, describe_holders(str(db_path))) from err
+            time.sleep(policy.delay(attempt))
+        finally:
+            conn.close()
 
 
 class _WriteLock:
@@ -272,6 +295,7 @@ class SearchStorage(RDBStorage):
                 skip_compatibility_check=not create_tables,
             ),
             write=create_tables,  # workers only open the file: no need to queue as writers
+            setup=create_tables,
         )
         event.listen(self.engine, "begin", self._on_begin)
         self._pending_attrs: dict[int, dict[str, Any]] = {}
@@ -290,7 +314,7 @@ class SearchStorage(RDBStorage):
         raise TypeError("SearchStorage is opened per process from its path; do not pickle it")
 
     # -- retries ---------------------------------------------------------------------------
-    def _retry(self, call: Callable[[], T], write: bool = False) -> T:
+    def _retry(self, call: Callable[[], T], write: bool = False, setup: bool = False) -> T:
         start = time.monotonic()
         attempt = 0
         outer = getattr(self._tx, "write", False)
@@ -301,7 +325,7 @@ class SearchStorage(RDBStorage):
         if locked:
             self._write_lock.acquire()
         try:
-            return self._retry_loop(call, start, attempt)
+            return self._retry_loop(call, start, attempt, setup)
         finally:
             if locked:
                 self._write_lock.release()
@@ -310,12 +334,14 @@ class SearchStorage(RDBStorage):
             if nested == 0:
                 self.op_seconds.append(time.monotonic() - start)
 
-    def _retry_loop(self, call: Callable[[], T], start: float, attempt: int) -> T:
+    def _retry_loop(self, call: Callable[[], T], start: float, attempt: int, setup: bool = False) -> T:
         while True:
             try:
                 return call()
             except Exception as err:
-                if not is_lock_error(err):
+                # Two launches creating the schema at once: the loser sees "table already
+                # exists" or a duplicate version row; the next attempt finds it all in place.
+                if not (is_lock_error(err) or (setup and _is_setup_race(err))):
                     raise
                 attempt += 1
                 waited = time.monotonic() - start
