@@ -108,6 +108,11 @@ def hparam_search(
                     raise
                 print(f"error: {err}", file=sys.stderr)
                 raise SystemExit(2) from None
+            except KeyboardInterrupt:  # Ctrl-C before the workers started: nothing is running
+                if not cli:
+                    raise
+                print("interrupted before the search started", file=sys.stderr)
+                raise SystemExit(130) from None
             if result is not None and result.stop_signal and cli:
                 raise SystemExit(128 + result.stop_signal)
             return result

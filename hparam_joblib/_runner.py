@@ -204,7 +204,10 @@ def _supervise(
     executor = None
     try:
         while True:
-            executor = get_reusable_executor(max_workers=cfg.n_jobs, timeout=300, reuse=True)
+            # No more workers than trials left: --set n_trials=110 after 100 starts 10, not 32.
+            remaining = cfg.n_trials - _n_finished(storage.count_states(study_id))
+            n_workers = max(1, min(cfg.n_jobs, remaining))
+            executor = get_reusable_executor(max_workers=n_workers, timeout=300, reuse=True)
             futures: list[Future[WorkerReport]] = [
                 executor.submit(
                     worker_main,
@@ -214,7 +217,7 @@ def _supervise(
                         policy=policy, deadline=deadline,
                     ),
                 )
-                for i in range(cfg.n_jobs)
+                for i in range(n_workers)
             ]
             finished_before = _n_finished(storage.count_states(study_id))
             crashed = _watch(futures, storage, study_id, progress, reports)

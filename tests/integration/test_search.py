@@ -137,6 +137,12 @@ def test_resume_runs_exactly_the_missing_trials(project: Project) -> None:
     assert states(db) == {"COMPLETE": 15}
     assert "nothing to run" in again.stderr
     assert "best value:" in again.stdout
+    # Two trials left and n_jobs=8: only two workers are started for them.
+    two_more = project.run("--set", "n_trials=17", "n_jobs=8")
+    assert two_more.returncode == 0
+    assert states(db) == {"COMPLETE": 17}
+    newest = [t for t in trials(db) if t["number"] >= 15]
+    assert len({t["system_attrs"]["hparam_joblib:owner"]["pid"] for t in newest}) <= 2
 
 
 def test_overrides_reach_the_function_and_name_the_db(project: Project) -> None:
