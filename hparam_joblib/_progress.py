@@ -23,12 +23,17 @@ class Progress:
         self, total: int, initial: int, direction: str, *, enabled: bool = True, show_best: bool = True
     ) -> None:
         self.direction = direction
+        self.interactive = False
         self.show_best = show_best  # False for several objectives: there is no single best
         self.bar: Any = None
         if enabled:
+            # On a terminal the bar redraws in place; in a log file (CI, nohup, a scheduler) each
+            # redraw is kept, so redraw at most every 30 s there.
+            interactive = sys.stderr.isatty()
+            self.interactive = interactive
             self.bar = tqdm(
                 total=total, initial=min(initial, total), unit="trial", desc="trials",
-                dynamic_ncols=True, file=sys.stderr, mininterval=0.5,
+                dynamic_ncols=True, file=sys.stderr, mininterval=0.5 if interactive else 30,
             )
 
     def update(self, storage: SearchStorage, study_id: int) -> None:
@@ -49,9 +54,9 @@ class Progress:
             postfix["pruned"] = counts["PRUNED"]
         self.bar.set_postfix(postfix, refresh=False)
         if delta > 0:
-            self.bar.update(delta)
-        else:
-            self.bar.refresh()
+            self.bar.update(delta)  # redraws when mininterval has passed
+        elif self.interactive:
+            self.bar.refresh()  # keep the clock and the running count moving on a terminal
 
     def close(self) -> None:
         """Close the bar (idempotent)."""
