@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from hparam_joblib._algorithms import build, worker_seed
 from hparam_joblib._config import SearchConfig
@@ -273,4 +272,4 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     )
 
 
-__all__ = ["TrialState", "WorkerReport", "WorkerTask", "worker_main"]
+__all__ = ["WorkerReport", "WorkerTask", "worker_main"]
