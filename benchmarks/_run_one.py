@@ -36,17 +36,6 @@ import _workloads
 import yaml
 
 STAMP = "%Y-%m-%d %H:%M:%S.%f"  # how Optuna's RDBStorage stores datetimes in SQLite
-RESERVED = {
-    "experiment_name",
-    "tag",
-    "direction",
-    "n_jobs",
-    "n_trials",
-    "n_startup_trials",
-    "sweep_parameters",
-    "seed",
-    "trial_timeout",
-}
 
 
 def read_trials(db: str) -> list[dict[str, Any]]:
@@ -113,7 +102,9 @@ def run_hparam_joblib(spec: dict[str, Any]) -> dict[str, Any]:
 
 # -- plain Optuna peers ------------------------------------------------------------------------
 def _space(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    fixed = {k: v for k, v in raw.items() if k not in RESERVED or k in ("experiment_name", "tag")}
+    from hparam_joblib._config import STUDY_KEYS  # the package's own rule for fixed parameters
+
+    fixed = {k: v for k, v in raw.items() if k not in STUDY_KEYS}
     return fixed, dict(raw.get("sweep_parameters") or {})
 
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from hparam_joblib._storage import n_finished
+
 #: How many Pareto-optimal trials the summary lists.
 PARETO_SHOWN = 5
 
@@ -41,7 +43,7 @@ class Progress:
         if self.bar is None:
             return
         counts = storage.count_states(study_id)
-        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+        finished = n_finished(counts)
         delta = min(finished, self.bar.total) - self.bar.n
         postfix: dict[str, Any] = {"running": counts.get("RUNNING", 0)}
         if self.show_best and counts.get("COMPLETE", 0):

@@ -33,12 +33,12 @@ from hparam_joblib._errors import HparamError, StorageError
 from hparam_joblib._progress import Progress
 from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib._storage import (
-    FINISHED_STATES,
     BudgetExhausted,
     RetryPolicy,
     SearchStorage,
     enable_wal,
     fail_trial,
+    n_finished,
     preflight,
     reap_dead_owners,
     sqlite_url,
@@ -114,7 +114,7 @@ def run_search(
     run_id = uuid.uuid4().hex[:12]
     reports: list[WorkerReport] = []
     interrupted = 0
-    if _n_finished(storage.count_states(study_id)) < cfg.n_trials:
+    if n_finished(storage.count_states(study_id)) < cfg.n_trials:
         deadline = None if time_limit is None else time.time() + time_limit
         interrupted = _supervise(
             func, cfg, db_path, storage, study_id, run_id, policy, reports, show_progress, deadline
@@ -169,10 +169,6 @@ def _directions(cfg: SearchConfig) -> list[StudyDirection]:
     return [StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE for d in cfg.directions]
 
 
-def _n_finished(counts: dict[str, int]) -> int:
-    return sum(counts.get(s.name, 0) for s in FINISHED_STATES)
-
-
 def _supervise(
     func: Callable[[dict[str, Any]], Any],
     cfg: SearchConfig,
@@ -188,7 +184,7 @@ def _supervise(
     """Start and watch the workers; returns the signal number that stopped us, or 0."""
     counts = storage.count_states(study_id)
     progress = Progress(
-        cfg.n_trials, _n_finished(counts), cfg.direction, enabled=show_progress,
+        cfg.n_trials, n_finished(counts), cfg.direction, enabled=show_progress,
         show_best=not cfg.multi_objective,
     )
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -205,7 +201,7 @@ def _supervise(
     try:
         while True:
             # No more workers than trials left: --set n_trials=110 after 100 starts 10, not 32.
-            remaining = cfg.n_trials - _n_finished(storage.count_states(study_id))
+            remaining = cfg.n_trials - n_finished(storage.count_states(study_id))
             n_workers = max(1, min(cfg.n_jobs, remaining))
             executor = get_reusable_executor(max_workers=n_workers, timeout=300, reuse=True)
             futures: list[Future[WorkerReport]] = [
@@ -219,7 +215,7 @@ def _supervise(
                 )
                 for i in range(n_workers)
             ]
-            finished_before = _n_finished(storage.count_states(study_id))
+            finished_before = n_finished(storage.count_states(study_id))
             crashed = _watch(futures, storage, study_id, progress, reports)
             if not crashed:
                 # Idle workers would otherwise be joined at interpreter exit, seconds later.
@@ -230,7 +226,7 @@ def _supervise(
                 "a worker process died (%s); %d running trial(s) marked FAIL and will be re-run; "
                 "starting new workers", crashed, len(reaped),
             )
-            if _n_finished(storage.count_states(study_id)) > finished_before:
+            if n_finished(storage.count_states(study_id)) > finished_before:
                 restarts_without_progress = 0
             else:
                 restarts_without_progress += 1

@@ -44,6 +44,16 @@ OWNER_KEY = "hparam_joblib:owner"
 #: States that use up a slot of the budget. FAIL (a crashed or interrupted trial) does not.
 BUDGET_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def n_finished(counts: dict[str, int]) -> int:
+    """COMPLETE + PRUNED in a ``count_states`` result: the trials that count toward n_trials."""
+    return sum(counts.get(s.name, 0) for s in FINISHED_STATES)
+
+
+def n_taken(counts: dict[str, int]) -> int:
+    """Trials that hold a budget slot (finished, running or queued) in a ``count_states`` result."""
+    return sum(counts.get(s.name, 0) for s in BUDGET_STATES)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 T = TypeVar("T")
@@ -474,13 +484,6 @@ class SearchStorage(RDBStorage):
     def _execute_ddl(self, sql: str) -> None:
         with self.engine.begin() as conn:
             conn.exec_driver_sql(sql)
-
-    def free_slots(self, study_id: int) -> int:
-        """How many more trials the budget allows now (a read; no write lock)."""
-        if self.budget is None:
-            return 1
-        counts = self.count_states(study_id)
-        return self.budget - sum(counts.get(s.name, 0) for s in BUDGET_STATES)
 
     def count_states(self, study_id: int) -> dict[str, int]:
         """``{state name: count}`` for the study, in one cheap query."""

@@ -29,11 +29,12 @@ from hparam_joblib._isolation import Outcome, run_isolated
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._space import build_config, suggest_all
 from hparam_joblib._storage import (
-    FINISHED_STATES,
     OWNER_KEY,
     BudgetExhausted,
     RetryPolicy,
     SearchStorage,
+    n_finished,
+    n_taken,
     owner_record,
     reap_dead_owners,
 )
@@ -198,17 +199,13 @@ def _stop_after(deadline: float) -> Callable[[optuna.Study, optuna.trial.FrozenT
 def _wait_for_slot(storage: SearchStorage, study_id: int, budget: int, objective: _Objective) -> bool:
     """Poll until a budget slot is free (False) or the study is finished or we must stop (True)."""
     while True:
-        if _finished(storage, study_id, budget) or objective.launcher_gone():
+        counts = storage.count_states(study_id)  # one read answers both questions
+        if n_finished(counts) >= budget or objective.launcher_gone():
             return True
-        reap_dead_owners(storage, study_id)
-        if storage.free_slots(study_id) > 0:
+        if n_taken(counts) < budget:
             return False
+        reap_dead_owners(storage, study_id)
         time.sleep(_WAIT_FOR_OTHERS_SECONDS)
-
-
-def _finished(storage: SearchStorage, study_id: int, budget: int) -> bool:
-    counts = storage.count_states(study_id)
-    return sum(counts.get(s.name, 0) for s in FINISHED_STATES) >= budget
 
 
 def _sampler(cfg: SearchConfig, worker_index: int) -> optuna.samplers.BaseSampler:
