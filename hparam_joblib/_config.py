@@ -22,7 +22,9 @@ import yaml
 from hparam_joblib import _algorithms
 from hparam_joblib._algorithms import AlgorithmSpec
 from hparam_joblib._errors import ConfigError
+from hparam_joblib._gpus import detect_gpus
 from hparam_joblib._overrides import Override, apply_overrides
+from hparam_joblib._storage_spec import StorageSpec, parse_storage, redact_url
 from hparam_joblib._yaml import load_yaml
 
 logger = logging.getLogger("hparam_joblib")
@@ -41,7 +43,15 @@ STUDY_KEYS: tuple[str, ...] = (
     "sampler",
     "pruner",
     "enqueue",
+    "backend",
+    "dask_scheduler",
+    "storage",
+    "gpus",
+    "max_worker_deaths",
+    "heartbeat_interval",
 )
+BACKENDS: tuple[str, ...] = ("loky", "dask")
+_SCHEDULER_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
 #: Naming keys: reserved (they name the study), and passed to the function like fixed values.
 NAME_KEYS: tuple[str, ...] = ("experiment_name", "tag")
 RESERVED_KEYS: tuple[str, ...] = NAME_KEYS + STUDY_KEYS
@@ -153,6 +163,19 @@ class SearchConfig:
     sampler: AlgorithmSpec = _algorithms.DEFAULT_SAMPLER
     pruner: AlgorithmSpec = _algorithms.DEFAULT_PRUNER
     enqueue: tuple[Mapping[str, Any], ...] = ()
+    #: Where the worker loops run: ``loky`` (this machine) or ``dask`` (a dask.distributed cluster).
+    backend: Literal["loky", "dask"] = "loky"
+    #: ``local`` (a LocalCluster of n_jobs single-threaded worker processes) or a scheduler address.
+    dask_scheduler: str = "local"
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    #: One device per concurrently running trial (``CUDA_VISIBLE_DEVICES``); empty: no pinning.
+    gpus: tuple[str, ...] = ()
+    #: Worker processes that may die in a row, without a trial finishing in between, before the
+    #: search stops with an error.
+    max_worker_deaths: int = 3
+    #: Seconds between liveness records of a running trial (database servers only); a RUNNING
+    #: trial silent for 3 intervals is failed and re-run.
+    heartbeat_interval: float = 10.0
 
     @property
     def multi_objective(self) -> bool:
@@ -392,7 +415,8 @@ def validate(
     directions = _validate_directions(raw, check)
     direction = directions[0]
 
-    n_jobs_raw = raw.get("n_jobs", 1)
+    gpus = _validate_gpus(raw.get("gpus"), check)
+    n_jobs_raw = raw.get("n_jobs", len(gpus) or 1)
     n_jobs = _as_int(n_jobs_raw)
     if n_jobs is None or n_jobs == 0 or n_jobs < -cpu_count:
         raise check.fail(
@@ -401,6 +425,13 @@ def validate(
         )
     if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
         n_jobs = cpu_count + 1 + n_jobs
+    if gpus and n_jobs > len(gpus):
+        raise check.fail(
+            "n_jobs",
+            f"{n_jobs} trials would run at once but gpus lists {len(gpus)} device(s) "
+            f"{list(gpus)}; lower n_jobs, or list a device twice to share it",
+            related=("gpus",),
+        )
 
     n_trials = check.integer(raw, "n_trials", None, 1)
     n_startup_trials = check.integer(raw, "n_startup_trials", 10, 0)
@@ -419,6 +450,18 @@ def validate(
 
     params = _validate_params(raw.get("sweep_parameters"), check)
     params = _check_conditions(params, check)
+    backend, dask_scheduler = _validate_backend(raw, check)
+    storage = parse_storage(raw.get("storage"))
+    if isinstance(storage, str):
+        raise check.fail("storage", storage)
+    max_worker_deaths = check.integer(raw, "max_worker_deaths", 3, 1)
+    heartbeat_interval = 10.0
+    if raw.get("heartbeat_interval") is not None:
+        heartbeat_interval = check.number(raw["heartbeat_interval"], "heartbeat_interval")
+        if heartbeat_interval <= 0:
+            raise check.fail(
+                "heartbeat_interval", f"must be a number of seconds > 0, got {raw['heartbeat_interval']!r}"
+            )
 
     fixed = {k: copy.deepcopy(v) for k, v in raw.items() if k not in STUDY_KEYS}
     fixed["experiment_name"] = experiment_name
@@ -440,12 +483,68 @@ def validate(
         lock_timeout=lock_timeout,
         params=params,
         fixed=fixed,
-        resolved=copy.deepcopy(dict(raw)),
+        resolved=_redacted(raw, storage),
         directions=directions,
         sampler=sampler,
         pruner=pruner,
         enqueue=enqueue,
+        backend=backend,  # type: ignore[arg-type]
+        dask_scheduler=dask_scheduler,
+        storage=storage,
+        gpus=gpus,
+        max_worker_deaths=max_worker_deaths,
+        heartbeat_interval=heartbeat_interval,
     )
+
+
+def _redacted(raw: Mapping[str, Any], storage: StorageSpec) -> dict[str, Any]:
+    """A deep copy of the config with any storage password hidden (it is stored and printed)."""
+    resolved = copy.deepcopy(dict(raw))
+    if storage.kind == "postgresql":
+        resolved["storage"] = redact_url(storage.url)
+    return resolved
+
+
+def _validate_backend(raw: Mapping[str, Any], check: _Checker) -> tuple[str, str]:
+    backend = raw.get("backend", "loky")
+    if backend is None:
+        backend = "loky"
+    if not isinstance(backend, str) or backend.strip().lower() not in BACKENDS:
+        raise check.fail("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
+    scheduler = raw.get("dask_scheduler", "local")
+    if scheduler is None:
+        scheduler = "local"
+    text = scheduler.strip() if isinstance(scheduler, str) else ""
+    if text != "local" and not (text.startswith(_SCHEDULER_SCHEMES) and len(text.split("://", 1)[1]) > 0):
+        raise check.fail(
+            "dask_scheduler",
+            f"must be 'local' or a scheduler address such as tcp://host:8786, got {scheduler!r}",
+        )
+    return backend.strip().lower(), text
+
+
+def _validate_gpus(value: Any, check: _Checker) -> tuple[str, ...]:
+    """``gpus:`` as device ids (strings, as CUDA_VISIBLE_DEVICES takes them); empty if unset."""
+    if value is None:
+        return ()
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        found, why = detect_gpus()
+        if not found:
+            raise check.fail("gpus", f"auto found no GPU on this machine ({why}); list the devices, e.g. [0, 1]")
+        return found
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise check.fail("gpus", f"must be 'auto' or a non-empty list of device ids such as [0, 1], got {value!r}")
+    devices: list[str] = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise check.fail("gpus", f"device ids must be integers >= 0 or GPU UUIDs, got {item!r}")
+        text = str(item).strip()
+        if (isinstance(item, int) and item < 0) or not text or "," in text:
+            raise check.fail("gpus", f"device ids must be integers >= 0 or GPU UUIDs, got {item!r}")
+        devices.append(text)
+    return tuple(devices)
 
 
 def _validate_directions(raw: Mapping[str, Any], check: _Checker) -> tuple[str, ...]:

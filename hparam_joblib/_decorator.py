@@ -56,6 +56,8 @@ def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
             f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, {direction}, "
             f"n_startup_trials: {cfg.n_startup_trials}{seeds}"
         ),
+        f"# backend: {cfg.backend}" + (f" (scheduler: {cfg.dask_scheduler})" if cfg.backend == "dask" else "")
+        + (f", gpus: {list(cfg.gpus)} (one per running trial)" if cfg.gpus else ""),
         f"# sampler: {cfg.sampler.describe()}",
         f"# pruner:  {cfg.pruner.describe()}",
         "# search space (in sampling order):" if any(p.when for p in cfg.params) else "# search space:",

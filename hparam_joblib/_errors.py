@@ -15,12 +15,27 @@ Everything else (a bug, an exception inside the user's training function) is not
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+#: ``scheme://user:password@`` in any text: the password part is replaced by ``***``.
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***\3", text)
+
 
 class HparamError(Exception):
-    """Base class for every error the user can fix; printed as one line with exit status 2."""
+    """Base class for every error the user can fix; printed as one line with exit status 2.
+
+    Its text never shows a password: a storage URL given with ``--set`` may appear in it.
+    """
+
+    def __str__(self) -> str:
+        return redact_secrets(super().__str__())
 
 
 class UsageError(HparamError):
