@@ -20,11 +20,12 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from loky import get_reusable_executor
 from loky.process_executor import BrokenProcessPool, TerminatedWorkerError
+from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
@@ -35,14 +36,13 @@ from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib._storage import (
     BudgetExhausted,
     RetryPolicy,
-    SearchStorage,
-    enable_wal,
+    StorageLocation,
+    StudyStore,
     fail_trial,
     n_finished,
-    preflight,
     reap_dead_owners,
-    sqlite_url,
 )
+from hparam_joblib._storage_factory import location_for, open_storage, preflight, prepare
 from hparam_joblib._worker import WorkerReport, WorkerTask, worker_main
 
 logger = logging.getLogger("hparam_joblib")
@@ -70,6 +70,11 @@ def db_path_for(cfg: SearchConfig, save_dir: Path) -> Path:
     return save_dir / f"{cfg.study_name}.db"
 
 
+def storage_display(cfg: SearchConfig, save_dir: Path) -> str:
+    """Where the study lives, as shown to the user: a file, or a URL without its password."""
+    return location_for(cfg, save_dir).display
+
+
 def run_search(
     func: Callable[[dict[str, Any]], Any],
     cfg: SearchConfig,
@@ -88,20 +93,21 @@ def run_search(
     started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     policy = policy or RetryPolicy(deadline=cfg.lock_timeout, busy_timeout=min(10.0, cfg.lock_timeout / 2))
-    db_path = db_path_for(cfg, save_dir)
-    preflight(db_path, cfg.study_name, list(cfg.directions))
-    try:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise StorageError(str(save_dir), f"cannot create the save directory ({err.strerror})") from err
-    enable_wal(db_path, policy)
-    storage = SearchStorage(db_path, create_tables=True, policy=policy)
+    location = location_for(cfg, save_dir)
+    preflight(location, cfg.study_name, list(cfg.directions))
+    if location.kind == "sqlite":
+        try:
+            save_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(str(save_dir), f"cannot create the save directory ({err.strerror})") from err
+    prepare(location, policy)
+    storage = open_storage(location, create_tables=True, policy=policy, heartbeat_interval=cfg.heartbeat_interval)
     storage.add_budget_index()
     storage.family = os.getpid()
     # The pruner is not stored in the database: each worker builds its own (it is consulted by
     # the worker whose trial reports), so the launcher's study needs none.
     study = optuna.create_study(
-        storage=storage, study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
+        storage=cast(BaseStorage, storage), study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
     )
     study.set_user_attr("config", _jsonable(cfg.resolved))
     study_id = study._study_id
@@ -117,11 +123,11 @@ def run_search(
     if n_finished(storage.count_states(study_id)) < cfg.n_trials:
         deadline = None if time_limit is None else time.time() + time_limit
         interrupted = _supervise(
-            func, cfg, db_path, storage, study_id, run_id, policy, reports, show_progress, deadline
+            func, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline
         )
     else:
         logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
-    result = _result(study, storage, cfg, db_path, started, reports, interrupted)
+    result = _result(study, storage, cfg, location, started, reports, interrupted)
     return result
 
 
@@ -137,7 +143,7 @@ def enqueue_keys(entries: tuple[Mapping[str, Any], ...]) -> list[str]:
     return keys
 
 
-def _enqueue(study: optuna.Study, storage: SearchStorage, cfg: SearchConfig) -> None:
+def _enqueue(study: optuna.Study, storage: StudyStore, cfg: SearchConfig) -> None:
     """Queue the ``enqueue`` entries not queued by an earlier run; each takes a budget slot.
 
     What was queued is recorded in the study's system attr :data:`ENQUEUED_KEY`, entry by
@@ -172,8 +178,8 @@ def _directions(cfg: SearchConfig) -> list[StudyDirection]:
 def _supervise(
     func: Callable[[dict[str, Any]], Any],
     cfg: SearchConfig,
-    db_path: Path,
-    storage: SearchStorage,
+    location: StorageLocation,
+    storage: StudyStore,
     study_id: int,
     run_id: str,
     policy: RetryPolicy,
@@ -208,7 +214,7 @@ def _supervise(
                 executor.submit(
                     worker_main,
                     WorkerTask(
-                        func=func, config=cfg, db_path=db_path, run_id=run_id,
+                        func=func, config=cfg, location=location, run_id=run_id,
                         launcher_pid=os.getpid(), worker_index=generation * cfg.n_jobs + i,
                         policy=policy, deadline=deadline,
                     ),
@@ -264,7 +270,7 @@ def _install_handlers(handlers: dict[Any, Any]) -> dict[Any, Any]:
 
 def _watch(
     futures: list[Future[WorkerReport]],
-    storage: SearchStorage,
+    storage: StudyStore,
     study_id: int,
     progress: Progress,
     reports: list[WorkerReport],
@@ -288,7 +294,7 @@ def _watch(
     return crashed
 
 
-def _fail_run_trials(storage: SearchStorage, study_id: int, run_id: str, reason: str) -> None:
+def _fail_run_trials(storage: StudyStore, study_id: int, run_id: str, reason: str) -> None:
     """Fail this launch's RUNNING trials once its workers are dead (best effort)."""
     try:
         for trial_id, _number, owner in storage.running_owners(study_id):
@@ -300,9 +306,9 @@ def _fail_run_trials(storage: SearchStorage, study_id: int, run_id: str, reason:
 
 def _result(
     study: optuna.Study,
-    storage: SearchStorage,
+    storage: StudyStore,
     cfg: SearchConfig,
-    db_path: Path,
+    location: StorageLocation,
     started: float,
     reports: list[WorkerReport],
     interrupted: int,
@@ -335,8 +341,10 @@ def _result(
     )
     return SearchResult(
         study_name=cfg.study_name,
-        storage_url=sqlite_url(db_path),
-        db_path=str(db_path.resolve()),
+        storage_url=location.public_url if location.is_server else (
+            location.path if location.kind == "journal" else f"sqlite:///{location.path}"
+        ),
+        db_path=location.display,
         n_trials=cfg.n_trials,
         counts=counts,
         best_value=best_value,
