@@ -17,6 +17,7 @@ Why a subclass of Optuna's ``RDBStorage``:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import functools
@@ -98,7 +99,7 @@ def sqlite_url(path: Path) -> str:
 CONNECT_TIMEOUT = 10
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _installed(module: str) -> bool:
     import importlib.util
 
@@ -193,6 +194,12 @@ def is_lock_error(err: BaseException) -> bool:
 
 #: PostgreSQL SQLSTATEs after which the transaction was rolled back and may simply be re-run.
 _PG_RETRY_CODES = {"40001": "serialization failure", "40P01": "deadlock detected"}
+#: SQLSTATEs of a connection the server ended (the last commit's fate may be unknown).
+_PG_CONNECTION_CODES = {
+    "57P01": "the server ended the connection (admin shutdown)",
+    "57P02": "the server crashed",
+    "57P03": "the server is starting up or shutting down",
+}
 
 
 def _causes(err: BaseException) -> list[BaseException]:
@@ -215,7 +222,10 @@ def server_transient(err: BaseException) -> str:
         code = getattr(cause, "pgcode", None)
         if code in _PG_RETRY_CODES:
             return f"rollback:{_PG_RETRY_CODES[code]}"
-        if getattr(cause, "connection_invalidated", False):
+        if code in _PG_CONNECTION_CODES or (isinstance(code, str) and code.startswith("08")):
+            return f"connection:{_PG_CONNECTION_CODES.get(code, 'connection failure')}"
+        if getattr(cause, "connection_invalidated", False) or type(cause).__name__ == "PendingRollbackError":
+            # PendingRollbackError: a session whose connection broke earlier, not yet rolled back.
             return "connection:the connection to the server was lost"
         name = type(cause).__name__
         module = type(cause).__module__
@@ -383,6 +393,22 @@ _RETRIED_METHODS = (
 )
 
 
+class _DropReconnectNoise(logging.Filter):
+    """Optuna logs a warning with the whole SQL text when a trials query fails, then retries it
+    on the same broken connection; our retry reconnects and says nothing. Drop that warning
+    when the cause is a lost server connection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("Caught an error from sqlalchemy") and (
+            "server closed the connection" in text or "terminating connection" in text
+            or "connection already closed" in text
+        ))
+
+
+_RECONNECT_FILTER = _DropReconnectNoise()
+
+
 class SearchStorage(RDBStorage):
     """Optuna's RDBStorage on one SQLite file or a PostgreSQL database, with retries, a budget,
     trial owners and (on a server) heartbeats.
@@ -450,6 +476,10 @@ class SearchStorage(RDBStorage):
             self.grace_period = 3 * heartbeat_interval  # type: ignore[assignment]
         if self.is_sqlite:
             event.listen(self.engine, "begin", self._on_begin)
+        else:
+            rdb_logger = logging.getLogger("optuna.storages._rdb.storage")
+            if _RECONNECT_FILTER not in rdb_logger.filters:
+                rdb_logger.addFilter(_RECONNECT_FILTER)
         self._pending_attrs: dict[int, dict[str, Any]] = {}
         self._version_conn: sqlite3.Connection | None = None
         self._version_pid = -1
@@ -457,6 +487,14 @@ class SearchStorage(RDBStorage):
         self.reads_skipped = 0
         #: Heartbeat-stale trials this process failed (trial numbers).
         self.stale_reaped: list[int] = []
+
+    def _reset_session(self) -> None:
+        """Roll back and drop this thread's session after an error: a session whose connection
+        broke stays unusable (PendingRollbackError) until rolled back, and a half-built write
+        (pending attrs added before the failure) must not leak into the next call."""
+        with contextlib.suppress(Exception):  # the connection may be gone; remove() still resets
+            self.scoped_session.rollback()
+        self.scoped_session.remove()
 
     def _on_begin(self, conn: Any) -> None:
         # Writes take SQLite's write lock up front (BEGIN IMMEDIATE): the budget count and the
@@ -520,6 +558,8 @@ class SearchStorage(RDBStorage):
                 # Two launches creating the schema at once: the loser sees "table already
                 # exists" or a duplicate version row; the next attempt finds it all in place.
                 transient = "" if self.is_sqlite else server_transient(err)
+                if not self.is_sqlite:
+                    self._reset_session()
                 if not (is_lock_error(err) or transient or (setup and _is_setup_race(err))):
                     raise
                 if transient.startswith("connection:"):
