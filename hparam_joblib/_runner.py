@@ -72,7 +72,10 @@ def db_path_for(cfg: SearchConfig, save_dir: Path) -> Path:
 
 def storage_display(cfg: SearchConfig, save_dir: Path) -> str:
     """Where the study lives, as shown to the user: a file, or a URL without its password."""
-    return location_for(cfg, save_dir).display
+    if cfg.storage.kind == "sqlite":
+        return str(db_path_for(cfg, save_dir))
+    location = location_for(cfg, save_dir)
+    return f"journal:{location.path}" if location.kind == "journal" else location.display
 
 
 def run_search(
