@@ -446,3 +446,29 @@ def test_server_dropping_connections_mid_search_fails_nothing(project: Project, 
     assert "Traceback" not in err and "Caught an error" not in err
     retries = re.search(r"lock retries: (\d+)", out)
     assert retries and int(retries.group(1)) > 0, err[-2000:]  # the calls were retried, and counted
+
+
+def test_journal_survives_workers_killed_during_writes(project: Project, tmp_path: Path) -> None:
+    """Zero-work trials (workers spend their time appending to the journal), a worker SIGKILLed
+    again and again: the file stays readable by plain Optuna, the lock never stalls (flock dies
+    with its holder), and the search ends with exactly n_trials finished."""
+    journal = tmp_path / "j" / "exp.journal"
+    project.write_config(CONFIG.format(n_jobs=3, n_trials=150, sleep=0, storage=f"journal:{journal}"))
+    proc = project.start()
+    kills = 0
+    rounds = 0
+    while proc.poll() is None and kills < 8 and rounds < 200:
+        rounds += 1
+        time.sleep(0.3)
+        with contextlib.suppress(Exception):
+            pids = running_owner_pids(load(journal_storage(journal)))
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                kills += 1
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    assert kills >= 3, kills
+    study = load(journal_storage(journal))
+    c = counts(study)
+    assert finished(c) == 150 and "RUNNING" not in c, c
+    assert "Traceback" not in err
