@@ -472,3 +472,17 @@ def test_journal_survives_workers_killed_during_writes(project: Project, tmp_pat
     c = counts(study)
     assert finished(c) == 150 and "RUNNING" not in c, c
     assert "Traceback" not in err
+
+
+def test_concurrent_launches_of_one_study_cooperate(project: Project, store: Store) -> None:
+    """Three launches of the same new study at once (racing to create the schema and the study):
+    all succeed and the total is exact."""
+    project.write_config(CONFIG.format(n_jobs=2, n_trials=30, sleep=0.1, storage=store.setting))
+    launches = [project.start() for _ in range(3)]
+    for proc in launches:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-3000:]
+    study = store.study()
+    assert counts(study) == {"COMPLETE": 30}
+    assert sorted(t.number for t in study.trials) == list(range(30))
+    assert len({t.system_attrs[OWNER]["run"] for t in study.trials}) >= 2
