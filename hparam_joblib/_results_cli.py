@@ -8,6 +8,10 @@
     hparam-joblib plot      DB [--study NAME] --out DIR
     hparam-joblib dashboard DB [--port N] [--host HOST]
 
+DB is a SQLite file (or ``sqlite:///`` URL), a journal file (``journal:PATH``, or a file that
+is one), or a ``postgresql://`` URL (the password from PGPASSWORD or ~/.pgpass, or in the URL:
+never shown, and passed to optuna-dashboard through the environment, not its command line).
+
 The database is opened read-only and never created. Every error the user can fix is printed as
 one line ``error: ...`` on stderr with exit status 2.
 """
