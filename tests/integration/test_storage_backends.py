@@ -486,3 +486,67 @@ def test_concurrent_launches_of_one_study_cooperate(project: Project, store: Sto
     assert counts(study) == {"COMPLETE": 30}
     assert sorted(t.number for t in study.trials) == list(range(30))
     assert len({t.system_attrs[OWNER]["run"] for t in study.trials}) >= 2
+
+
+def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:
+    """A real deadlock (40P01) and a real serialization failure (40001) from the server are
+    'rolled back, safe to re-run'; a terminated connection is 'connection lost' (its last commit
+    may or may not have happened); a constraint violation is not retried."""
+    import threading
+
+    import psycopg2
+
+    from hparam_joblib._storage import server_transient
+
+    pg_query(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v int)")
+    pg_query(pg_url, "INSERT INTO t VALUES (1, 0), (2, 0)")
+
+    def connect() -> Any:
+        return psycopg2.connect(pg_url, connect_timeout=10)
+
+    # Deadlock: each transaction locks one row, then wants the other's.
+    a, b = connect(), connect()
+    errors: list[BaseException] = []
+    a.cursor().execute("UPDATE t SET v = 1 WHERE id = 1")
+    b.cursor().execute("UPDATE t SET v = 1 WHERE id = 2")
+
+    def second() -> None:
+        try:
+            b.cursor().execute("UPDATE t SET v = 2 WHERE id = 1")
+        except psycopg2.Error as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.3)
+    try:
+        a.cursor().execute("UPDATE t SET v = 2 WHERE id = 2")
+    except psycopg2.Error as err:
+        errors.append(err)
+    thread.join(10)
+    a.rollback()
+    b.rollback()
+    assert [server_transient(e) for e in errors] == ["rollback:deadlock detected"], errors
+
+    # Serialization failure: two SERIALIZABLE transactions update the same row.
+    for conn in (a, b):
+        conn.set_session(isolation_level="SERIALIZABLE")
+    a.cursor().execute("SELECT v FROM t WHERE id = 1")
+    b.cursor().execute("SELECT v FROM t WHERE id = 1")
+    a.cursor().execute("UPDATE t SET v = 3 WHERE id = 1")
+    a.commit()
+    with pytest.raises(psycopg2.Error) as serial:
+        b.cursor().execute("UPDATE t SET v = 4 WHERE id = 1")
+    b.rollback()
+    assert server_transient(serial.value) == "rollback:serialization failure"
+
+    # A connection the server ends; a real constraint violation.
+    pid = a.get_backend_pid()
+    pg_query(pg_url, "SELECT pg_terminate_backend(%s)", pid)
+    with pytest.raises(psycopg2.Error) as lost:
+        a.cursor().execute("SELECT 1")
+    assert server_transient(lost.value).startswith("connection:")
+    with pytest.raises(psycopg2.Error) as dup:
+        b.cursor().execute("INSERT INTO t VALUES (1, 0)")
+    assert server_transient(dup.value) == ""
+    b.close()
