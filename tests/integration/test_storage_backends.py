@@ -407,12 +407,15 @@ def test_results_cli_reads_postgresql_and_journal(project: Project, pg_url: str,
 # -- journal specifics ---------------------------------------------------------------------------------
 
 
-def test_journal_torn_tail_is_cut_and_plain_optuna_reads_everything(project: Project, tmp_path: Path) -> None:
-    """A record cut short (a writer killed mid-write) is dropped by the next writer; the search
-    resumes exactly and Optuna's own JournalStorage reads every trial."""
-    journal = tmp_path / "j" / "exp.journal"
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=8, sleep=0, storage=f"journal:{journal}"))
-    assert project.run(timeout=120).returncode == 0
+def test_journal_torn_tail_is_cut_and_plain_optuna_reads_everything(project: Project) -> None:
+    """``storage: journal`` writes ``<save_db_directory>/<study>.journal``. A record cut short (a
+    writer killed mid-write) is dropped by the next writer; the search resumes exactly and
+    Optuna's own JournalStorage reads every trial."""
+    journal = project.root / "optuna_studies" / "exp_t.journal"
+    project.write_config(CONFIG.format(n_jobs=2, n_trials=8, sleep=0, storage="journal"))
+    done = project.run(timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"database:     {journal}" in done.stdout
     with open(journal, "ab") as handle:
         handle.write(b'{"op_code": 4, "worker_id": "torn", "study_id": 0, "datetime_st')
     done = project.run("--set", "n_trials=14", timeout=120)
