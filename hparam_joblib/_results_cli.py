@@ -329,8 +329,32 @@ def cmd_status(ns: argparse.Namespace) -> int:
     from hparam_joblib._results import format_status
 
     db, _, data = read_study(ns)
-    print(format_status(data, db.shown, datetime.now()))
+    heartbeats = _heartbeat_ages(db, data.name) if db.location is not None and db.location.is_server else None
+    print(format_status(data, db.shown, datetime.now(), heartbeats))
     return 0
+
+
+def _heartbeat_ages(db: Database, study_name: str) -> dict[int, float]:
+    """Seconds since the last heartbeat of each RUNNING trial, by number (server clock)."""
+    import sqlalchemy
+
+    from hparam_joblib._storage_factory import server_engine, server_problem
+
+    assert db.location is not None
+    engine = server_engine(db.location.url, read_only=True)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text(
+                "SELECT t.number, EXTRACT(EPOCH FROM (LOCALTIMESTAMP - h.heartbeat)) "
+                "FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+                "WHERE s.study_name = :name AND t.state = 'RUNNING'"
+            ), {"name": study_name}).all()
+    except Exception as err:
+        raise StorageError(db.shown, server_problem(err)) from err
+    finally:
+        engine.dispose()
+    return {int(number): max(0.0, float(age)) for number, age in rows}
 
 
 def _require_best(data: StudyData) -> None:

@@ -326,6 +326,10 @@ def test_stale_heartbeat_from_a_foreign_host_is_failed_and_rerun(project: Projec
         pg_query(pg_url, f"INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (%s, now() - interval '{age}')",
                  trial_id)
         fakes[label] = trial_id
+    status = results_cli("status", pg_url)
+    assert status.returncode == 0, status.stderr
+    assert "on elsewhere-dead.example pid 4242 (no heartbeat for 1h00m: its machine or process died" in status.stdout
+    assert "on elsewhere-alive.example pid 4242 (last heartbeat " in status.stdout
     # The "alive" machine beats for a while (longer than the grace period), then dies.
     started = time.monotonic()
     proc = project.start("--set", "n_trials=10")
