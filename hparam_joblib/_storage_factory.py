@@ -119,6 +119,8 @@ _PROBLEMS: tuple[tuple[str, str], ...] = (
     (r"timeout expired", f"cannot reach the server (no answer within {CONNECT_TIMEOUT} s)"),
     (r"Connection refused", "cannot reach the server (connection refused: is PostgreSQL running on that host and port?)"),
     (r"No route to host|Network is unreachable", "cannot reach the server (no route to host)"),
+    (r"received invalid response to SSL negotiation|server closed the connection unexpectedly",
+     "the server at that host and port did not answer like PostgreSQL (wrong port, or a proxy in between?)"),
 )
 
 
