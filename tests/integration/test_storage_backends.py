@@ -75,11 +75,11 @@ def psycopg2_url(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
-def load(storage: Any) -> Any:
+def load(storage: Any, name: str = "exp_t") -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name="exp_t", storage=storage)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def journal_storage(path: Path) -> Any:
@@ -557,3 +557,30 @@ def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:
         b.cursor().execute("INSERT INTO t VALUES (1, 0)")
     assert server_transient(dup.value) == ""
     b.close()
+
+
+def test_guide_example_on_postgresql_then_ten_more(tmp_path: Path, pg_url: str) -> None:
+    """The guide's script and config verbatim, only ``--set storage=<url with a password>``:
+    exactly 100 COMPLETE in n_jobs=8 distinct worker processes, then exactly +10; plain Optuna
+    reads the study from the printed URL; the password is never printed."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "config", tmp_path / "config")
+    shutil.copy(repo / "examples" / "your_script.py", tmp_path / "your_script.py")
+    proj = Project(tmp_path)
+    url = with_password(pg_url)
+    done = proj.run("--set", f"storage={url}", script=tmp_path / "your_script.py", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert pg_states(pg_url) == {"COMPLETE": 100}
+    printed = re.search(r"dashboard:\s+optuna-dashboard (\S+)", done.stdout)
+    assert printed and SECRET not in printed.group(1)
+    study = load(printed.group(1), "ImageNet_exp_first_sweep")
+    assert len(study.trials) == 100
+    assert len({t.system_attrs[OWNER]["pid"] for t in study.trials}) == 8
+    assert all(t.user_attrs["config"]["hidden_layers"] == 8 for t in study.trials)
+    more = proj.run("--set", f"storage={url}", "n_trials=110", script=tmp_path / "your_script.py", timeout=300)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert pg_states(pg_url) == {"COMPLETE": 110}
+    for out in (done, more):
+        assert SECRET not in out.stdout + out.stderr
