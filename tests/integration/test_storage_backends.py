@@ -456,17 +456,17 @@ def test_server_dropping_connections_mid_search_fails_nothing(project: Project, 
 
 
 def test_journal_survives_workers_killed_during_writes(project: Project, tmp_path: Path) -> None:
-    """Zero-work trials (workers spend their time appending to the journal), a worker SIGKILLed
+    """Near-zero-work trials (workers spend much of their time appending to the journal), a worker SIGKILLed
     again and again: the file stays readable by plain Optuna, the lock never stalls (flock dies
     with its holder), and the search ends with exactly n_trials finished."""
     journal = tmp_path / "j" / "exp.journal"
-    project.write_config(CONFIG.format(n_jobs=3, n_trials=150, sleep=0, storage=f"journal:{journal}"))
+    project.write_config(CONFIG.format(n_jobs=3, n_trials=600, sleep=0.02, storage=f"journal:{journal}"))
     proc = project.start()
     kills = 0
     rounds = 0
-    while proc.poll() is None and kills < 8 and rounds < 200:
+    while proc.poll() is None and kills < 4 and rounds < 300:
         rounds += 1
-        time.sleep(0.3)
+        time.sleep(0.2)
         with contextlib.suppress(Exception):
             pids = running_owner_pids(load(journal_storage(journal)))
             if pids:
@@ -477,7 +477,7 @@ def test_journal_survives_workers_killed_during_writes(project: Project, tmp_pat
     assert kills >= 3, kills
     study = load(journal_storage(journal))
     c = counts(study)
-    assert finished(c) == 150 and "RUNNING" not in c, c
+    assert finished(c) == 600 and "RUNNING" not in c, c
     assert "Traceback" not in err
 
 
