@@ -468,7 +468,9 @@ def test_journal_survives_workers_killed_during_writes(project: Project, tmp_pat
         rounds += 1
         time.sleep(0.2)
         with contextlib.suppress(Exception):
-            pids = running_owner_pids(load(journal_storage(journal)))
+            # Owners of RUNNING trials that are still alive (a killed worker's trial stays
+            # RUNNING until the launcher reaps it).
+            pids = [p for p in running_owner_pids(load(journal_storage(journal))) if Path(f"/proc/{p}").exists()]
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 kills += 1
