@@ -378,7 +378,7 @@ _RETRIED_METHODS = (
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",
     "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
-    "get_trial_param", "set_trial_intermediate_value", "get_all_trials",
+    "get_trial_param", "get_all_trials",
     "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
     "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
     # Optuna's _CachedStorage calls this private method of its backend directly.
@@ -499,8 +499,8 @@ class SearchStorage(RDBStorage):
         # sleeps up to 2 s per try) with our bounded, counted retry.
         frozen = self._retry(lambda: self._create_trial_once(study_id, template_trial), write=True)
         self.created_trial_ids.add(frozen._trial_id)
-        # Optuna's Trial() reads the trial back at once; it is exactly what we just wrote.
-        self._fresh = copy.deepcopy(frozen) if template_trial is None else None
+        if template_trial is None:  # this process is its only writer until it finishes
+            self._mirror()[frozen._trial_id] = copy.deepcopy(frozen)
         return frozen
 
     def _create_trial_once(self, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:
@@ -607,9 +607,9 @@ class SearchStorage(RDBStorage):
         return [self._with_pending(t) for t in trials]
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        fresh, self._fresh = getattr(self, "_fresh", None), None
-        if fresh is not None and fresh._trial_id == trial_id:  # created just now, untouched since
-            return self._with_pending(fresh)
+        mirrored = self._mirror().get(trial_id)
+        if mirrored is not None:
+            return copy.deepcopy(mirrored)
         trials = self._retry(lambda: self._fast_read(None, True, None, {"tid": trial_id}))
         if not trials:
             raise KeyError(models.NOT_FOUND_MSG)
@@ -624,6 +624,18 @@ class SearchStorage(RDBStorage):
             if study_id is not None and conn.execute(_STUDY_EXISTS, {"sid": study_id}).first() is None:
                 raise KeyError(models.NOT_FOUND_MSG)  # as Optuna's read does for a missing study
             return _read_trials(conn, by_id, states, binds)
+
+    def _mirror(self) -> dict[int, FrozenTrial]:
+        """Trials this process created and runs, as written so far (buffered writes included).
+
+        Optuna reads a running trial back several times (``Trial()``, ``tell``, lazy system
+        attrs); nothing but this process writes it until it finishes (other processes only fail
+        trials whose owner is dead), so these reads are answered here, without a query.
+        """
+        mirror: dict[int, FrozenTrial] | None = self.__dict__.get("_mirror_trials")
+        if mirror is None:
+            mirror = self.__dict__["_mirror_trials"] = {}
+        return mirror
 
     def _with_pending(self, trial: FrozenTrial) -> FrozenTrial:
         """A trial of ours as this process sees it: its buffered writes included."""
@@ -669,6 +681,10 @@ class SearchStorage(RDBStorage):
             optuna_distributions.check_distribution_compatibility(previous_distribution, distribution)
         pending = self._pending.setdefault(trial_id, _PendingWrites([], {}))
         pending.params.append((param_name, param_value_internal, distribution, previous_distribution))
+        mirrored = self._mirror().get(trial_id)
+        if mirrored is not None:
+            mirrored.distributions[param_name] = distribution
+            mirrored.params[param_name] = distribution.to_external_repr(param_value_internal)
 
     def _first_distribution(self, trial_id: int, param_name: str) -> Any:
         """The distribution the study first stored for ``param_name`` (Optuna checks against it)."""
@@ -687,6 +703,8 @@ class SearchStorage(RDBStorage):
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         if trial_id in self.created_trial_ids and key != OWNER_KEY:
             self._pending.setdefault(trial_id, _PendingWrites([], {})).system_attrs[key] = value
+            if trial_id in self._mirror():
+                self._mirror()[trial_id].system_attrs[key] = value
             return
         self._retry(lambda: RDBStorage.set_trial_system_attr(self, trial_id, key, value), write=True)
 
@@ -695,8 +713,16 @@ class SearchStorage(RDBStorage):
         transaction instead of one each); anything else is written at once."""
         if trial_id in self.created_trial_ids:
             self._pending_attrs.setdefault(trial_id, {})[key] = value
+            if trial_id in self._mirror():
+                self._mirror()[trial_id].user_attrs[key] = value
             return
         self._retry(lambda: RDBStorage.set_trial_user_attr(self, trial_id, key, value), write=True)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._retry(lambda: RDBStorage.set_trial_intermediate_value(self, trial_id, step, intermediate_value),
+                    write=True)
+        if trial_id in self._mirror():
+            self._mirror()[trial_id].intermediate_values[step] = intermediate_value
 
     def _write_pending_without_commit(self, session: Any, trial_id: int, pending: _PendingWrites | None,
                                       attrs: dict[str, Any] | None) -> None:
@@ -760,6 +786,7 @@ class SearchStorage(RDBStorage):
             if finished:
                 self._pending.pop(trial_id, None)
                 self._pending_attrs.pop(trial_id, None)
+                self._mirror().pop(trial_id, None)
                 self.created_trial_ids.discard(trial_id)
 
     def _set_state_without_commit(
