@@ -290,6 +290,7 @@ def main() -> None:
     p = base_parser(__doc__.splitlines()[0], "scaling")
     p.add_argument("--workloads", default="cpu,sleep,zero,hetero", help="comma-separated subset")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated subset")
+    p.add_argument("--n-jobs", default=None, help="comma-separated subset of the n_jobs points (a re-check)")
     args = p.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     out = results_dir(args.run_name)
@@ -319,6 +320,10 @@ def main() -> None:
         )
 
     the_plan = plan(args.quick)
+    if args.n_jobs:
+        keep = {int(x) for x in args.n_jobs.split(",") if x}
+        for spec_w in the_plan.values():
+            spec_w["n_jobs"] = [k for k in spec_w["n_jobs"] if k in keep]
     wanted = [w for w in args.workloads.split(",") if w]
     results: dict[str, dict[str, dict[int, list[dict[str, Any]]]]] = {}
     for w in wanted:
