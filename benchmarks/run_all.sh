@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce every table of benchmarks/README.md in one go (about 15 minutes on 2 cores).
+# Reproduce every table of benchmarks/README.md in one go (under 13 minutes on 2 cores; see
+# benchmarks/README.md for the measured time).
 #
 #   bash benchmarks/run_all.sh                 # full run, results in benchmarks/results/full/
 #   bash benchmarks/run_all.sh --quick smoke   # smoke version of every script (~5 min)
@@ -12,11 +13,12 @@ PY=${PYTHON:-python}
 QUICK=()
 if [[ "${1:-}" == "--quick" ]]; then QUICK=(--quick); shift; fi
 RUN=${1:-${RUN_NAME:-$([[ ${#QUICK[@]} -gt 0 ]] && echo quick || echo full)}}
-# Full run: scaling.py and overhead.py repeat every point 3 times; contention.py collects hundreds
-# of storage-call samples per run and runs each point once (CONTENTION_REPEATS=3 for the spread).
-# --quick runs every point once.
-SCALING_REPEATS=${SCALING_REPEATS:-3}
-OVERHEAD_REPEATS=${OVERHEAD_REPEATS:-3}
+# Full run: scaling.py and overhead.py repeat every point twice (scaling.py: zero-work 3 times,
+# n_jobs=32/64 once: start-up-bound points whose spread adds little); contention.py collects
+# hundreds of storage-call samples per run and runs each point once. Raise these for a tighter
+# spread (3/3/3 took ~21 min at commit f09a368). --quick runs every point once.
+SCALING_REPEATS=${SCALING_REPEATS:-2}
+OVERHEAD_REPEATS=${OVERHEAD_REPEATS:-2}
 CONTENTION_REPEATS=${CONTENTION_REPEATS:-1}
 
 # Measure a fixed commit: snapshot HEAD's hparam_joblib/ (others may be editing the work tree)

@@ -60,11 +60,19 @@ def plan(quick: bool) -> dict[str, dict[str, Any]]:
             "zero": {"n_jobs": [2, 1], "trials": lambda k: 30},
             "hetero": {"n_jobs": [2, 1], "trials": lambda k: 12},
         }
+    # Trials per run: enough for every worker to reach a steady state (>= 15 trials each up to
+    # n_jobs=16), so that the steady-state rate is not start-up; n_jobs=32/64 on 2 cores are about
+    # start-up, contention and lost trials (2 trials per worker) and run once ("repeats": a cap).
+    # Zero-work runs are cheap and carry two targets: they always get 3 repeats.
     return {
         "cpu": {"n_jobs": [4, 2, 1], "trials": lambda k: 60},
-        "sleep": {"n_jobs": [64, 32, 16, 8, 4, 2, 1], "trials": lambda k: max(30, 2 * k)},
-        "zero": {"n_jobs": [2, 1], "trials": lambda k: 60},
-        "hetero": {"n_jobs": [8, 4, 2, 1], "trials": lambda k: 24},
+        "sleep": {
+            "n_jobs": [64, 32, 16, 8, 4, 2, 1],
+            "trials": lambda k: max(30, 15 * k) if k <= 16 else 2 * k,
+            "repeats": lambda k, r: r if k <= 16 else 1,
+        },
+        "zero": {"n_jobs": [2, 1], "trials": lambda k: 100, "repeats": lambda k, r: max(r, 3)},
+        "hetero": {"n_jobs": [8, 4, 2, 1], "trials": lambda k: max(24, 8 * k)},
     }
 
 
@@ -282,6 +290,7 @@ def main() -> None:
     p = base_parser(__doc__.splitlines()[0], "scaling")
     p.add_argument("--workloads", default="cpu,sleep,zero,hetero", help="comma-separated subset")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated subset")
+    p.add_argument("--n-jobs", default=None, help="comma-separated subset of the n_jobs points (a re-check)")
     args = p.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     out = results_dir(args.run_name)
@@ -311,6 +320,10 @@ def main() -> None:
         )
 
     the_plan = plan(args.quick)
+    if args.n_jobs:
+        keep = {int(x) for x in args.n_jobs.split(",") if x}
+        for spec_w in the_plan.values():
+            spec_w["n_jobs"] = [k for k in spec_w["n_jobs"] if k in keep]
     wanted = [w for w in args.workloads.split(",") if w]
     results: dict[str, dict[str, dict[int, list[dict[str, Any]]]]] = {}
     for w in wanted:
@@ -318,7 +331,8 @@ def main() -> None:
         results[w] = {fw: {} for fw in FRAMEWORKS}
         for k in spec_w["n_jobs"]:  # high to low
             n = spec_w["trials"](k)
-            for rep in range(repeats):
+            reps = spec_w.get("repeats", lambda k, r: r)(k, repeats)
+            for rep in range(reps):
                 order = frameworks[rep % len(frameworks) :] + frameworks[: rep % len(frameworks)]
                 for fw in order:
                     if fw == "optuna_procs" and k == 1:
@@ -337,7 +351,7 @@ def main() -> None:
                     )
                     results[w][fw].setdefault(k, []).append(r)
                     print(
-                        f"  {w:6s} {fw:15s} n_jobs={k:<3d} N={n:<4d} rep {rep + 1}/{repeats}: steady "
+                        f"  {w:6s} {fw:15s} n_jobs={k:<3d} N={n:<4d} rep {rep + 1}/{reps}: steady "
                         f"{fmt(r['ss_rate'])}/s, end-to-end {r['e2e_s']:.1f} s, lost {r['lost']}, "
                         f"cpu {fmt(r['cpu_ms_per_trial'], 0)} ms/trial, load {r['load1']:.1f}",
                         flush=True,

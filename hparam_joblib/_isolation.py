@@ -29,6 +29,12 @@ from multiprocessing.connection import Connection
 from typing import Any, Literal
 
 _POLL_SECONDS = 0.2
+#: How long a child may take to exit after it sent its outcome, before it is killed.
+_EXIT_GRACE_SECONDS = 5.0
+#: Children that sent their outcome and are still exiting (flushing output, joining threads):
+#: reaped in the background of the next trials instead of waited for (the worker goes on with
+#: the next trial at once), killed past their grace time.
+_EXITING: list[tuple[Any, float]] = []
 
 OutcomeKind = Literal["value", "error", "died", "timeout", "stopped", "pruned"]
 
@@ -167,6 +173,7 @@ def run_isolated(
         should_stop: polled while waiting; True kills the child (launcher gone, shutdown).
         on_report: called for each ``report(value, step)``; returns True to prune.
     """
+    reap_exiting()
     ctx = multiprocessing.get_context("fork")
     ours, theirs = ctx.Pipe()
     child = ctx.Process(
@@ -192,7 +199,8 @@ def run_isolated(
                     prune = on_report(float(message[1]), int(message[2]))
                     ours.send(("prune",) if prune else ("continue",))
                     continue
-                child.join(5)
+                if child.is_alive():  # its outcome is in: let it finish exiting on its own
+                    _EXITING.append((child, time.monotonic() + _EXIT_GRACE_SECONDS))
                 if tag == "result":
                     _, value, why = message
                     if value is None:
@@ -212,9 +220,26 @@ def run_isolated(
                 _kill(child)
                 return Outcome("stopped", reason="stopped: the search was shut down while the trial ran")
     finally:
-        if child.is_alive():
+        if child.is_alive() and not any(c is child for c, _ in _EXITING):
             _kill(child)
         ours.close()
+
+
+def reap_exiting(wait: bool = False) -> None:
+    """Collect children that have exited; kill those past their grace time (or all, ``wait``:
+    each gets what is left of its grace time first)."""
+    now = time.monotonic()
+    still: list[tuple[Any, float]] = []
+    for child, deadline in _EXITING:
+        if wait:
+            child.join(max(0.0, deadline - now))
+        if not child.is_alive():
+            child.join(0)
+        elif wait or now >= deadline:
+            _kill(child)
+        else:
+            still.append((child, deadline))
+    _EXITING[:] = still
 
 
 def _kill(child: Any) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import fcntl
 import functools
 import json
@@ -36,11 +37,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 import optuna
+from optuna import distributions as optuna_distributions
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import event, func
+from sqlalchemy import bindparam, event, func, or_, select
+from sqlalchemy import exc as sqlalchemy_exc
 
 from hparam_joblib._errors import StorageBusyError, StorageError
 from hparam_joblib._storage_spec import redact_url
@@ -356,6 +359,127 @@ def enable_wal(db_path: Path, policy: RetryPolicy) -> None:
             conn.close()
 
 
+@dataclass
+class _PendingWrites:
+    """Params and system attrs of a trial this process runs, not yet written (see flush_trial)."""
+
+    #: (name, internal value, distribution, distribution to check against or None: look it up)
+    params: list[tuple[str, float, Any, Any]]
+    system_attrs: dict[str, Any]
+
+
+_T = models.TrialModel.__table__
+_P = models.TrialParamModel.__table__
+_V = models.TrialValueModel.__table__
+_UA = models.TrialUserAttributeModel.__table__
+_SA = models.TrialSystemAttributeModel.__table__
+_IV = models.TrialIntermediateValueModel.__table__
+_TRIAL_COLS = (_T.c.trial_id, _T.c.number, _T.c.state, _T.c.datetime_start, _T.c.datetime_complete)
+
+
+def _trial_filter(states: bool, by_id: bool) -> Any:
+    """The WHERE clause of a trials read (bound parameters: sid, ids, gt, states, tid)."""
+    if by_id:
+        return _T.c.trial_id == bindparam("tid")
+    clause = (_T.c.study_id == bindparam("sid")) & or_(
+        _T.c.trial_id.in_(bindparam("ids", expanding=True)), _T.c.trial_id > bindparam("gt")
+    )
+    if states:
+        clause = clause & _T.c.state.in_(bindparam("states", expanding=True))
+    return clause
+
+
+def _child_selects(where: Any) -> dict[str, Any]:
+    sub = select(_T.c.trial_id).where(where).scalar_subquery()
+    return {
+        "params": select(_P.c.trial_id, _P.c.param_name, _P.c.param_value, _P.c.distribution_json)
+        .where(_P.c.trial_id.in_(sub)).order_by(_P.c.param_id),
+        "values": select(_V.c.trial_id, _V.c.objective, _V.c.value, _V.c.value_type).where(_V.c.trial_id.in_(sub)),
+        "user": select(_UA.c.trial_id, _UA.c.key, _UA.c.value_json).where(_UA.c.trial_id.in_(sub)),
+        "system": select(_SA.c.trial_id, _SA.c.key, _SA.c.value_json).where(_SA.c.trial_id.in_(sub)),
+        "steps": select(_IV.c.trial_id, _IV.c.step, _IV.c.intermediate_value, _IV.c.intermediate_value_type)
+        .where(_IV.c.trial_id.in_(sub)),
+    }
+
+
+def _upsert_attrs(conn: Any, table: Any, trial_id: int, items: dict[str, Any]) -> None:
+    """Set attrs of a trial, replacing same-key rows ((trial_id, key) is unique), on any dialect."""
+    keys = list(items)
+    conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key.in_(keys)))
+    conn.execute(table.insert(), [{"trial_id": trial_id, "key": k, "value_json": json.dumps(items[k])} for k in keys])
+
+
+_PAST_TRIALS = select(func.count(_T.c.trial_id)).where(
+    _T.c.study_id == bindparam("sid"), _T.c.trial_id < bindparam("tid")
+)
+_TRIAL_STATE = select(_T.c.state).where(_T.c.trial_id == bindparam("tid"))
+_TRIAL_STATE_FOR_UPDATE = _TRIAL_STATE.with_for_update()
+_STUDY_EXISTS = select(models.StudyModel.__table__.c.study_id).where(
+    models.StudyModel.__table__.c.study_id == bindparam("sid")
+)
+#: Prebuilt Core statements (SQLAlchemy caches their compiled form): one per read shape.
+_READS: dict[tuple[bool, bool], tuple[Any, dict[str, Any]]] = {}
+for _states in (False, True):
+    for _by_id in (False, True):
+        _where = _trial_filter(_states, _by_id)
+        _READS[(_states, _by_id)] = (
+            select(*_TRIAL_COLS).where(_where).order_by(_T.c.trial_id), _child_selects(_where)
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _distribution(text: str) -> Any:
+    return optuna_distributions.json_to_distribution(text)
+
+
+def _local(stamp: Any) -> Any:
+    """Naive UTC as stored -> naive local time, as Optuna's TrialModel properties do."""
+    if stamp is None:
+        return None
+    return stamp.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def _read_trials(conn: Any, by_id: bool, states: Any, binds: dict[str, Any]) -> list[FrozenTrial]:
+    """Trials as Optuna's ``_build_frozen_trial_from_trial_model`` builds them, read with six
+    Core statements (no ORM objects, no lazy loads) in the caller's transaction."""
+    trial_stmt, children = _READS[(states is not None, by_id)]
+    if states is not None:
+        binds = {**binds, "states": list(states)}
+    rows = conn.execute(trial_stmt, binds).all()
+    if not rows:
+        return []
+    params: dict[int, list[tuple[str, float, str]]] = {}
+    values: dict[int, dict[int, float]] = {}
+    user: dict[int, dict[str, Any]] = {}
+    system: dict[int, dict[str, Any]] = {}
+    steps: dict[int, dict[int, float]] = {}
+    for tid, name, value, dist in conn.execute(children["params"], binds):
+        params.setdefault(tid, []).append((name, value, dist))
+    for tid, objective, value, kind in conn.execute(children["values"], binds):
+        values.setdefault(tid, {})[objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
+    for tid, key, text in conn.execute(children["user"], binds):
+        user.setdefault(tid, {})[key] = json.loads(text)
+    for tid, key, text in conn.execute(children["system"], binds):
+        system.setdefault(tid, {})[key] = json.loads(text)
+    for tid, step, value, kind in conn.execute(children["steps"], binds):
+        steps.setdefault(tid, {})[step] = (
+            models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, kind)
+        )
+    trials = []
+    for tid, number, state, start, complete in rows:
+        dists = {name: _distribution(dist) for name, _, dist in params.get(tid, ())}
+        objective_values = values.get(tid)
+        trials.append(FrozenTrial(
+            number=number, state=state, value=None,
+            values=[objective_values[i] for i in sorted(objective_values)] if objective_values else None,
+            datetime_start=_local(start), datetime_complete=_local(complete),
+            params={name: dists[name].to_external_repr(value) for name, value, _ in params.get(tid, ())},
+            distributions=dists, user_attrs=user.get(tid, {}), system_attrs=system.get(tid, {}),
+            intermediate_values=steps.get(tid, {}), trial_id=tid,
+        ))
+    return trials
+
+
 class _WriteLock:
     """A kernel file lock (flock) that our writers queue on before SQLite's write lock.
 
@@ -384,12 +508,12 @@ _RETRIED_METHODS = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",
-    "set_trial_param", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
-    "get_trial_param", "set_trial_intermediate_value", "set_trial_system_attr", "get_trial", "get_all_trials",
+    "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
+    "get_trial_param", "get_all_trials",
     "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
     "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
-    # Optuna's _CachedStorage calls these private methods of its backend directly.
-    "_set_trial_param", "_get_best_trial_id",
+    # Optuna's _CachedStorage calls this private method of its backend directly.
+    "_get_best_trial_id",
 )
 
 
@@ -481,6 +605,7 @@ class SearchStorage(RDBStorage):
             if _RECONNECT_FILTER not in rdb_logger.filters:
                 rdb_logger.addFilter(_RECONNECT_FILTER)
         self._pending_attrs: dict[int, dict[str, Any]] = {}
+        self._pending: dict[int, _PendingWrites] = {}  # params and system attrs of our trials
         self._version_conn: sqlite3.Connection | None = None
         self._version_pid = -1
         self._last_read: tuple[int, int] | None = None
@@ -596,6 +721,8 @@ class SearchStorage(RDBStorage):
         token = uuid.uuid4().hex[:16]  # finds this trial again if the commit's fate is unknown
         frozen = self._retry(lambda: self._create_trial_once(study_id, template_trial, token), write=True)
         self.created_trial_ids.add(frozen._trial_id)
+        if template_trial is None:  # this process is its only writer until it finishes
+            self._mirror()[frozen._trial_id] = copy.deepcopy(frozen)
         return frozen
 
     def _create_trial_once(self, study_id: int, template_trial: FrozenTrial | None, token: str = "") -> FrozenTrial:
@@ -649,6 +776,34 @@ class SearchStorage(RDBStorage):
                 return RDBStorage.get_trial(self, trial_id)
         return None
 
+    # -- the rows of a new trial and of attributes, in Core (Optuna's ORM path costs ~3x the CPU) --
+    def _get_prepared_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None, session: Any
+    ) -> models.TrialModel:
+        if template_trial is not None:  # enqueued / added trials: Optuna's own code
+            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        conn = session.connection()
+        trial = models.TrialModel(study_id=study_id, state=TrialState.RUNNING)
+        trial.datetime_start = datetime.datetime.now()
+        result = conn.execute(_T.insert().values(
+            study_id=study_id, number=None, state=TrialState.RUNNING, datetime_start=trial._datetime_start_utc
+        ))
+        trial.trial_id = int(result.inserted_primary_key[0])
+        # Optuna numbers a trial by the trials of its study with a smaller id (same rule).
+        trial.number = int(conn.execute(_PAST_TRIALS, {"sid": study_id, "tid": trial.trial_id}).scalar())
+        conn.execute(_T.update().where(_T.c.trial_id == trial.trial_id).values(number=trial.number))
+        return trial
+
+    def _set_trial_attr_without_commit(
+        self, session: Any, model_cls: Any, trial_id: int, key: str, value: Any
+    ) -> None:
+        conn = session.connection()
+        state = conn.execute(_TRIAL_STATE, {"tid": trial_id}).scalar()
+        if state is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        self.check_trial_is_updatable(trial_id, state)
+        _upsert_attrs(conn, model_cls.__table__, trial_id, {key: value})
+
     # -- fewer reads: skip a re-read when nobody has committed since -----------------------------
     def _data_version(self) -> int:
         """SQLite's ``PRAGMA data_version`` on a private connection of this process: it changes
@@ -670,49 +825,207 @@ class SearchStorage(RDBStorage):
         # on each get_all_trials, several times per trial. Its cache already holds the database
         # as of its last read; if no connection (ours included) has committed since, nothing
         # can have changed, so "nothing new" is the exact answer, without a query.
-        if not self.is_sqlite:
-            return self._retry(
-                lambda: RDBStorage._get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than)
-            )
-        version = self._retry(self._data_version)
-        if states is None and self._last_read == (study_id, version):
+        # (SQLite only: a server has no data_version; there every read queries.)
+        version = self._retry(self._data_version) if self.is_sqlite else None
+        # Only the cache's incremental reads (trial_id_greater_than >= 0) may skip or set it;
+        # a full read (get_all_trials) always queries.
+        incremental = self.is_sqlite and states is None and trial_id_greater_than >= 0
+        if incremental and self._last_read == (study_id, version):
             self.reads_skipped += 1
             return []
-        trials = self._retry(
-            lambda: RDBStorage._get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than)
-        )
-        if states is None:
+        included = [t for t in included_trial_ids if t <= trial_id_greater_than]
+        if len(included) > 500:  # beyond a sane IN list: Optuna's own (ORM) read
+            trials = self._retry(
+                lambda: RDBStorage._get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than)
+            )
+        else:
+            binds = {"sid": study_id, "ids": included, "gt": trial_id_greater_than}
+            trials = self._retry(lambda: self._fast_read(study_id, False, states, binds))
+        if incremental and version is not None:
             self._last_read = (study_id, version)  # read before the query: conservative
-        return trials
+        return [self._with_pending(t) for t in trials]
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        mirrored = self._mirror().get(trial_id)
+        if mirrored is not None:
+            return copy.deepcopy(mirrored)
+        trials = self._retry(lambda: self._fast_read(None, True, None, {"tid": trial_id}))
+        if not trials:
+            raise KeyError(models.NOT_FOUND_MSG)
+        return self._with_pending(trials[0])
+
+    def _fast_read(
+        self, study_id: int | None, by_id: bool, states: Container[TrialState] | None, binds: dict[str, Any]
+    ) -> list[FrozenTrial]:
+        """What Optuna's ORM read returns, from Core statements (about 5x less CPU)."""
+        with _create_scoped_session(self.scoped_session) as session:
+            conn = session.connection()
+            if study_id is not None and conn.execute(_STUDY_EXISTS, {"sid": study_id}).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)  # as Optuna's read does for a missing study
+            return _read_trials(conn, by_id, states, binds)
+
+    def _mirror(self) -> dict[int, FrozenTrial]:
+        """Trials this process created and runs, as written so far (buffered writes included).
+
+        Optuna reads a running trial back several times (``Trial()``, ``tell``, lazy system
+        attrs); nothing but this process writes it until it finishes (other processes only fail
+        trials whose owner is dead), so these reads are answered here, without a query.
+        """
+        mirror: dict[int, FrozenTrial] | None = self.__dict__.get("_mirror_trials")
+        if mirror is None:
+            mirror = self.__dict__["_mirror_trials"] = {}
+        return mirror
+
+    def _with_pending(self, trial: FrozenTrial) -> FrozenTrial:
+        """A trial of ours as this process sees it: its buffered writes included."""
+        pending = self._pending.get(trial._trial_id)
+        attrs = self._pending_attrs.get(trial._trial_id)
+        if pending is None and not attrs:
+            return trial
+        if pending is not None:
+            for name, value, dist, _ in pending.params:
+                trial.distributions[name] = dist
+                trial.params[name] = dist.to_external_repr(value)
+            trial.system_attrs.update(pending.system_attrs)
+        if attrs:
+            trial.user_attrs.update(attrs)
+        return trial
 
     # -- fewer write transactions per trial ------------------------------------------------------
+    # A trial this process created writes its params, sampler system attrs and user attrs in one
+    # transaction (flush_trial, just before its training starts, so other workers' samplers see a
+    # running trial's params), and what comes later with its final state: instead of one write
+    # transaction per parameter and attribute. Reads in this process include the buffered writes.
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float,
+        distribution: optuna_distributions.BaseDistribution,
+    ) -> None:
+        self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
+
+    def _set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float,
+        distribution: optuna_distributions.BaseDistribution,
+        previous_distribution: optuna_distributions.BaseDistribution | None,
+    ) -> None:
+        if trial_id not in self.created_trial_ids:
+            self._retry(lambda: RDBStorage._set_trial_param(
+                self, trial_id, param_name, param_value_internal, distribution, previous_distribution
+            ), write=True)
+            return
+        if previous_distribution is None:  # Optuna's check, at suggest time (again at flush)
+            found = self._retry(lambda: self._first_distribution(trial_id, param_name))
+            if found is not None:
+                optuna_distributions.check_distribution_compatibility(found, distribution)
+        else:
+            optuna_distributions.check_distribution_compatibility(previous_distribution, distribution)
+        pending = self._pending.setdefault(trial_id, _PendingWrites([], {}))
+        pending.params.append((param_name, param_value_internal, distribution, previous_distribution))
+        mirrored = self._mirror().get(trial_id)
+        if mirrored is not None:
+            mirrored.distributions[param_name] = distribution
+            mirrored.params[param_name] = distribution.to_external_repr(param_value_internal)
+
+    def _first_distribution(self, trial_id: int, param_name: str) -> Any:
+        """The distribution the study first stored for ``param_name`` (Optuna checks against it)."""
+        with _create_scoped_session(self.scoped_session) as session:
+            study_id = session.query(models.TrialModel.study_id).filter(
+                models.TrialModel.trial_id == trial_id).scalar()
+            record = (
+                session.query(models.TrialParamModel.distribution_json)
+                .join(models.TrialModel)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialParamModel.param_name == param_name)
+                .first()
+            )
+        return None if record is None else _distribution(record[0])
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if trial_id in self.created_trial_ids and key != OWNER_KEY:
+            self._pending.setdefault(trial_id, _PendingWrites([], {})).system_attrs[key] = value
+            if trial_id in self._mirror():
+                self._mirror()[trial_id].system_attrs[key] = value
+            return
+        self._retry(lambda: RDBStorage.set_trial_system_attr(self, trial_id, key, value), write=True)
+
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         """User attrs of a trial this process runs are written with its final state (one
         transaction instead of one each); anything else is written at once."""
         if trial_id in self.created_trial_ids:
             self._pending_attrs.setdefault(trial_id, {})[key] = value
+            if trial_id in self._mirror():
+                self._mirror()[trial_id].user_attrs[key] = value
             return
         self._retry(lambda: RDBStorage.set_trial_user_attr(self, trial_id, key, value), write=True)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._retry(lambda: RDBStorage.set_trial_intermediate_value(self, trial_id, step, intermediate_value),
+                    write=True)
+        if trial_id in self._mirror():
+            self._mirror()[trial_id].intermediate_values[step] = intermediate_value
+
+    def _write_pending_without_commit(self, session: Any, trial_id: int, pending: _PendingWrites | None,
+                                      attrs: dict[str, Any] | None) -> None:
+        """Buffered params and attrs of ``trial_id`` into ``session``: the rows Optuna would write
+        (same checks), with one statement per table instead of ORM objects per row."""
+        conn = session.connection()
+        state = conn.execute(_TRIAL_STATE, {"tid": trial_id}).scalar()
+        if state is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        self.check_trial_is_updatable(trial_id, state)
+        if pending is not None and pending.params:
+            rows = []
+            for name, value, dist, previous in pending.params:
+                if previous is None:  # first use of the name here: Optuna's check, in this transaction
+                    found = session.query(models.TrialParamModel.distribution_json).join(models.TrialModel).filter(
+                        models.TrialModel.study_id == select(_T.c.study_id).where(_T.c.trial_id == trial_id)
+                        .scalar_subquery(),
+                        models.TrialParamModel.param_name == name,
+                    ).first()
+                    if found is not None:
+                        optuna_distributions.check_distribution_compatibility(_distribution(found[0]), dist)
+                rows.append({"trial_id": trial_id, "param_name": name, "param_value": value,
+                             "distribution_json": optuna_distributions.distribution_to_json(dist)})
+            conn.execute(_P.insert(), rows)
+        for table, items in ((_SA, pending.system_attrs if pending else None), (_UA, attrs)):
+            if items:
+                _upsert_attrs(conn, table, trial_id, items)
+
+    def flush_trial(self, trial_id: int) -> None:
+        """Write the buffered params and attrs of a running trial of ours in one transaction."""
+        pending = self._pending.pop(trial_id, None)
+        attrs = self._pending_attrs.pop(trial_id, None)
+        if pending is None and not attrs:
+            return
+
+        def call() -> None:
+            with _create_scoped_session(self.scoped_session, True) as session:
+                self._write_pending_without_commit(session, trial_id, pending, attrs)
+
+        self._retry(call, write=True)
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        pending = self._pending_attrs.get(trial_id) if state.is_finished() else None
+        finished = state.is_finished()
+        pending = self._pending.get(trial_id) if finished else None
+        attrs = self._pending_attrs.get(trial_id) if finished else None
 
         def call() -> bool:
-            if pending:
-                session = self.scoped_session()  # the same session the call below commits
-                for key, value in pending.items():
-                    self._set_trial_attr_without_commit(
-                        session, models.TrialUserAttributeModel, trial_id, key, value
-                    )
-            return bool(RDBStorage.set_trial_state_values(self, trial_id, state, values))
+            try:
+                with _create_scoped_session(self.scoped_session) as session:
+                    if pending is not None or attrs:
+                        self._write_pending_without_commit(session, trial_id, pending, attrs)
+                    return self._set_state_without_commit(session, trial_id, state, values)
+            except sqlalchemy_exc.IntegrityError:  # as Optuna's: a concurrent update won
+                return False
 
         try:
             return self._retry(call, write=True, after_lost_commit=lambda: self._holds_state(trial_id, state))
         finally:
-            if state.is_finished():
+            if finished:
+                self._pending.pop(trial_id, None)
                 self._pending_attrs.pop(trial_id, None)
+                self._mirror().pop(trial_id, None)
                 self.created_trial_ids.discard(trial_id)
 
     def _holds_state(self, trial_id: int, state: TrialState) -> bool | None:
@@ -731,6 +1044,33 @@ class SearchStorage(RDBStorage):
         if self.heartbeat_interval is None:
             return []
         return list(self._retry(lambda: RDBStorage._get_stale_trial_ids(self, study_id)))
+
+    def _set_state_without_commit(
+        self, session: Any, trial_id: int, state: TrialState, values: Sequence[float] | None
+    ) -> bool:
+        """Optuna's ``RDBStorage.set_trial_state_values`` (same checks, same rows) in Core."""
+        conn = session.connection()
+        current = conn.execute(_TRIAL_STATE_FOR_UPDATE, {"tid": trial_id}).scalar()
+        if current is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        self.check_trial_is_updatable(trial_id, current)
+        if values is not None and len(values) > 0:
+            conn.execute(_V.delete().where(_V.c.trial_id == trial_id, _V.c.objective.in_(range(len(values)))))
+            rows = []
+            for objective, v in enumerate(values):
+                stored, kind = models.TrialValueModel.value_to_stored_repr(v)
+                rows.append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind})
+            conn.execute(_V.insert(), rows)
+        if state == TrialState.RUNNING and current != TrialState.WAITING:
+            return False
+        now = datetime.datetime.now().astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        update: dict[str, Any] = {"state": state}
+        if state == TrialState.RUNNING:
+            update["datetime_start"] = now
+        if state.is_finished():
+            update["datetime_complete"] = now
+        conn.execute(_T.update().where(_T.c.trial_id == trial_id).values(**update))
+        return True
 
     # -- queries for the launcher --------------------------------------------------------------
     def add_budget_index(self) -> None:

@@ -26,7 +26,7 @@ from optuna.storages import BaseStorage
 from hparam_joblib._algorithms import build, worker_seed
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError
-from hparam_joblib._isolation import Outcome, run_isolated
+from hparam_joblib._isolation import Outcome, reap_exiting, run_isolated
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._space import build_config, suggest_all
 from hparam_joblib._storage import (
@@ -106,6 +106,9 @@ class _Objective:
         sampled = suggest_all(trial, cfg.params)
         config = build_config(cfg.fixed, sampled)
         trial.set_user_attr("config", _jsonable(config))
+        # Params, sampler attrs and the config in one write, before the trial runs: other
+        # workers' samplers see a running trial's params, and the dashboard its config.
+        self.storage.flush_trial(trial._trial_id)
         self.trials_run += 1
 
         def on_report(value: float, step: int) -> bool:
@@ -177,7 +180,7 @@ def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None
     exception's context, so we re-raise that.
     """
     try:
-        callbacks = [] if deadline is None else [_stop_after(deadline)]
+        callbacks = None if deadline is None else [_stop_after(deadline)]  # None: no re-read per trial
         study.optimize(objective, n_trials=None, catch=(), callbacks=callbacks)
     except (BudgetExhausted, _LauncherGone, HparamError):
         raise
@@ -266,6 +269,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     except _LauncherGone:
         logger.warning("launcher is gone; worker %d stops", os.getpid())
         os._exit(0)
+    reap_exiting(wait=True)  # the last trial's process, so that its peak memory is counted
     return WorkerReport(
         pid=os.getpid(),
         trials_run=objective.trials_run,
