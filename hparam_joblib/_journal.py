@@ -258,6 +258,21 @@ class JournalSearchStorage(JournalStorage):
             return
         JournalStorage.set_trial_user_attr(self, trial_id, key, value)
 
+    def flush_trial(self, trial_id: int) -> None:
+        """Write the attrs buffered so far (the trial's config) in one append, before it runs."""
+        pending = self._pending_attrs.pop(trial_id, None)
+        if not pending:
+            return
+        started = time.monotonic()
+        with self._thread_lock, self.backend.flock_held():
+            worker = self._replay_result.worker_id
+            self.backend.append_logs([
+                {"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "worker_id": worker,
+                 "trial_id": trial_id, "user_attr": {k: v}}
+                for k, v in pending.items()
+            ])
+        self.op_seconds.append(time.monotonic() - started)
+
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
