@@ -228,7 +228,8 @@ def _supervise(
         nonlocal next_index
         backend.submit([
             WorkerTask(
-                func=func, config=cfg, db_path=db_path, run_id=run_id,
+                # Absolute: a Dask worker's working directory is not the launcher's.
+                func=func, config=cfg, db_path=db_path.resolve(), run_id=run_id,
                 launcher_pid=os.getpid(), worker_index=next_index + i,
                 policy=policy, deadline=deadline,
                 lease_interval=cfg.heartbeat_interval if backend.remote else None,

@@ -201,16 +201,22 @@ class _Objective:
             return run_isolated(*args, **kwargs)
         lease = lease_device(gpus, self.gpu_key, self.launcher_gone, first=self.task.worker_index)
         if lease is None:
-            raise _LauncherGone(self.watch.why or "the launcher is gone")
+            raise self.gone(trial)
         try:
             trial.set_user_attr("gpu", lease.device)
             return run_isolated(*args, env={"CUDA_VISIBLE_DEVICES": lease.device}, **kwargs)
         finally:
             lease.release()
 
+    def gone(self, trial: optuna.Trial) -> _LauncherGone:
+        """The exception that ends this loop, after giving ``trial`` (FAIL) its reason."""
+        reason = f"not run: {self.watch.why or 'the launcher is gone'}"
+        trial.set_user_attr("failure_reason", reason)
+        return _LauncherGone(reason)
+
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         if self.launcher_gone():
-            raise _LauncherGone(self.watch.why)
+            raise self.gone(trial)
         if trial._trial_id not in self.storage.created_trial_ids:  # a queued trial, popped not created
             self.storage.set_trial_system_attr(trial._trial_id, OWNER_KEY, owner_record(self.task.run_id))
             self.storage.created_trial_ids.add(trial._trial_id)
@@ -290,8 +296,10 @@ def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None
     exception's context, so we re-raise that.
     """
     try:
-        callbacks = [] if deadline is None else [_stop_after(deadline)]
+        callbacks = [_stop_when_gone(objective)] + ([] if deadline is None else [_stop_after(deadline)])
         study.optimize(objective, n_trials=None, catch=(), callbacks=callbacks)
+        if objective.launcher_gone():
+            raise _LauncherGone(objective.watch.why)
     except (BudgetExhausted, _LauncherGone, HparamError):
         raise
     except Exception as err:
@@ -303,6 +311,16 @@ def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None
                 raise cause from None
             cause = cause.__cause__ or cause.__context__
         raise
+
+
+def _stop_when_gone(objective: _Objective) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Stop before the next trial is created once the launcher is gone (no empty FAIL trial)."""
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if objective.launcher_gone():
+            study.stop()
+
+    return callback
 
 
 def _stop_after(deadline: float) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
