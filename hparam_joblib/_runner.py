@@ -256,6 +256,7 @@ def _supervise(
                 if remaining > 0:
                     start(min(news.lost, max(1, remaining)))
             progress.update(storage, study_id)
+            deaths.before = n_finished(storage.count_states(study_id))
         if lease is not None:
             lease.stop()  # loops of this launch that Dask might still re-run must not start trials
         return 0
@@ -275,17 +276,25 @@ def _supervise(
 
 
 class _DeathCount:
-    """Worker deaths in a row, without a trial finishing in between."""
+    """Worker deaths in a row, without a trial finishing in between.
+
+    A death is seen up to a poll after it happened, so a trial that finished just after it may
+    be counted first. To never stop a search that makes progress, a death starts a new row when
+    the study holds more finished trials than it surely held before the previous death (the count
+    at the poll before that death was seen).
+    """
 
     def __init__(self, limit: int, finished: int) -> None:
         self.limit = limit
-        self.finished = finished
+        self.mark = finished
+        #: Finished trials at the previous poll: surely finished before a death seen now.
+        self.before = finished
         self.in_a_row = 0
 
     def record(self, finished: int) -> int:
-        if finished > self.finished:
+        if finished > self.mark:
             self.in_a_row = 0
-            self.finished = finished
+        self.mark = self.before
         self.in_a_row += 1
         return self.in_a_row
 
