@@ -233,7 +233,7 @@ class DaskBackend(Backend):
         # RAM/n_jobs. No dashboard: two searches at once would clash on its port.
         self.cluster = LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-            silence_logs=logging.ERROR, memory_limit=0, scheduler_port=0,
+            silence_logs=logging.CRITICAL, memory_limit=0, scheduler_port=0,
         )
         self.client = Client(self.cluster, set_as_default=False)
 
@@ -271,7 +271,10 @@ class DaskBackend(Backend):
                 if address not in self.counted:  # already counted when it left the cluster
                     self.counted.add(address)
                     host, pid = self.who.get(address, (None, None))
-                    news.deaths.append(Death(f"Dask gave up on the task: {_first_line(err)}", host, pid))
+                    tries = getattr(err, "allowed_failures", 0) + 1
+                    news.deaths.append(Death(
+                        f"Dask gave up on a loop after {tries} workers died running it (last: {address})", host, pid
+                    ))
                 continue
             logger.error("a worker failed: %s: %s", type(err).__name__, err)
             news.deaths.append(Death(f"the worker loop failed: {type(err).__name__}: {str(err)[:200]}"))

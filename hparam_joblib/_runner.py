@@ -249,8 +249,10 @@ def _supervise(
             reports.extend(news.reports)
             if lease is not None:
                 lease.renew()
-            if news.deaths:
-                _on_deaths(news.deaths, storage, study_id, deaths)
+            if news.deaths or backend.remote:
+                # On Dask a worker may die and its loop be re-run elsewhere between two polls:
+                # also look for trials of this launch whose process is gone (this host).
+                _on_deaths(news.deaths, storage, study_id, run_id, deaths)
             if news.lost:
                 remaining = cfg.n_trials - n_finished(storage.count_states(study_id))
                 if remaining > 0:
@@ -290,6 +292,9 @@ class _DeathCount:
         #: Finished trials at the previous poll: surely finished before a death seen now.
         self.before = finished
         self.in_a_row = 0
+        #: (host, pid) of the deaths counted: a death seen twice (left the cluster, then
+        #: KilledWorker) counts once.
+        self.seen: set[tuple[Any, Any]] = set()
 
     def record(self, finished: int) -> int:
         if finished > self.mark:
@@ -299,18 +304,40 @@ class _DeathCount:
         return self.in_a_row
 
 
-def _on_deaths(found: list[Death], storage: SearchStorage, study_id: int, count: _DeathCount) -> None:
+def _on_deaths(
+    found: list[Death], storage: SearchStorage, study_id: int, run_id: str, count: _DeathCount
+) -> None:
     """Fail the dead workers' trials (with the reason), say so, and stop after too many in a row.
+
+    ``found`` are the deaths the backend saw; trials of this launch whose owner process is gone
+    from this host are deaths too (one per pid), unless already counted.
 
     Raises:
         WorkerCrashError: ``max_worker_deaths`` deaths in a row without a finished trial.
     """
+    events = [(death, _fail_dead_trials(storage, study_id, death)) for death in found]
+    unnamed: dict[tuple[Any, Any], list[tuple[int, Any, Any]]] = {}
+    for number, pid, owner in _fail_dead_trials(storage, study_id, None):
+        if owner.get("run") == run_id:
+            unnamed.setdefault((owner.get("host"), pid), []).append((number, pid, owner))
+        else:
+            logger.info("trial %d of another launch marked FAIL: its process (pid %s) is gone", number, pid)
+    named = {(d.host, d.pid) for d in found}
+    for (host, pid), failed in unnamed.items():
+        if (host, pid) in named:  # the same death, its trials failed by the second look
+            events = [(d, t + failed if (d.host, d.pid) == (host, pid) else t) for d, t in events]
+        else:
+            events.append((Death(f"worker process {pid} on {host} is gone", host, pid), failed))
+    if not events:
+        return
     finished = n_finished(storage.count_states(study_id))
-    for death in found:
-        failed = _fail_dead_trials(storage, study_id, death)
-        failed += _fail_dead_trials(storage, study_id, None)  # any other dead owner on this host
+    for death, failed in events:
+        which = ", ".join(f"trial {number} (pid {pid})" for number, pid, _ in failed) or "no running trial left"
+        if death.pid is not None and (death.host, death.pid) in count.seen:
+            continue  # seen before under another name (left the cluster / process gone / KilledWorker)
+        if death.pid is not None:
+            count.seen.add((death.host, death.pid))
         in_a_row = count.record(finished)
-        which = ", ".join(f"trial {number} (pid {pid})" for number, pid in failed) or "no running trial"
         logger.warning(
             "a worker process died: %s; %s marked FAIL and re-run "
             "[worker death %d in a row; the search stops at max_worker_deaths=%d]",
@@ -324,12 +351,14 @@ def _on_deaths(found: list[Death], storage: SearchStorage, study_id: int, count:
             )
 
 
-def _fail_dead_trials(storage: SearchStorage, study_id: int, death: Death | None) -> list[tuple[int, Any]]:
+def _fail_dead_trials(
+    storage: SearchStorage, study_id: int, death: Death | None
+) -> list[tuple[int, Any, dict[str, Any]]]:
     """Fail RUNNING trials owned by the dead worker: by host and pid (any host) when known,
     else (``death`` unknown or without a pid) any owner process found dead on this host.
 
     Returns:
-        ``(number, pid)`` of each trial failed.
+        ``(number, pid, owner)`` of each trial failed.
     """
     failed = []
     for trial_id, number, owner in storage.running_owners(study_id):
@@ -347,7 +376,7 @@ def _fail_dead_trials(storage: SearchStorage, study_id: int, death: Death | None
                 f"{how}; the trial is run again"
             )
             if fail_trial(storage, trial_id, reason):
-                failed.append((number, pid))
+                failed.append((number, pid, owner))
     return failed
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Project, states, trials
-from tests.integration.test_dask import SCALE_SCRIPT
+from tests.integration.test_dask import SCALE_SCRIPT, max_overlap
 
 CONFIG = """
 experiment_name: exp
@@ -26,16 +26,6 @@ record: {record}
 sweep_parameters:
   x: {{type: float, low: 0.0, high: 1.0}}
 """
-
-
-def max_overlap(rows: list[dict[str, float]]) -> int:
-    """The largest number of intervals running at one instant."""
-    events = sorted([(r["start"], 1) for r in rows] + [(r["end"], -1) for r in rows], key=lambda e: (e[0], e[1]))
-    now = peak = 0
-    for _, step in events:
-        now += step
-        peak = max(peak, now)
-    return peak
 
 
 def check_devices(rows: list[dict], gpus: list[str]) -> None:
