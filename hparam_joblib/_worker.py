@@ -250,7 +250,7 @@ class _Objective:
                 return values
             outcome = Outcome("error", reason=why, error_type="InvalidReturn")
         if outcome.kind == "stopped":
-            reason = "the launcher process died while the trial ran; it will be re-run"
+            reason = f"stopped while the trial ran: {self.watch.why}; it will be re-run"
             trial.set_user_attr("failure_reason", reason)
             raise _LauncherGone(reason)
         if outcome.kind == "pruned":

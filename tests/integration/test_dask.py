@@ -142,6 +142,8 @@ class ExternalCluster:
                     "--no-dashboard", "--scheduler-file", str(info))
         wait_for(lambda: info.exists() and json.loads(info.read_text()).get("address"), 60)
         self.address = json.loads(info.read_text())["address"]
+        if not self.n_workers:
+            return
         self._spawn("workers", "distributed.cli.dask_worker", self.address, "--nworkers", str(self.n_workers),
                     "--nthreads", "1", "--no-dashboard", "--memory-limit", "0")
         wait_for(lambda: len(self.worker_pids()) == self.n_workers, 60)
@@ -331,3 +333,51 @@ def test_unreachable_scheduler_is_one_line_exit_2_and_creates_nothing(scale: Pro
     assert elapsed < 25
     assert scale.snapshot() == before  # no database, no directory
     print(f"unreachable scheduler: exit 2 after {elapsed:.1f} s: {lines[0]}")
+
+
+def test_sigterm_on_external_cluster_stops_the_loops_not_the_workers(scale: Project, cluster: ExternalCluster) -> None:
+    """SIGTERM with a shared cluster: exit 143 at once, the loops stop (the launcher's lease says so),
+    this run's trials FAIL, nothing RUNNING, and the cluster's workers are still there."""
+    scale.write_config(CONFIG.format(n_jobs=2, n_trials=100, scheduler=cluster.address, sleep=[0.5, 5.0]))
+    db = scale.db("exp_t")
+    proc = scale.start()
+    wait_for(lambda: db.exists() and finished(db) >= 1 and len(owner_pids(db, "RUNNING")) == 2, 60)
+    sent = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-3000:]
+    assert time.monotonic() - sent < 10
+    assert "RUNNING" not in states(db)
+    count = len(trials(db))
+    time.sleep(2.5)
+    assert len(trials(db)) == count  # no loop goes on
+    assert len(cluster.worker_pids()) == 2
+
+
+def test_a_cluster_without_workers_ends_with_one_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheduler with no worker: the search stops with a BackendError after the bound (shortened
+    here from 60 s), never hangs, and leaves no trial RUNNING. Runs in-process to shorten the bound."""
+    from hparam_joblib import _backend, hparam_search
+    from hparam_joblib._backend import BackendError
+
+    monkeypatch.setattr(_backend, "NO_WORKERS_TIMEOUT", 3.0)
+    empty = ExternalCluster(tmp_path, n_workers=0)
+    try:
+        empty.start()
+        config = tmp_path / "config.yaml"
+        config.write_text(CONFIG.format(n_jobs=2, n_trials=4, scheduler=empty.address, sleep=0))
+
+        @hparam_search(config_path=str(config), save_db_directory=str(tmp_path / "studies"))
+        def train(cfg: dict) -> float:
+            return 0.0
+
+        started = time.monotonic()
+        with pytest.raises(BackendError) as raised:
+            train(argv=[])
+        elapsed = time.monotonic() - started
+    finally:
+        empty.stop()
+    message = str(raised.value)
+    assert "\n" not in message and empty.address in message and "no worker" in message, message
+    assert elapsed < 20
+    assert "RUNNING" not in states(tmp_path / "studies" / "exp_t.db")
