@@ -131,8 +131,10 @@ class LokyBackend(Backend):
     def submit(self, tasks: list[WorkerTask]) -> None:
         from loky import get_reusable_executor
 
-        # A new executor after a break (loky hands a fresh one when the last one is broken).
-        self.executor = get_reusable_executor(max_workers=len(tasks), timeout=300, reuse=True)
+        # A new executor after a break (loky hands a fresh one when the last one is broken);
+        # sized for every loop, so that restarting one never shrinks the pool under the others.
+        size = len(self.futures) + len(tasks)
+        self.executor = get_reusable_executor(max_workers=size, timeout=300, reuse=True)
         self.futures |= {self.executor.submit(worker_main, task) for task in tasks}
 
     @property
