@@ -381,3 +381,25 @@ def test_a_cluster_without_workers_ends_with_one_error(tmp_path: Path, monkeypat
     assert "\n" not in message and empty.address in message and "no worker" in message, message
     assert elapsed < 20
     assert "RUNNING" not in states(tmp_path / "studies" / "exp_t.db")
+
+
+@pytest.mark.slow
+def test_guide_example_as_written_on_a_local_cluster(tmp_path: Path) -> None:
+    """The guide's script and config verbatim (8 jobs, 100 trials of 2 s) with
+    --set backend=dask: exactly 100 COMPLETE, in exactly 8 worker processes, no overshoot."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    shutil.copy(REPO / "examples" / "your_script.py", tmp_path / "your_script.py")
+    proj = Project(tmp_path)
+    started = time.monotonic()
+    done = proj.run("--set", "backend=dask", "dask_scheduler=local", script=tmp_path / "your_script.py", timeout=300)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    db = tmp_path / "optuna_studies" / "ImageNet_exp_first_sweep.db"
+    assert states(db) == {"COMPLETE": 100}
+    pids = set(owner_pids(db))
+    assert len(pids) == 8, pids
+    print(f"guide example on LocalCluster: {states(db)} in {elapsed:.1f} s, {len(pids)} worker pids")
