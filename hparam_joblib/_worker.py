@@ -140,7 +140,7 @@ class LauncherLease:
 class LauncherWatch:
     """The worker's side: is the launcher still there? (cheap; reads the lease at most once a second)."""
 
-    def __init__(self, task: WorkerTask, storage: Any, study_id: int) -> None:
+    def __init__(self, task: WorkerTask, storage: Any, study_id: int = -1) -> None:
         self.task = task
         self.storage = storage
         self.study_id = study_id
@@ -179,13 +179,14 @@ def _jsonable(value: Any) -> Any:
 class _Objective:
     """The function handed to ``study.optimize``: sample, run isolated, translate the outcome."""
 
-    def __init__(self, task: WorkerTask, storage: SearchStorage, study_id: int) -> None:
+    def __init__(self, task: WorkerTask, storage: SearchStorage) -> None:
         self.task = task
         self.storage = storage
         self.trials_run = 0
         self.warned_multi_report = False
-        self.watch = LauncherWatch(task, storage, study_id)
-        self.gpu_key = lease_key(task.config.study_name, str(task.db_path))
+        self.watch = LauncherWatch(task, storage)  # its study_id is set once the study is loaded
+        # Leases are per study (and per host: the lock files are local).
+        self.gpu_key = lease_key(task.config.study_name)
 
     def launcher_gone(self) -> bool:
         return self.watch.gone()
@@ -393,7 +394,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, task.worker_index),
         pruner=build(cfg.pruner),
     )
-    objective = _Objective(task, storage, study._study_id)
+    objective = _Objective(task, storage)
+    objective.watch.study_id = study._study_id
     try:
         while True:
             try:
