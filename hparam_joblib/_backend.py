@@ -188,6 +188,22 @@ class LokyBackend(Backend):
 # -- dask --------------------------------------------------------------------------------------
 
 
+def _ignore_sigint_plugin() -> Any:
+    """A Dask worker plugin that ignores SIGINT in the worker process (run on every worker,
+    restarted ones included). Built here so that importing this module never imports Dask."""
+    from distributed import WorkerPlugin
+
+    class IgnoreSigint(WorkerPlugin):
+        def setup(self, worker: Any) -> None:
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreSigint()
+
+
 def _whoami() -> tuple[str, int]:
     """Run on a Dask worker: the host name and pid its trials' owner records carry."""
     return socket.gethostname(), os.getpid()
@@ -238,6 +254,9 @@ class DaskBackend(Backend):
             silence_logs=logging.CRITICAL, memory_limit=0, scheduler_port=0,
         )
         self.client = Client(self.cluster, set_as_default=False)
+        # Ctrl-C in the terminal reaches every process of its group, our LocalCluster workers
+        # included (each would print a KeyboardInterrupt traceback): the launcher stops them.
+        self.client.register_plugin(_ignore_sigint_plugin(), name="hparam_joblib-ignore-sigint")
 
     # -- loops --------------------------------------------------------------------------------
     def submit(self, tasks: list[WorkerTask]) -> None:
