@@ -253,10 +253,15 @@ def _supervise(
                 # On Dask a worker may die and its loop be re-run elsewhere between two polls:
                 # also look for trials of this launch whose process is gone (this host).
                 _on_deaths(news.deaths, storage, study_id, run_id, deaths)
-            if news.lost:
+            if news.lost or (news.reports and deadline is None):
                 remaining = cfg.n_trials - n_finished(storage.count_states(study_id))
-                if remaining > 0:
-                    start(min(news.lost, max(1, remaining)))
+                # A loop ends by itself only once the study is done, or when the launcher looked
+                # gone to it (its lease lapsed while this process was stalled): start it again.
+                early = len(news.reports) if deadline is None and remaining > 0 else 0
+                if early:
+                    logger.warning("%d worker loop(s) stopped before the study was done; starting again", early)
+                if remaining > 0 and news.lost + early:
+                    start(min(news.lost + early, max(1, remaining)))
             progress.update(storage, study_id)
             deaths.before = n_finished(storage.count_states(study_id))
         if lease is not None:

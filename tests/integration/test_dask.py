@@ -309,7 +309,7 @@ def test_sigterm_and_sigint_on_dask(scale: Project, signum: int) -> None:
         os.kill(proc.pid, signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err[-3000:]
-    assert time.monotonic() - sent < 10
+    assert time.monotonic() - sent < 15
     assert "RUNNING" not in states(db)
     assert "Traceback" not in err
     failed = [t for t in trials(db) if t["state"] == "FAIL"]
@@ -350,7 +350,7 @@ def test_sigterm_on_external_cluster_stops_the_loops_not_the_workers(scale: Proj
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-3000:]
-    assert time.monotonic() - sent < 10
+    assert time.monotonic() - sent < 15
     assert "RUNNING" not in states(db)
     count = len(trials(db))
     time.sleep(2.5)
