@@ -407,3 +407,22 @@ def test_guide_example_as_written_on_a_local_cluster(tmp_path: Path) -> None:
     pids = set(owner_pids(db))
     assert len(pids) == 8, pids
     print(f"guide example on LocalCluster: {states(db)} in {elapsed:.1f} s, {len(pids)} worker pids")
+
+
+def test_a_stalled_launcher_is_caught_up_not_cut_short(scale: Project, cluster: ExternalCluster) -> None:
+    """SIGSTOP the launcher past its lease (3 s), then SIGCONT: the loops stopped meanwhile (as if
+    it had died), and the launcher starts them again: exit 0 with exactly n_trials finished."""
+    scale.write_config(CONFIG.format(n_jobs=2, n_trials=24, scheduler=cluster.address, sleep=0.5))
+    db = scale.db("exp_t")
+    proc = scale.start()
+    wait_for(lambda: db.exists() and finished(db) >= 2, 60)
+    os.kill(proc.pid, signal.SIGSTOP)
+    log = cluster.dir / "workers.log"
+    try:
+        wait_for(lambda: log.read_text().count("the search loop in worker") == 2, 20)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped before the study was done; starting again" in err
+    assert finished(db) == 24 and "RUNNING" not in states(db)
