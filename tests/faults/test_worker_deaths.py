@@ -16,8 +16,6 @@ import pytest
 from tests.conftest import Project, finished, integrity, states, trials
 from tests.integration.test_dask import SCALE_SCRIPT, error_lines, owner_pids, wait_for
 
-pytest.importorskip("distributed")
-
 CONFIG = """
 experiment_name: exp
 tag: t
@@ -40,9 +38,15 @@ def scale(project: Project) -> Project:
     return project
 
 
+def needs(backend: str) -> None:
+    if backend == "dask":
+        pytest.importorskip("distributed")
+
+
 def test_dask_worker_sigkilled_mid_trial(scale: Project) -> None:
     """SIGKILL of a LocalCluster worker mid-trial: its trial FAIL with the pid in the reason, re-run;
     the total is exact (Dask re-running the loop elsewhere does not overshoot) and nothing RUNNING."""
+    needs("dask")
     scale.write_config(CONFIG.format(n_trials=14, backend="dask", sleep=0.5, mode="ok"))
     db = scale.db("exp_t")
     proc = scale.start()
@@ -68,6 +72,7 @@ def test_dask_worker_sigkilled_mid_trial(scale: Project) -> None:
 def test_function_that_kills_its_worker_every_time_stops_with_one_line(scale: Project, backend: str) -> None:
     """Every trial kills its worker: max_worker_deaths (3) deaths, then one error line, exit 2,
     well within a minute; every trial FAIL with a reason, none RUNNING, no process left."""
+    needs(backend)
     scale.write_config(CONFIG.format(n_trials=20, backend=backend, sleep=0.1, mode="killworker"))
     started = time.monotonic()
     done = scale.run(timeout=120)
@@ -91,6 +96,7 @@ def test_function_that_kills_its_worker_every_time_stops_with_one_line(scale: Pr
 @pytest.mark.parametrize("backend", ["loky", "dask"])
 def test_max_worker_deaths_is_configurable(scale: Project, backend: str) -> None:
     """max_worker_deaths: 1 stops at the first death."""
+    needs(backend)
     scale.write_config(
         CONFIG.format(n_trials=20, backend=backend, sleep=0.1, mode="killworker") + "max_worker_deaths: 1\n"
     )
@@ -105,6 +111,7 @@ def test_max_worker_deaths_is_configurable(scale: Project, backend: str) -> None
 def test_deaths_between_finished_trials_do_not_stop_the_search(scale: Project, backend: str) -> None:
     """Three trials kill their worker, each after another trial finished: with
     max_worker_deaths: 2 the search still ends with exactly n_trials finished."""
+    needs(backend)
     scale.write_config(
         CONFIG.format(n_trials=12, backend=backend, sleep=0.2, mode="killworker_spaced")
         + f"max_worker_deaths: 2\nkilllog: {scale.root / 'kills.log'}\n"

@@ -5,6 +5,7 @@ SQLite file and real Optuna; every test asserts on the database."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -20,7 +21,8 @@ import pytest
 
 from tests.conftest import Project, child_env, finished, integrity, states, trials
 
-pytest.importorskip("distributed")
+#: Only this module's tests need Dask; the helpers below are shared with loky tests.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask extra not installed")
 
 #: A training script for the scale-out tests: sleeps, records what it saw, or kills its worker.
 SCALE_SCRIPT = '''
