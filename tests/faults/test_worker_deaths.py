@@ -113,16 +113,17 @@ def test_deaths_between_finished_trials_do_not_stop_the_search(scale: Project, b
     max_worker_deaths: 2 the search still ends with exactly n_trials finished."""
     needs(backend)
     scale.write_config(
-        CONFIG.format(n_trials=12, backend=backend, sleep=0.2, mode="killworker_spaced")
+        CONFIG.format(n_trials=16, backend=backend, sleep=0.2, mode="killworker_spaced")
         + f"max_worker_deaths: 2\nkilllog: {scale.root / 'kills.log'}\n"
     )
     done = scale.run(timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     db = scale.db("exp_t")
     counts = states(db)
-    assert finished(db) == 12 and "RUNNING" not in counts, counts
+    assert finished(db) == 16 and "RUNNING" not in counts, counts
     warnings = [line for line in done.stderr.splitlines() if "a worker process died" in line]
-    assert len((scale.root / "kills.log").read_text().split()) == 3
-    assert len(warnings) == 3 and all("max_worker_deaths=2" in w for w in warnings), done.stderr
+    kills = len((scale.root / "kills.log").read_text().split())
+    assert kills >= 2  # at least max_worker_deaths deaths, or the test proves nothing
+    assert len(warnings) == kills and all("max_worker_deaths=2" in w for w in warnings), done.stderr
     failed = [t for t in trials(db) if t["state"] == "FAIL"]
     assert failed and all("died while the trial ran" in t["user_attrs"]["failure_reason"] for t in failed)
