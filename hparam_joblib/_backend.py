@@ -61,6 +61,10 @@ class Death:
     #: The host and pid that ran the loop (its trials' owner), when known.
     host: str | None = None
     pid: int | None = None
+    #: A Dask worker whose pid was never learnt (it may be a death also found by its trials).
+    pid_unknown: bool = False
+    #: Found from a trial of this launch whose owner process is gone (not from the backend).
+    found_by_sweep: bool = False
 
 
 @dataclass
@@ -294,7 +298,8 @@ class DaskBackend(Backend):
                     host, pid = self.who.get(address, (None, None))
                     tries = getattr(err, "allowed_failures", 0) + 1
                     news.deaths.append(Death(
-                        f"Dask gave up on a loop after {tries} workers died running it (last: {address})", host, pid
+                        f"Dask gave up on a loop after {tries} workers died running it (last: {address})", host, pid,
+                        pid_unknown=pid is None,
                     ))
                 continue
             logger.error("a worker failed: %s: %s", type(err).__name__, err)
@@ -322,7 +327,7 @@ class DaskBackend(Backend):
                 self.counted.add(address)
                 host, pid = self.who.get(address, (None, None))
                 where = f"pid {pid} on {host}" if pid is not None else "pid unknown"
-                deaths.append(Death(f"Dask worker {address} ({where}) left the cluster", host, pid))
+                deaths.append(Death(f"Dask worker {address} ({where}) left the cluster", host, pid, pid_unknown=pid is None))
             if key not in ours:
                 del self.where[key]
         for address, keys in processing.items():

@@ -19,7 +19,7 @@ from hparam_joblib._errors import ConfigError, HparamError
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._progress import format_summary
 from hparam_joblib._result import SearchResult
-from hparam_joblib._runner import db_path_for, run_search
+from hparam_joblib._runner import run_search, storage_display
 from hparam_joblib._space import describe_space
 from hparam_joblib._yaml import dump_yaml
 
@@ -51,7 +51,7 @@ def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
     seeds = "" if cfg.seed is None else f", seed: {cfg.seed}"
     lines = [
         f"# config: {cfg.source}",
-        f"# study:  {cfg.study_name} -> {db_path_for(cfg, save_dir)} (not touched: --dry-run)",
+        f"# study:  {cfg.study_name} -> {storage_display(cfg, save_dir)} (not touched: --dry-run)",
         (
             f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, {direction}, "
             f"n_startup_trials: {cfg.n_startup_trials}{seeds}"

@@ -15,7 +15,7 @@ PARETO_SHOWN = 5
 
 if TYPE_CHECKING:
     from hparam_joblib._result import SearchResult
-    from hparam_joblib._storage import SearchStorage
+    from hparam_joblib._storage import StudyStore
 
 
 class Progress:
@@ -38,7 +38,7 @@ class Progress:
                 dynamic_ncols=True, file=sys.stderr, mininterval=0.5 if interactive else 30,
             )
 
-    def update(self, storage: SearchStorage, study_id: int) -> None:
+    def update(self, storage: StudyStore, study_id: int) -> None:
         """Poll the database once and move the bar."""
         if self.bar is None:
             return
@@ -97,8 +97,19 @@ def format_summary(result: SearchResult) -> str:
     )
     lines.append(f"  lock retries: {result.lock_retries}{latency}")
     lines.append(f"  database:     {result.db_path}")
-    lines.append(f"  dashboard:    {dashboard_command(result.db_path)}")
+    lines.append(f"  dashboard:    {_dashboard_for(result)}")
     return "\n".join(lines)
+
+
+def _dashboard_for(result: SearchResult) -> str:
+    """``optuna-dashboard`` with the storage: a SQLite URL, a journal file or a server URL
+    (never with a password: libpq reads PGPASSWORD)."""
+    url = result.storage_url
+    if url.startswith("sqlite:///"):
+        return dashboard_command(url.removeprefix("sqlite:///"))
+    if "://" in url:
+        return f"optuna-dashboard {url}"
+    return f"optuna-dashboard {dashboard_db(url)}"
 
 
 def _pareto_lines(result: SearchResult) -> list[str]:

@@ -29,8 +29,10 @@ class SearchResult:
 
     Attributes:
         study_name: ``<experiment_name>_<tag>``.
-        storage_url: the SQLAlchemy URL of the study database (``sqlite:///...``).
-        db_path: the database file.
+        storage_url: what ``optuna.load_study`` takes: ``sqlite:///FILE``, a server URL without
+            its password (libpq reads PGPASSWORD), or the journal file.
+        db_path: where the study lives, as shown: the SQLite or journal file, or the server URL
+            with its password as ``***``.
         n_trials: the study's budget (finished trials it aims for).
         counts: number of trials by state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ...).
         best_value: the best objective value, or None when no trial completed or the study

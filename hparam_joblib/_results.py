@@ -201,6 +201,12 @@ def owner_gone(host: str | None, pid: int | None) -> bool:
     return False
 
 
+def heartbeat_interval(data: StudyData) -> float:
+    """The study config's ``heartbeat_interval`` (seconds; 10 when not set)."""
+    value = (data.config or {}).get("heartbeat_interval")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 10.0
+
+
 # -- configs ---------------------------------------------------------------------------------
 
 
@@ -315,8 +321,15 @@ def _fmt_params(params: Mapping[str, Any], indent: str) -> list[str]:
     return [f"{indent}{k:<{width}} = {fmt_value(v)}" for k, v in params.items()]
 
 
-def format_status(data: StudyData, db_path: str, now: datetime) -> str:
-    """The multi-line report of ``hparam-joblib status``."""
+def format_status(
+    data: StudyData, db_path: str, now: datetime, heartbeats: Mapping[int, float] | None = None
+) -> str:
+    """The multi-line report of ``hparam-joblib status``.
+
+    Args:
+        heartbeats: on a database server, seconds since the last heartbeat of each RUNNING
+            trial (by number); a trial silent for 3 ``heartbeat_interval`` is marked as such.
+    """
     counts = state_counts(data.trials)
     total = len(data.trials)
     lines = [
@@ -357,6 +370,13 @@ def format_status(data: StudyData, db_path: str, now: datetime) -> str:
             who = f" on {r.host} pid {r.pid}" if r.host is not None or r.pid is not None else ""
             if owner_gone(r.host, r.pid):
                 who += " (that process is gone; the next run of the search marks it FAIL)"
+            elif heartbeats is not None and r.number in heartbeats:
+                age = heartbeats[r.number]
+                if age > 3 * heartbeat_interval(data):
+                    who += (f" (no heartbeat for {fmt_seconds(age)}: its machine or process died; "
+                            "the next run of the search marks it FAIL)")
+                else:
+                    who += f" (last heartbeat {fmt_seconds(age)} ago)"
             lines.append(f"  trial {r.number}{since}{who}")
         if len(running) > LIST_LIMIT:
             lines.append(f"  ... and {len(running) - LIST_LIMIT} more")

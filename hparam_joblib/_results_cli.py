@@ -8,6 +8,10 @@
     hparam-joblib plot      DB [--study NAME] --out DIR
     hparam-joblib dashboard DB [--port N] [--host HOST]
 
+DB is a SQLite file (or ``sqlite:///`` URL), a journal file (``journal:PATH``, or a file that
+is one), or a ``postgresql://`` URL (the password from PGPASSWORD or ~/.pgpass, or in the URL:
+never shown, and passed to optuna-dashboard through the environment, not its command line).
+
 The database is opened read-only and never created. Every error the user can fix is printed as
 one line ``error: ...`` on stderr with exit status 2.
 """
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from hparam_joblib._errors import HparamError, StorageError, UsageError
+from hparam_joblib._storage import StorageLocation
 
 if TYPE_CHECKING:
     import optuna
@@ -70,14 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (subcommands status, best, trials, plot, dashboard)."""
     parser = _Parser(
         prog=PROG,
-        description="Report on a hparam_joblib / Optuna study stored in a SQLite file.",
+        description="Report on a hparam_joblib / Optuna study stored in a SQLite file, a journal file "
+        "or a PostgreSQL database.",
         epilog=f"example:  {PROG} status optuna_studies/ImageNet_exp_first_sweep.db",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help_text: str, with_study: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("db", metavar="DB", help="the study database (.db file or sqlite:/// URL)")
+        p.add_argument(
+            "db", metavar="DB",
+            help="the study database: a .db file (or sqlite:/// URL), a journal file "
+            "(journal:PATH), or a postgresql:// URL (password from PGPASSWORD)",
+        )
         if with_study:
             p.add_argument("--study", metavar="NAME", help="the study to read when the file holds several")
         return p
@@ -105,11 +115,78 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class Database:
-    """A SQLite file checked to hold Optuna studies, opened read-only."""
+    """A study database checked to hold Optuna studies, opened read-only: a SQLite file, a
+    journal file, or a PostgreSQL database (``location``; its URL may hold a password)."""
 
     path: Path
     uri: str
     studies: tuple[str, ...]
+    location: StorageLocation | None = None
+
+    @property
+    def shown(self) -> str:
+        """How the database is named in output: the file, or the URL with ``***`` for a password."""
+        return self.location.display if self.location is not None else str(self.path)
+
+
+_SERVER_SCHEMES = ("postgresql", "postgres")
+
+
+def _is_server_url(text: str) -> bool:
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    return scheme.split("+", 1)[0] in _SERVER_SCHEMES
+
+
+def _open_server(text: str) -> Database:
+    """A PostgreSQL database named by URL: connect read-only, list its studies."""
+    import sqlalchemy
+
+    from hparam_joblib._storage_factory import server_engine, server_problem
+    from hparam_joblib._storage_spec import parse_storage
+
+    spec = parse_storage(text)
+    if isinstance(spec, str):
+        raise UsageError(f"DB: {spec}")
+    location = StorageLocation("postgresql", url=spec.url)
+    shown = location.display
+    try:
+        engine = server_engine(location.url, read_only=True)
+        try:
+            with engine.connect() as conn:
+                if "studies" not in set(sqlalchemy.inspect(conn).get_table_names()):
+                    raise StorageError(shown, "holds no Optuna study (no 'studies' table)")
+                names = tuple(r[0] for r in conn.execute(
+                    sqlalchemy.text("SELECT study_name FROM studies ORDER BY study_id")
+                ))
+        finally:
+            engine.dispose()
+    except StorageError:
+        raise
+    except Exception as err:
+        raise StorageError(shown, server_problem(err)) from err
+    if not names:
+        raise StorageError(shown, "holds no study (the search never created one)")
+    return Database(path=Path(), uri="", studies=names, location=location)
+
+
+def _open_journal(text: str, path: Path) -> Database:
+    """An Optuna journal file: replay it (no lock, no write), list its studies."""
+    from hparam_joblib._journal import is_journal_file, read_only_storage
+
+    if not path.exists():
+        raise StorageError(text, "no such file")
+    if path.is_dir():
+        raise StorageError(text, "is a directory, not a journal file")
+    if not is_journal_file(path):
+        raise StorageError(text, "is not an Optuna journal file")
+    try:
+        names = tuple(s.study_name for s in read_only_storage(path).get_all_studies())
+    except Exception as err:
+        raise StorageError(text, f"cannot read the journal ({type(err).__name__}: {_one_line(err)})") from err
+    if not names:
+        raise StorageError(text, "holds no study (the search never created one)")
+    location = StorageLocation("journal", path=str(path.resolve()))
+    return Database(path=path.resolve(), uri="", studies=names, location=location)
 
 
 def _path_from_arg(text: str) -> Path:
@@ -118,11 +195,17 @@ def _path_from_arg(text: str) -> Path:
 
 
 def open_database(text: str) -> Database:
-    """Check that ``text`` names an existing SQLite file with Optuna studies; create nothing.
+    """Check that ``text`` names a SQLite file, a journal file (``journal:PATH`` or a file that
+    is one) or a ``postgresql://`` database with Optuna studies; create nothing.
 
     Raises:
-        StorageError: no such file, a directory, not SQLite, unreadable, or no study in it.
+        StorageError: no such file, a directory, not SQLite, unreadable, or no study in it; a
+            server that cannot be reached or refuses the credentials.
     """
+    if _is_server_url(text):
+        return _open_server(text)
+    if text.startswith("journal:"):
+        return _open_journal(text, Path(text.removeprefix("journal:")))
     path = _path_from_arg(text)
     if not path.exists():
         raise StorageError(text, "no such file")
@@ -133,6 +216,11 @@ def open_database(text: str) -> Database:
             head = handle.read(len(SQLITE_MAGIC))
     except OSError as err:
         raise StorageError(text, f"cannot read the file ({err.strerror or err})") from err
+    if head != SQLITE_MAGIC and head[:1] == b"{":
+        from hparam_joblib._journal import is_journal_file
+
+        if is_journal_file(path):
+            return _open_journal(text, path)
     if head != SQLITE_MAGIC:
         raise StorageError(text, "is not a SQLite database (expected a study .db file written by a search)")
     path = path.resolve()
@@ -204,6 +292,11 @@ def load_study(db: Database, name: str, shown: str) -> optuna.Study:
     from optuna.storages import RDBStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if db.location is not None:
+        from hparam_joblib._storage_factory import load_study_readonly
+
+        with _reading(shown, name):
+            return load_study_readonly(db.location, name)
     creator = functools.partial(sqlite3.connect, db.uri, uri=True, timeout=10, check_same_thread=False)
     with _reading(shown, name):
         storage = RDBStorage(
@@ -217,9 +310,9 @@ def read_study(ns: argparse.Namespace) -> tuple[Database, optuna.Study, StudyDat
     from hparam_joblib._results import snapshot
 
     db = open_database(ns.db)
-    name = pick_study(db, ns.study, ns.db)
-    study = load_study(db, name, ns.db)
-    with _reading(ns.db, name):
+    name = pick_study(db, ns.study, db.shown)
+    study = load_study(db, name, db.shown)
+    with _reading(db.shown, name):
         return db, study, snapshot(study)
 
 
@@ -236,8 +329,32 @@ def cmd_status(ns: argparse.Namespace) -> int:
     from hparam_joblib._results import format_status
 
     db, _, data = read_study(ns)
-    print(format_status(data, str(db.path), datetime.now()))
+    heartbeats = _heartbeat_ages(db, data.name) if db.location is not None and db.location.is_server else None
+    print(format_status(data, db.shown, datetime.now(), heartbeats))
     return 0
+
+
+def _heartbeat_ages(db: Database, study_name: str) -> dict[int, float]:
+    """Seconds since the last heartbeat of each RUNNING trial, by number (server clock)."""
+    import sqlalchemy
+
+    from hparam_joblib._storage_factory import server_engine, server_problem
+
+    assert db.location is not None
+    engine = server_engine(db.location.url, read_only=True)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text(
+                "SELECT t.number, EXTRACT(EPOCH FROM (LOCALTIMESTAMP - h.heartbeat)) "
+                "FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+                "WHERE s.study_name = :name AND t.state = 'RUNNING'"
+            ), {"name": study_name}).all()
+    except Exception as err:
+        raise StorageError(db.shown, server_problem(err)) from err
+    finally:
+        engine.dispose()
+    return {int(number): max(0.0, float(age)) for number, age in rows}
 
 
 def _require_best(data: StudyData) -> None:
@@ -254,7 +371,7 @@ def cmd_best(ns: argparse.Namespace) -> int:
 
     db, _, data = read_study(ns)
     _require_best(data)
-    text = best_json(data) if ns.format == "json" else best_yaml(data, str(db.path))
+    text = best_json(data) if ns.format == "json" else best_yaml(data, db.shown)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
@@ -358,9 +475,13 @@ def _objective(trial: Any, index: int) -> float:
     return float(trial.values[index])
 
 
-def dashboard_argv(db_path: Path, port: int, host: str) -> list[str] | None:
-    """The optuna-dashboard command line, or ``None`` when optuna-dashboard is not installed."""
-    args = [f"sqlite:///{db_path}", "--port", str(port), "--host", host]
+def dashboard_argv(db_path: Path | str, port: int, host: str) -> list[str] | None:
+    """The optuna-dashboard command line, or ``None`` when optuna-dashboard is not installed.
+
+    ``db_path``: a SQLite file (a Path), or the storage text optuna-dashboard takes as is (a
+    journal file, a server URL without its password)."""
+    storage = f"sqlite:///{db_path}" if isinstance(db_path, Path) else db_path
+    args = [storage, "--port", str(port), "--host", host]
     beside = Path(sys.executable).parent / ("optuna-dashboard.exe" if os.name == "nt" else "optuna-dashboard")
     if beside.is_file():
         return [str(beside), *args]
@@ -379,7 +500,16 @@ def dashboard_argv(db_path: Path, port: int, host: str) -> list[str] | None:
 def cmd_dashboard(ns: argparse.Namespace) -> int:
     """Replace this process with optuna-dashboard on the database."""
     db = open_database(ns.db)
-    argv = dashboard_argv(db.path, ns.port, ns.host)
+    target: Path | str = db.path
+    if db.location is not None:
+        target = db.location.public_url  # never the password on a command line: pass it by env
+        if db.location.is_server:
+            from sqlalchemy.engine import make_url
+
+            password = make_url(db.location.url).password
+            if password:
+                os.environ["PGPASSWORD"] = str(password)
+    argv = dashboard_argv(target, ns.port, ns.host)
     if argv is None:
         raise MissingExtraError(f"optuna-dashboard is not installed: {DASHBOARD_INSTALL}")
     print(f"{PROG}: running {shlex.join(argv)}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -21,9 +22,10 @@ import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
@@ -35,20 +37,21 @@ from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib._storage import (
     BudgetExhausted,
     RetryPolicy,
-    SearchStorage,
-    enable_wal,
+    StorageLocation,
+    StudyStore,
     fail_trial,
     n_finished,
     owner_is_dead,
-    preflight,
     reap_dead_owners,
-    sqlite_url,
 )
+from hparam_joblib._storage_factory import location_for, open_storage, preflight, prepare
 from hparam_joblib._worker import LauncherLease, WorkerReport, WorkerTask
 
 logger = logging.getLogger("hparam_joblib")
 
 _POLL_SECONDS = 0.5
+#: A death with an unknown pid and a dead process found within this many seconds are one death.
+_SAME_DEATH_SECONDS = 5.0
 #: Study system attr: keys of the ``enqueue`` entries already queued (see :func:`enqueue_keys`).
 ENQUEUED_KEY = "hparam_joblib:enqueued"
 
@@ -68,6 +71,14 @@ def _jsonable(value: Any) -> Any:
 def db_path_for(cfg: SearchConfig, save_dir: Path) -> Path:
     """``<save_db_directory>/<experiment_name>_<tag>.db``."""
     return save_dir / f"{cfg.study_name}.db"
+
+
+def storage_display(cfg: SearchConfig, save_dir: Path) -> str:
+    """Where the study lives, as shown to the user: a file, or a URL without its password."""
+    if cfg.storage.kind == "sqlite":
+        return str(db_path_for(cfg, save_dir))
+    location = location_for(cfg, save_dir)
+    return f"journal:{location.path}" if location.kind == "journal" else location.display
 
 
 def run_search(
@@ -110,20 +121,21 @@ def _run_search(
     started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     policy = policy or RetryPolicy(deadline=cfg.lock_timeout, busy_timeout=min(10.0, cfg.lock_timeout / 2))
-    db_path = db_path_for(cfg, save_dir)
-    preflight(db_path, cfg.study_name, list(cfg.directions))
-    try:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise StorageError(str(save_dir), f"cannot create the save directory ({err.strerror})") from err
-    enable_wal(db_path, policy)
-    storage = SearchStorage(db_path, create_tables=True, policy=policy)
+    location = location_for(cfg, save_dir)
+    preflight(location, cfg.study_name, list(cfg.directions))
+    if location.kind == "sqlite":
+        try:
+            save_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(str(save_dir), f"cannot create the save directory ({err.strerror})") from err
+    prepare(location, policy)
+    storage = open_storage(location, create_tables=True, policy=policy, heartbeat_interval=cfg.heartbeat_interval)
     storage.add_budget_index()
     storage.family = os.getpid()
     # The pruner is not stored in the database: each worker builds its own (it is consulted by
     # the worker whose trial reports), so the launcher's study needs none.
     study = optuna.create_study(
-        storage=storage, study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
+        storage=cast(BaseStorage, storage), study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
     )
     study.set_user_attr("config", _jsonable(cfg.resolved))
     study_id = study._study_id
@@ -139,12 +151,12 @@ def _run_search(
     if n_finished(storage.count_states(study_id)) < cfg.n_trials:
         deadline = None if time_limit is None else time.time() + time_limit
         interrupted = _supervise(
-            func, cfg, db_path, storage, study_id, run_id, policy, reports, show_progress, deadline,
+            func, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
             backend=backend,
         )
     else:
         logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
-    result = _result(study, storage, cfg, db_path, started, reports, interrupted)
+    result = _result(study, storage, cfg, location, started, reports, interrupted)
     return result
 
 
@@ -160,7 +172,7 @@ def enqueue_keys(entries: tuple[Mapping[str, Any], ...]) -> list[str]:
     return keys
 
 
-def _enqueue(study: optuna.Study, storage: SearchStorage, cfg: SearchConfig) -> None:
+def _enqueue(study: optuna.Study, storage: StudyStore, cfg: SearchConfig) -> None:
     """Queue the ``enqueue`` entries not queued by an earlier run; each takes a budget slot.
 
     What was queued is recorded in the study's system attr :data:`ENQUEUED_KEY`, entry by
@@ -195,8 +207,8 @@ def _directions(cfg: SearchConfig) -> list[StudyDirection]:
 def _supervise(
     func: Callable[[dict[str, Any]], Any],
     cfg: SearchConfig,
-    db_path: Path,
-    storage: SearchStorage,
+    location: StorageLocation,
+    storage: StudyStore,
     study_id: int,
     run_id: str,
     policy: RetryPolicy,
@@ -228,8 +240,8 @@ def _supervise(
         nonlocal next_index
         backend.submit([
             WorkerTask(
-                # Absolute: a Dask worker's working directory is not the launcher's.
-                func=func, config=cfg, db_path=db_path.resolve(), run_id=run_id,
+                # The location holds absolute paths: a Dask worker's working directory differs.
+                func=func, config=cfg, location=location, run_id=run_id,
                 launcher_pid=os.getpid(), worker_index=next_index + i,
                 policy=policy, deadline=deadline,
                 lease_interval=cfg.heartbeat_interval if backend.remote else None,
@@ -300,6 +312,8 @@ class _DeathCount:
         #: (host, pid) of the deaths counted: a death seen twice (left the cluster, then
         #: KilledWorker) counts once.
         self.seen: set[tuple[Any, Any]] = set()
+        self.last_swept = -math.inf
+        self.last_unknown = -math.inf
 
     def record(self, finished: int) -> int:
         if finished > self.mark:
@@ -310,7 +324,7 @@ class _DeathCount:
 
 
 def _on_deaths(
-    found: list[Death], storage: SearchStorage, study_id: int, run_id: str, count: _DeathCount
+    found: list[Death], storage: StudyStore, study_id: int, run_id: str, count: _DeathCount
 ) -> None:
     """Fail the dead workers' trials (with the reason), say so, and stop after too many in a row.
 
@@ -332,16 +346,30 @@ def _on_deaths(
         if (host, pid) in named:  # the same death, its trials failed by the second look
             events = [(d, t + failed if (d.host, d.pid) == (host, pid) else t) for d, t in events]
         else:
-            events.append((Death(f"worker process {pid} on {host} is gone", host, pid), failed))
+            events.append((Death(f"worker process {pid} on {host} is gone", host, pid, found_by_sweep=True), failed))
     if not events:
         return
     finished = n_finished(storage.count_states(study_id))
+    now = time.monotonic()
+    swept = any(d.found_by_sweep for d, _ in events)
     for death, failed in events:
         which = ", ".join(f"trial {number} (pid {pid})" for number, pid, _ in failed) or "no running trial left"
         if death.pid is not None and (death.host, death.pid) in count.seen:
             continue  # seen before under another name (left the cluster / process gone / KilledWorker)
         if death.pid is not None:
             count.seen.add((death.host, death.pid))
+        # A Dask worker that left before its pid was learnt and a dead owner found by the sweep
+        # are most likely one death seen twice: count them once (never stop a search early).
+        if death.pid_unknown and (swept or now - count.last_swept < _SAME_DEATH_SECONDS):
+            logger.info("same worker death seen again: %s", death.what)
+            continue
+        if death.found_by_sweep:
+            count.last_swept = now
+            if now - count.last_unknown < _SAME_DEATH_SECONDS:
+                count.last_unknown = -math.inf  # the other half of that one death
+                continue
+        if death.pid_unknown:
+            count.last_unknown = now
         in_a_row = count.record(finished)
         logger.warning(
             "a worker process died: %s; %s marked FAIL and re-run "
@@ -357,7 +385,7 @@ def _on_deaths(
 
 
 def _fail_dead_trials(
-    storage: SearchStorage, study_id: int, death: Death | None
+    storage: StudyStore, study_id: int, death: Death | None
 ) -> list[tuple[int, Any, dict[str, Any]]]:
     """Fail RUNNING trials owned by the dead worker: by host and pid (any host) when known,
     else (``death`` unknown or without a pid) any owner process found dead on this host.
@@ -386,7 +414,7 @@ def _fail_dead_trials(
 
 
 def _stop(
-    backend: Backend, lease: LauncherLease | None, storage: SearchStorage, study_id: int, run_id: str,
+    backend: Backend, lease: LauncherLease | None, storage: StudyStore, study_id: int, run_id: str,
     reason: str,
 ) -> None:
     """Stop every loop of this launch and fail its RUNNING trials."""
@@ -398,7 +426,7 @@ def _stop(
     _fail_run_trials(storage, study_id, run_id, reason)
 
 
-def _wait_for_run_trials(storage: SearchStorage, study_id: int, run_id: str, timeout: float) -> None:
+def _wait_for_run_trials(storage: StudyStore, study_id: int, run_id: str, timeout: float) -> None:
     """Give loops on a shared cluster a moment to fail their own trials (with their reason)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -417,7 +445,7 @@ def _install_handlers(handlers: dict[Any, Any]) -> dict[Any, Any]:
     return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
 
 
-def _fail_run_trials(storage: SearchStorage, study_id: int, run_id: str, reason: str) -> None:
+def _fail_run_trials(storage: StudyStore, study_id: int, run_id: str, reason: str) -> None:
     """Fail this launch's RUNNING trials once its workers are dead (best effort)."""
     try:
         for trial_id, _number, owner in storage.running_owners(study_id):
@@ -429,9 +457,9 @@ def _fail_run_trials(storage: SearchStorage, study_id: int, run_id: str, reason:
 
 def _result(
     study: optuna.Study,
-    storage: SearchStorage,
+    storage: StudyStore,
     cfg: SearchConfig,
-    db_path: Path,
+    location: StorageLocation,
     started: float,
     reports: list[WorkerReport],
     interrupted: int,
@@ -464,8 +492,10 @@ def _result(
     )
     return SearchResult(
         study_name=cfg.study_name,
-        storage_url=sqlite_url(db_path),
-        db_path=str(db_path.resolve()),
+        storage_url=location.public_url if location.is_server else (
+            location.path if location.kind == "journal" else f"sqlite:///{location.path}"
+        ),
+        db_path=location.display,
         n_trials=cfg.n_trials,
         counts=counts,
         best_value=best_value,

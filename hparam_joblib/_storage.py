@@ -1,18 +1,23 @@
-"""SQLite storage: pre-flight checks, tuned connections, lock retries, the exact trial budget,
-and reaping trials whose owner process died.
+"""RDB storage (the SQLite file, or a PostgreSQL server): pre-flight checks, tuned connections,
+retries, the exact trial budget, heartbeats, and reaping trials whose owner process died.
 
 Why a subclass of Optuna's ``RDBStorage``:
 
-* every storage call is retried when SQLite reports a lock (bounded, jittered, counted), so a
-  lock never reaches ``study.optimize`` (where a lock inside ``tell`` leaves a trial RUNNING);
+* every storage call is retried when SQLite reports a lock, or PostgreSQL a deadlock, a
+  serialization failure or a lost connection (bounded, jittered, counted), so a transient error
+  never reaches ``study.optimize`` (where an error inside ``tell`` leaves a trial RUNNING);
 * trial creation checks the budget in the same transaction that numbers the trial, so
-  ``n_trials`` holds across workers, runs and concurrent launches (SQLite serialises writers);
+  ``n_trials`` holds across workers, runs and concurrent launches (SQLite serialises writers;
+  on PostgreSQL the study row's ``SELECT ... FOR UPDATE`` serialises trial creators);
 * the trial's owner (host, pid, process start time) is written in that same transaction, so a
-  trial left RUNNING by a dead process can be recognised at once on this host.
+  trial left RUNNING by a dead process can be recognised at once on this host; on a server
+  the trial's first heartbeat is written there too, so a trial of a machine that died is
+  recognised by its silence even before its first beat.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import functools
@@ -24,10 +29,11 @@ import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage
@@ -37,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event, func
 
 from hparam_joblib._errors import StorageBusyError, StorageError
+from hparam_joblib._storage_spec import redact_url
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -54,6 +61,8 @@ def n_finished(counts: dict[str, int]) -> int:
 def n_taken(counts: dict[str, int]) -> int:
     """Trials that hold a budget slot (finished, running or queued) in a ``count_states`` result."""
     return sum(counts.get(s.name, 0) for s in BUDGET_STATES)
+
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 T = TypeVar("T")
@@ -86,6 +95,85 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
+#: Seconds a connection attempt to a database server may take before it is an error.
+CONNECT_TIMEOUT = 10
+
+
+@functools.cache
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def driver_url(url: str) -> str:
+    """``url`` with an installed driver named: SQLAlchemy 2.1 maps a bare ``postgresql://`` to
+    psycopg 3, so with only psycopg2 installed the URL must say ``postgresql+psycopg2://``."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() == "postgresql" and not _installed("psycopg") and _installed("psycopg2"):
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
+def connect_args(url: str, read_only: bool = False) -> dict[str, Any]:
+    """Driver options for a server: a bounded connect timeout, and read-only sessions."""
+    if "+pg8000" in url.split("://", 1)[0]:
+        return {"timeout": CONNECT_TIMEOUT}
+    args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "hparam_joblib"}
+    if read_only:
+        args["options"] = "-c default_transaction_read_only=on"
+    return args
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """Where a study lives; small and picklable (workers open their own storage from it).
+
+    Attributes:
+        kind: ``sqlite``, ``postgresql`` or ``journal``.
+        path: the SQLite file or the journal file (absolute); empty for a server.
+        url: the server's SQLAlchemy URL, password included: never shown (see :attr:`display`).
+    """
+
+    kind: Literal["sqlite", "postgresql", "journal"]
+    path: str = ""
+    url: str = field(default="", repr=False)
+
+    @classmethod
+    def sqlite(cls, path: Path) -> StorageLocation:
+        return cls("sqlite", path=str(Path(path).resolve()))
+
+    @property
+    def is_server(self) -> bool:
+        """True for a database server other machines may share (heartbeats, no flock)."""
+        return self.kind == "postgresql"
+
+    @property
+    def display(self) -> str:
+        """How the storage is shown: the file, or the URL with its password as ``***``."""
+        if self.kind == "postgresql":
+            return redact_url(self.url)
+        return self.path
+
+    @property
+    def public_url(self) -> str:
+        """What Optuna tools take without a secret: ``sqlite:///FILE``, the journal file, or the
+        server URL without its password (libpq then reads PGPASSWORD or ~/.pgpass)."""
+        if self.kind == "postgresql":
+            from sqlalchemy.engine import make_url
+
+            try:
+                return make_url(driver_url(self.url))._replace(password=None).render_as_string(hide_password=False)
+            except Exception:  # noqa: BLE001 - never echo an unparsable URL
+                return redact_url(self.url)
+        if self.kind == "journal":
+            return self.path
+        return sqlite_url(Path(self.path))
+
+    def __str__(self) -> str:
+        return self.display
+
+
 def is_lock_error(err: BaseException) -> bool:
     """True when SQLite's 'database is locked/busy' is anywhere in the cause chain.
 
@@ -102,6 +190,49 @@ def is_lock_error(err: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+#: PostgreSQL SQLSTATEs after which the transaction was rolled back and may simply be re-run.
+_PG_RETRY_CODES = {"40001": "serialization failure", "40P01": "deadlock detected"}
+#: SQLSTATEs of a connection the server ended (the last commit's fate may be unknown).
+_PG_CONNECTION_CODES = {
+    "57P01": "the server ended the connection (admin shutdown)",
+    "57P02": "the server crashed",
+    "57P03": "the server is starting up or shutting down",
+}
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and all(current is not c for c in out):
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+def server_transient(err: BaseException) -> str:
+    """Why ``err`` is a transient server error worth retrying, or ''.
+
+    ``rollback:...``: the server rolled the transaction back (deadlock, serialization
+    failure): re-running it is safe. ``connection:...``: the connection broke; the last commit
+    may or may not have happened (the callers make their writes safe to repeat).
+    """
+    for cause in _causes(err):
+        code = getattr(cause, "pgcode", None)
+        if code in _PG_RETRY_CODES:
+            return f"rollback:{_PG_RETRY_CODES[code]}"
+        if code in _PG_CONNECTION_CODES or (isinstance(code, str) and code.startswith("08")):
+            return f"connection:{_PG_CONNECTION_CODES.get(code, 'connection failure')}"
+        if getattr(cause, "connection_invalidated", False) or type(cause).__name__ == "PendingRollbackError":
+            # PendingRollbackError: a session whose connection broke earlier, not yet rolled back.
+            return "connection:the connection to the server was lost"
+        name = type(cause).__name__
+        module = type(cause).__module__
+        if module.startswith("psycopg") and name in ("OperationalError", "InterfaceError") and code is None:
+            text = " ".join(str(cause).split())[:200]
+            return f"connection:{text}"
+    return ""
 
 
 def _is_setup_race(err: BaseException) -> bool:
@@ -262,27 +393,52 @@ _RETRIED_METHODS = (
 )
 
 
+class _DropReconnectNoise(logging.Filter):
+    """Optuna logs a warning with the whole SQL text when a trials query fails, then retries it
+    on the same broken connection; our retry reconnects and says nothing. Drop that warning
+    when the cause is a lost server connection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("Caught an error from sqlalchemy") and (
+            "server closed the connection" in text or "terminating connection" in text
+            or "connection already closed" in text
+        ))
+
+
+_RECONNECT_FILTER = _DropReconnectNoise()
+
+
 class SearchStorage(RDBStorage):
-    """Optuna's RDBStorage on one SQLite file, with lock retries, a budget and trial owners.
+    """Optuna's RDBStorage on one SQLite file or a PostgreSQL database, with retries, a budget,
+    trial owners and (on a server) heartbeats.
 
     Args:
-        db_path: the SQLite file.
+        location: where the study lives (a :class:`StorageLocation`, or a SQLite file's path).
         budget: the study's ``n_trials``; ``None`` for no limit (read-only uses).
         run_id: identifies this launch in the trials it creates.
-        policy: the lock-retry policy.
+        policy: the retry policy (SQLite locks; server deadlocks and lost connections).
         create_tables: create the schema (the launcher does; workers skip it).
+        heartbeat_interval: seconds between heartbeats of a running trial (servers only; a trial
+            silent for 3 intervals is failed). ``None``: no heartbeat.
     """
 
     def __init__(
         self,
-        db_path: Path,
+        location: StorageLocation | Path,
         *,
         budget: int | None = None,
         run_id: str = "",
         policy: RetryPolicy | None = None,
         create_tables: bool = False,
+        heartbeat_interval: float | None = None,
     ) -> None:
-        self.db_path = str(db_path.resolve())
+        if not isinstance(location, StorageLocation):
+            location = StorageLocation.sqlite(Path(location))
+        self.location = location
+        self.is_sqlite = location.kind == "sqlite"
+        #: Named in errors: the SQLite file, or the server URL without its password.
+        self.db_path = location.path if self.is_sqlite else location.display
         self.policy = policy or RetryPolicy()
         self.budget = budget
         self.run_id = run_id
@@ -294,12 +450,19 @@ class SearchStorage(RDBStorage):
         self.op_seconds: list[float] = []
         self.lock_wait_seconds = 0.0
         self._tx = threading.local()
-        self._write_lock = _WriteLock(self.db_path + ".lock")
-        engine_kwargs = {"creator": functools.partial(_connect, self.db_path, self.policy.busy_timeout)}
+        self._write_lock = _WriteLock(self.db_path + ".lock") if self.is_sqlite else None
+        url = sqlite_url(Path(self.db_path)) if self.is_sqlite else driver_url(location.url)
+        engine_kwargs: dict[str, Any]
+        if self.is_sqlite:
+            engine_kwargs = {"creator": functools.partial(_connect, self.db_path, self.policy.busy_timeout)}
+        else:
+            # pool_pre_ping: a connection the server dropped while a long trial ran is replaced
+            # instead of failing the trial's final write.
+            engine_kwargs = {"pool_pre_ping": True, "connect_args": connect_args(url)}
         self._retry(
             lambda: RDBStorage.__init__(
                 self,
-                sqlite_url(Path(self.db_path)),
+                url,
                 engine_kwargs=engine_kwargs,
                 skip_table_creation=not create_tables,
                 skip_compatibility_check=not create_tables,
@@ -307,12 +470,31 @@ class SearchStorage(RDBStorage):
             write=create_tables,  # workers only open the file: no need to queue as writers
             setup=create_tables,
         )
-        event.listen(self.engine, "begin", self._on_begin)
+        if heartbeat_interval is not None and not self.is_sqlite:
+            # Set after construction: Optuna's constructor wants whole seconds and warns.
+            self.heartbeat_interval = heartbeat_interval  # type: ignore[assignment]
+            self.grace_period = 3 * heartbeat_interval  # type: ignore[assignment]
+        if self.is_sqlite:
+            event.listen(self.engine, "begin", self._on_begin)
+        else:
+            rdb_logger = logging.getLogger("optuna.storages._rdb.storage")
+            if _RECONNECT_FILTER not in rdb_logger.filters:
+                rdb_logger.addFilter(_RECONNECT_FILTER)
         self._pending_attrs: dict[int, dict[str, Any]] = {}
         self._version_conn: sqlite3.Connection | None = None
         self._version_pid = -1
         self._last_read: tuple[int, int] | None = None
         self.reads_skipped = 0
+        #: Heartbeat-stale trials this process failed (trial numbers).
+        self.stale_reaped: list[int] = []
+
+    def _reset_session(self) -> None:
+        """Roll back and drop this thread's session after an error: a session whose connection
+        broke stays unusable (PendingRollbackError) until rolled back, and a half-built write
+        (pending attrs added before the failure) must not leak into the next call."""
+        with contextlib.suppress(Exception):  # the connection may be gone; remove() still resets
+            self.scoped_session.rollback()
+        self.scoped_session.remove()
 
     def _on_begin(self, conn: Any) -> None:
         # Writes take SQLite's write lock up front (BEGIN IMMEDIATE): the budget count and the
@@ -321,47 +503,86 @@ class SearchStorage(RDBStorage):
         conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(self._tx, "write", False) else "BEGIN")
 
     def __reduce__(self) -> Any:
-        raise TypeError("SearchStorage is opened per process from its path; do not pickle it")
+        raise TypeError("SearchStorage is opened per process from its location; do not pickle it")
 
     # -- retries ---------------------------------------------------------------------------
-    def _retry(self, call: Callable[[], T], write: bool = False, setup: bool = False) -> T:
+    def _retry(
+        self,
+        call: Callable[[], T],
+        write: bool = False,
+        setup: bool = False,
+        after_lost_commit: Callable[[], T | None] | None = None,
+    ) -> T:
         start = time.monotonic()
         attempt = 0
         outer = getattr(self._tx, "write", False)
         nested = getattr(self._tx, "depth", 0)
         self._tx.write = outer or write
         self._tx.depth = nested + 1
-        locked = write and not outer
+        locked = write and not outer and self._write_lock is not None
         if locked:
+            assert self._write_lock is not None
             self._write_lock.acquire()
         try:
-            return self._retry_loop(call, start, attempt, setup)
+            return self._retry_loop(call, start, attempt, setup, after_lost_commit)
         finally:
             if locked:
+                assert self._write_lock is not None
                 self._write_lock.release()
             self._tx.write = outer
             self._tx.depth = nested
             if nested == 0:
                 self.op_seconds.append(time.monotonic() - start)
+                self._tx.lost_commit = False
 
-    def _retry_loop(self, call: Callable[[], T], start: float, attempt: int, setup: bool = False) -> T:
+    def _retry_loop(
+        self,
+        call: Callable[[], T],
+        start: float,
+        attempt: int,
+        setup: bool = False,
+        after_lost_commit: Callable[[], T | None] | None = None,
+    ) -> T:
         while True:
             try:
                 return call()
             except Exception as err:
+                if getattr(self._tx, "lost_commit", False) and after_lost_commit is not None and isinstance(
+                    err, optuna.exceptions.UpdateFinishedTrialError
+                ):
+                    # The connection broke during our previous attempt's commit, and now the
+                    # trial is finished: if it holds what we wrote, that commit went through.
+                    done = after_lost_commit()
+                    if done is not None:
+                        return done
                 # Two launches creating the schema at once: the loser sees "table already
                 # exists" or a duplicate version row; the next attempt finds it all in place.
-                if not (is_lock_error(err) or (setup and _is_setup_race(err))):
+                transient = "" if self.is_sqlite else server_transient(err)
+                if not self.is_sqlite:
+                    self._reset_session()
+                if not (is_lock_error(err) or transient or (setup and _is_setup_race(err))):
                     raise
+                if transient.startswith("connection:"):
+                    self._tx.lost_commit = True
                 attempt += 1
                 waited = time.monotonic() - start
                 if waited >= self.policy.deadline:
+                    if transient:
+                        raise StorageError(
+                            self.db_path,
+                            f"the database server kept failing for {waited:.0f} s "
+                            f"({attempt} attempts; last: {transient.split(':', 1)[1]})",
+                        ) from err
                     raise StorageBusyError(
                         self.db_path, attempt, describe_holders(self.db_path, self.family)
                     ) from err
                 self.lock_retries += 1
                 pause = min(self.policy.delay(attempt), max(0.0, self.policy.deadline - waited))
-                logger.debug("SQLite locked (attempt %d); retrying in %.3fs", attempt, pause)
+                if transient:
+                    pause = max(pause, 0.05 if transient.startswith("rollback:") else 0.5)
+                    logger.debug("server error (%s; attempt %d); retrying in %.3fs", transient, attempt, pause)
+                else:
+                    logger.debug("SQLite locked (attempt %d); retrying in %.3fs", attempt, pause)
                 time.sleep(pause)
                 self.lock_wait_seconds += pause
 
@@ -372,11 +593,16 @@ class SearchStorage(RDBStorage):
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         # Optuna's _CachedStorage calls this directly; replaces Optuna's own 5-try loop (which
         # sleeps up to 2 s per try) with our bounded, counted retry.
-        frozen = self._retry(lambda: self._create_trial_once(study_id, template_trial), write=True)
+        token = uuid.uuid4().hex[:16]  # finds this trial again if the commit's fate is unknown
+        frozen = self._retry(lambda: self._create_trial_once(study_id, template_trial, token), write=True)
         self.created_trial_ids.add(frozen._trial_id)
         return frozen
 
-    def _create_trial_once(self, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:
+    def _create_trial_once(self, study_id: int, template_trial: FrozenTrial | None, token: str = "") -> FrozenTrial:
+        if template_trial is None and getattr(self._tx, "lost_commit", False):
+            found = self._find_created(study_id, token)  # the lost commit may have gone through
+            if found is not None:
+                return found
         with _create_scoped_session(self.scoped_session) as session:
             # Locks the study row on servers; on SQLite the first write takes the file lock, and
             # SQLite's serialisable isolation turns a stale count into a lock error we retry.
@@ -395,6 +621,11 @@ class SearchStorage(RDBStorage):
             owner = None
             if template_trial is None:
                 owner = owner_record(self.run_id)
+                if not self.is_sqlite:
+                    owner["token"] = token
+                    # The first heartbeat, with the trial: a machine that dies before the
+                    # worker's heartbeat thread beats once still leaves a trial that goes stale.
+                    session.add(models.TrialHeartbeatModel(trial_id=trial_id))
                 self._set_trial_attr_without_commit(
                     session, models.TrialSystemAttributeModel, trial_id, OWNER_KEY, owner
                 )
@@ -410,6 +641,13 @@ class SearchStorage(RDBStorage):
                 distributions={}, user_attrs={}, system_attrs={OWNER_KEY: owner},
                 intermediate_values={}, trial_id=trial_id,
             )
+
+    def _find_created(self, study_id: int, token: str) -> FrozenTrial | None:
+        """The RUNNING trial this process created with ``token``, if its commit went through."""
+        for trial_id, _number, owner in self.running_owners(study_id):
+            if owner.get("token") == token:
+                return RDBStorage.get_trial(self, trial_id)
+        return None
 
     # -- fewer reads: skip a re-read when nobody has committed since -----------------------------
     def _data_version(self) -> int:
@@ -432,6 +670,10 @@ class SearchStorage(RDBStorage):
         # on each get_all_trials, several times per trial. Its cache already holds the database
         # as of its last read; if no connection (ours included) has committed since, nothing
         # can have changed, so "nothing new" is the exact answer, without a query.
+        if not self.is_sqlite:
+            return self._retry(
+                lambda: RDBStorage._get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than)
+            )
         version = self._retry(self._data_version)
         if states is None and self._last_read == (study_id, version):
             self.reads_skipped += 1
@@ -467,11 +709,28 @@ class SearchStorage(RDBStorage):
             return bool(RDBStorage.set_trial_state_values(self, trial_id, state, values))
 
         try:
-            return self._retry(call, write=True)
+            return self._retry(call, write=True, after_lost_commit=lambda: self._holds_state(trial_id, state))
         finally:
             if state.is_finished():
                 self._pending_attrs.pop(trial_id, None)
                 self.created_trial_ids.discard(trial_id)
+
+    def _holds_state(self, trial_id: int, state: TrialState) -> bool | None:
+        """True when the trial already has ``state`` (our lost commit went through), else None."""
+        return True if RDBStorage.get_trial(self, trial_id).state == state else None
+
+    # -- heartbeats (servers) -------------------------------------------------------------------
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna calls this before each trial when heartbeats are on and fails what it returns,
+        without a reason. We fail the stale trials here, with a reason, and return none."""
+        reap_stale(self, study_id)
+        return []
+
+    def stale_trials(self, study_id: int) -> list[int]:
+        """RUNNING trials whose last heartbeat is older than the grace period (servers only)."""
+        if self.heartbeat_interval is None:
+            return []
+        return list(self._retry(lambda: RDBStorage._get_stale_trial_ids(self, study_id)))
 
     # -- queries for the launcher --------------------------------------------------------------
     def add_budget_index(self) -> None:
@@ -479,7 +738,7 @@ class SearchStorage(RDBStorage):
         every trial creation. An extra index is invisible to Optuna and optuna-dashboard."""
         self._retry(lambda: self._execute_ddl(
             "CREATE INDEX IF NOT EXISTS ix_hparam_joblib_trials_study_state ON trials (study_id, state)"
-        ), write=True)
+        ), write=True, setup=True)
 
     def _execute_ddl(self, sql: str) -> None:
         with self.engine.begin() as conn:
@@ -541,7 +800,35 @@ for _name in _RETRIED_METHODS:
         setattr(SearchStorage, _name, _wrap(_name))
 
 
-def fail_trial(storage: SearchStorage, trial_id: int, reason: str) -> bool:
+class StudyStore(Protocol):
+    """What the launcher, workers and progress bar use of a storage (RDB or journal)."""
+
+    location: StorageLocation
+    db_path: str
+    budget: int | None
+    family: int | None
+    lock_retries: int
+    op_seconds: list[float]
+    created_trial_ids: set[int]
+
+    @property
+    def lock_wait_seconds(self) -> float: ...
+    def count_states(self, study_id: int) -> dict[str, int]: ...
+    def running_owners(self, study_id: int) -> list[tuple[int, int, dict[str, Any]]]: ...
+    def stale_trials(self, study_id: int) -> list[int]: ...
+    def add_budget_index(self) -> None: ...
+    def get_trial(self, trial_id: int) -> FrozenTrial: ...
+    def get_best_trial(self, study_id: int) -> FrozenTrial: ...
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]: ...
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None: ...
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None: ...
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None: ...
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool: ...
+
+
+def fail_trial(storage: StudyStore, trial_id: int, reason: str) -> bool:
     """Mark a RUNNING trial FAIL with ``reason``; False if it had already finished."""
     try:
         storage.set_trial_user_attr(trial_id, "failure_reason", reason)
@@ -550,10 +837,32 @@ def fail_trial(storage: SearchStorage, trial_id: int, reason: str) -> bool:
         return False
 
 
+def reap_stale(storage: StudyStore, study_id: int) -> list[int]:
+    """Fail RUNNING trials whose heartbeat went silent (a machine or process that died
+    elsewhere); servers with heartbeats only. Returns the numbers of the trials failed."""
+    stale = storage.stale_trials(study_id)
+    if not stale:
+        return []
+    owners = {trial_id: (number, owner) for trial_id, number, owner in storage.running_owners(study_id)}
+    reaped: list[int] = []
+    grace = getattr(storage, "grace_period", None)
+    for trial_id in stale:
+        if trial_id not in owners:
+            continue
+        number, owner = owners[trial_id]
+        who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "its process"
+        why = f"no heartbeat for over {grace:g} s from {who} (its machine or process died); it will be re-run"
+        if fail_trial(storage, trial_id, why):
+            reaped.append(number)
+            logger.warning("trial %d: %s", number, why)
+    return reaped
+
+
 def reap_dead_owners(
-    storage: SearchStorage, study_id: int, dead_pids: set[int] | None = None, reason: str = ""
+    storage: StudyStore, study_id: int, dead_pids: set[int] | None = None, reason: str = ""
 ) -> list[int]:
-    """Fail RUNNING trials whose owner process is gone (or is in ``dead_pids``).
+    """Fail RUNNING trials whose owner process is gone (or is in ``dead_pids``), and, on a
+    server, trials whose heartbeat went silent.
 
     Returns:
         The numbers of the trials marked FAIL; they no longer count against the budget.
@@ -569,7 +878,7 @@ def reap_dead_owners(
             why = reason or f"its process (pid {owner.get('pid')}) died while the trial ran"
             if fail_trial(storage, trial_id, why):
                 reaped.append(number)
-    return reaped
+    return reaped + reap_stale(storage, study_id)
 
 
 def preflight(db_path: Path, study_name: str, direction: str | Sequence[str]) -> bool:

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,8 @@ import optuna
 
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._runner import run_search
+from hparam_joblib._storage import StorageLocation, driver_url
+from hparam_joblib._storage_factory import load_study_readonly, location_for
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -90,19 +93,36 @@ def run_ladder(
     """Run the function for ``seconds`` at each n_jobs of ``ladder`` (highest first)."""
     scratch = Path(tempfile.mkdtemp(prefix="hparam_joblib_tune_"))
     rungs: list[Rung] = []
+    storage = cfg.storage
+    if storage.kind == "journal":  # a throwaway journal in the scratch directory, not the user's file
+        storage = dataclasses.replace(storage, path=None)
+    # On a server the rungs are throwaway studies beside the real one (measured where the real
+    # search will run), with a unique name, deleted after each rung.
+    suffix = f"_{uuid.uuid4().hex[:8]}" if storage.kind == "postgresql" else ""
     try:
         for n_jobs in sorted(set(ladder), reverse=True):  # high to low: warm caches hurt no rung
             rung_cfg = dataclasses.replace(
-                cfg, n_jobs=n_jobs, n_trials=10**9, tag=f"{cfg.tag}_tune{n_jobs}",
+                cfg, n_jobs=n_jobs, n_trials=10**9, tag=f"{cfg.tag}_tune{n_jobs}{suffix}", storage=storage,
             )
             logger.info("tune: n_jobs=%d for %.0f s", n_jobs, seconds)
             result = run_search(func, rung_cfg, scratch, time_limit=seconds, show_progress=False)
-            study = optuna.load_study(study_name=rung_cfg.study_name, storage=result.storage_url)
+            location = location_for(rung_cfg, scratch)
+            study = load_study_readonly(location, rung_cfg.study_name)
             trials, rate = steady_rate(study)
             rungs.append(Rung(n_jobs, trials, result.wall_time, rate, result.peak_trial_mib))
+            if location.is_server:
+                _drop_study(location, rung_cfg.study_name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return sorted(rungs, key=lambda r: r.n_jobs)
+
+
+def _drop_study(location: StorageLocation, study_name: str) -> None:
+    """Delete a throwaway rung study from a server (best effort)."""
+    try:
+        optuna.delete_study(study_name=study_name, storage=driver_url(location.url))
+    except Exception as err:  # noqa: BLE001 - a leftover rung study is harmless
+        logger.warning("tune: could not delete the rung study %s (%s)", study_name, type(err).__name__)
 
 
 def recommend(rungs: Sequence[Rung]) -> Rung:

@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
+from optuna.storages import BaseStorage
 
 from hparam_joblib._algorithms import build, worker_seed
 from hparam_joblib._config import SearchConfig
@@ -44,12 +45,14 @@ from hparam_joblib._storage import (
     OWNER_KEY,
     BudgetExhausted,
     RetryPolicy,
-    SearchStorage,
+    StorageLocation,
+    StudyStore,
     n_finished,
     n_taken,
     owner_record,
     reap_dead_owners,
 )
+from hparam_joblib._storage_factory import open_storage
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -66,7 +69,8 @@ class WorkerTask:
 
     func: Callable[[dict[str, Any]], Any]
     config: SearchConfig
-    db_path: Path
+    #: Where the study lives (a server URL with its password: never printed; repr hides it).
+    location: StorageLocation
     run_id: str
     launcher_pid: int
     worker_index: int
@@ -179,7 +183,7 @@ def _jsonable(value: Any) -> Any:
 class _Objective:
     """The function handed to ``study.optimize``: sample, run isolated, translate the outcome."""
 
-    def __init__(self, task: WorkerTask, storage: SearchStorage) -> None:
+    def __init__(self, task: WorkerTask, storage: StudyStore) -> None:
         self.task = task
         self.storage = storage
         self.trials_run = 0
@@ -332,7 +336,7 @@ def _stop_after(deadline: float) -> Callable[[optuna.Study, optuna.trial.FrozenT
     return callback
 
 
-def _wait_for_slot(storage: SearchStorage, study_id: int, budget: int, objective: _Objective) -> bool:
+def _wait_for_slot(storage: StudyStore, study_id: int, budget: int, objective: _Objective) -> bool:
     """Poll until a budget slot is free (False) or the study is finished or we must stop (True)."""
     while True:
         counts = storage.count_states(study_id)  # one read answers both questions
@@ -388,10 +392,13 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     _allow_trial_processes()
     _setup_worker_logging()
     cfg = task.config
-    storage = SearchStorage(task.db_path, budget=cfg.n_trials, run_id=task.run_id, policy=task.policy)
+    storage = open_storage(
+        task.location, budget=cfg.n_trials, run_id=task.run_id, policy=task.policy,
+        heartbeat_interval=cfg.heartbeat_interval,
+    )
     storage.family = task.launcher_pid
     study = optuna.load_study(
-        study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, task.worker_index),
+        study_name=cfg.study_name, storage=cast(BaseStorage, storage), sampler=_sampler(cfg, task.worker_index),
         pruner=build(cfg.pruner),
     )
     objective = _Objective(task, storage)

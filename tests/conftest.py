@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests._pgserver import pg_url, postgres_server  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 
 REPO = Path(__file__).resolve().parents[1]
 
