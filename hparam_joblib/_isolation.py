@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Literal
@@ -122,9 +122,11 @@ def normalise_return(value: Any) -> tuple[float | list[float] | None, str]:
 
 
 def _child_main(func: Callable[[dict[str, Any]], Any], config: dict[str, Any], conn: Connection,
-                parent: int, trial_number: int) -> None:
+                parent: int, trial_number: int, env: Mapping[str, str] | None = None) -> None:
     global CURRENT
     _die_with_parent(parent)
+    if env:  # e.g. CUDA_VISIBLE_DEVICES of the leased GPU: set before any user code runs
+        os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     CURRENT = _ChildContext(conn, trial_number)
@@ -162,6 +164,7 @@ def run_isolated(
     timeout: float | None,
     should_stop: Callable[[], bool],
     on_report: Callable[[float, int], bool],
+    env: Mapping[str, str] | None = None,
 ) -> Outcome:
     """Run ``func(config)`` in a forked child; never raises for anything the child does.
 
@@ -172,12 +175,13 @@ def run_isolated(
         timeout: seconds before the child is killed, or None.
         should_stop: polled while waiting; True kills the child (launcher gone, shutdown).
         on_report: called for each ``report(value, step)``; returns True to prune.
+        env: environment variables set in the child before ``func`` runs (the leased GPU).
     """
     reap_exiting()
     ctx = multiprocessing.get_context("fork")
     ours, theirs = ctx.Pipe()
     child = ctx.Process(
-        target=_child_main, args=(func, config, theirs, os.getpid(), trial_number), daemon=True
+        target=_child_main, args=(func, config, theirs, os.getpid(), trial_number, env), daemon=True
     )
     started = time.monotonic()
     child.start()

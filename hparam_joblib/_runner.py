@@ -1,8 +1,10 @@
-"""The launcher: create the study once, start n_jobs loky workers, supervise them, summarise.
+"""The launcher: create the study once, start n_jobs worker loops (loky or Dask), supervise, summarise.
 
 The launcher owns the schema (workers open the file without creating tables), Ctrl-C and
-SIGTERM (workers ignore SIGINT; the launcher kills them and fails their RUNNING trials), and
-worker deaths (it fails the dead workers' trials and starts new workers).
+SIGTERM (workers ignore SIGINT; the launcher stops them and fails their RUNNING trials), and
+worker deaths (it fails the dead workers' trials with a reason, says so, starts new loops, and
+stops the search after ``max_worker_deaths`` deaths in a row without a finished trial).
+Which engine runs the loops is decided in ``_backend`` only.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -17,18 +20,16 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
 import optuna
-from loky import get_reusable_executor
-from loky.process_executor import BrokenProcessPool, TerminatedWorkerError
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
+from hparam_joblib._backend import Backend, Death, make_backend
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError, StorageError
 from hparam_joblib._progress import Progress
@@ -40,21 +41,23 @@ from hparam_joblib._storage import (
     StudyStore,
     fail_trial,
     n_finished,
+    owner_is_dead,
     reap_dead_owners,
 )
 from hparam_joblib._storage_factory import location_for, open_storage, preflight, prepare
-from hparam_joblib._worker import WorkerReport, WorkerTask, worker_main
+from hparam_joblib._worker import LauncherLease, WorkerReport, WorkerTask
 
 logger = logging.getLogger("hparam_joblib")
 
 _POLL_SECONDS = 0.5
-_MAX_RESTARTS_WITHOUT_PROGRESS = 3
+#: A death with an unknown pid and a dead process found within this many seconds are one death.
+_SAME_DEATH_SECONDS = 5.0
 #: Study system attr: keys of the ``enqueue`` entries already queued (see :func:`enqueue_keys`).
 ENQUEUED_KEY = "hparam_joblib:enqueued"
 
 
 class WorkerCrashError(HparamError):
-    """Worker processes kept dying without finishing any trial."""
+    """``max_worker_deaths`` worker processes died in a row without a trial finishing."""
 
 
 class _Terminated(Exception):
@@ -91,8 +94,30 @@ def run_search(
 
     Raises:
         StorageError: the database cannot be used (checked before anything is written).
-        WorkerCrashError: workers died repeatedly without finishing a trial.
+        BackendError: the Dask scheduler is unreachable (checked before anything is created),
+            or the cluster has no worker for too long.
+        WorkerCrashError: ``max_worker_deaths`` workers died in a row without a finished trial.
     """
+    backend = make_backend(cfg)
+    backend.open()
+    try:
+        return _run_search(
+            func, cfg, save_dir, backend, policy=policy, show_progress=show_progress, time_limit=time_limit
+        )
+    finally:
+        backend.close()
+
+
+def _run_search(
+    func: Callable[[dict[str, Any]], Any],
+    cfg: SearchConfig,
+    save_dir: Path,
+    backend: Backend,
+    *,
+    policy: RetryPolicy | None = None,
+    show_progress: bool = True,
+    time_limit: float | None = None,
+) -> SearchResult:
     started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     policy = policy or RetryPolicy(deadline=cfg.lock_timeout, busy_timeout=min(10.0, cfg.lock_timeout / 2))
@@ -126,7 +151,8 @@ def run_search(
     if n_finished(storage.count_states(study_id)) < cfg.n_trials:
         deadline = None if time_limit is None else time.time() + time_limit
         interrupted = _supervise(
-            func, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline
+            func, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
+            backend=backend,
         )
     else:
         logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
@@ -189,8 +215,10 @@ def _supervise(
     reports: list[WorkerReport],
     show_progress: bool,
     deadline: float | None = None,
+    *,
+    backend: Backend,
 ) -> int:
-    """Start and watch the workers; returns the signal number that stopped us, or 0."""
+    """Start and watch the worker loops; returns the signal number that stopped us, or 0."""
     counts = storage.count_states(study_id)
     progress = Progress(
         cfg.n_trials, n_finished(counts), cfg.direction, enabled=show_progress,
@@ -204,64 +232,210 @@ def _supervise(
     previous = _install_handlers(
         {signal.SIGTERM: on_sigterm, signal.SIGINT: signal.default_int_handler}
     )
-    generation = 0
-    restarts_without_progress = 0
-    executor = None
-    try:
-        while True:
-            # No more workers than trials left: --set n_trials=110 after 100 starts 10, not 32.
-            remaining = cfg.n_trials - n_finished(storage.count_states(study_id))
-            n_workers = max(1, min(cfg.n_jobs, remaining))
-            executor = get_reusable_executor(max_workers=n_workers, timeout=300, reuse=True)
-            futures: list[Future[WorkerReport]] = [
-                executor.submit(
-                    worker_main,
-                    WorkerTask(
-                        func=func, config=cfg, location=location, run_id=run_id,
-                        launcher_pid=os.getpid(), worker_index=generation * cfg.n_jobs + i,
-                        policy=policy, deadline=deadline,
-                    ),
-                )
-                for i in range(n_workers)
-            ]
-            finished_before = n_finished(storage.count_states(study_id))
-            crashed = _watch(futures, storage, study_id, progress, reports)
-            if not crashed:
-                # Idle workers would otherwise be joined at interpreter exit, seconds later.
-                executor.shutdown(wait=True)
-                return 0
-            reaped = reap_dead_owners(storage, study_id)
-            logger.warning(
-                "a worker process died (%s); %d running trial(s) marked FAIL and will be re-run; "
-                "starting new workers", crashed, len(reaped),
+    lease = LauncherLease(storage, study_id, run_id, cfg.heartbeat_interval) if backend.remote else None
+    deaths = _DeathCount(cfg.max_worker_deaths, n_finished(counts))
+    next_index = 0
+
+    def start(n: int) -> None:
+        nonlocal next_index
+        backend.submit([
+            WorkerTask(
+                # The location holds absolute paths: a Dask worker's working directory differs.
+                func=func, config=cfg, location=location, run_id=run_id,
+                launcher_pid=os.getpid(), worker_index=next_index + i,
+                policy=policy, deadline=deadline,
+                lease_interval=cfg.heartbeat_interval if backend.remote else None,
             )
-            if n_finished(storage.count_states(study_id)) > finished_before:
-                restarts_without_progress = 0
-            else:
-                restarts_without_progress += 1
-            if restarts_without_progress >= _MAX_RESTARTS_WITHOUT_PROGRESS:
-                raise WorkerCrashError(
-                    f"worker processes died {restarts_without_progress} times in a row without "
-                    f"finishing a trial (last: {crashed})"
-                )
-            generation += 1
+            for i in range(n)
+        ])
+        next_index += n
+
+    try:
+        if lease is not None:
+            lease.renew(force=True)  # before any loop starts: they read it
+        # No more loops than trials left: --set n_trials=110 after 100 starts 10, not 32.
+        remaining = cfg.n_trials - n_finished(storage.count_states(study_id))
+        start(max(1, min(cfg.n_jobs, remaining)))
+        while backend.active:
+            news = backend.poll(_POLL_SECONDS)
+            reports.extend(news.reports)
+            if lease is not None:
+                lease.renew()
+            if news.deaths or backend.remote:
+                # On Dask a worker may die and its loop be re-run elsewhere between two polls:
+                # also look for trials of this launch whose process is gone (this host).
+                _on_deaths(news.deaths, storage, study_id, run_id, deaths)
+            if news.lost or (news.reports and deadline is None):
+                remaining = cfg.n_trials - n_finished(storage.count_states(study_id))
+                # A loop ends by itself only once the study is done, or when the launcher looked
+                # gone to it (its lease lapsed while this process was stalled): start it again.
+                early = len(news.reports) if deadline is None and remaining > 0 else 0
+                if early:
+                    logger.warning("%d worker loop(s) stopped before the study was done; starting again", early)
+                if remaining > 0 and news.lost + early:
+                    start(min(news.lost + early, max(1, remaining)))
+            progress.update(storage, study_id)
+            deaths.before = n_finished(storage.count_states(study_id))
+        if lease is not None:
+            lease.stop()  # loops of this launch that Dask might still re-run must not start trials
+        return 0
     except HparamError as err:
         progress.close()
-        if executor is not None:
-            executor.shutdown(wait=True, kill_workers=True)
-        _fail_run_trials(storage, study_id, run_id, f"the search stopped: {err}")
+        _stop(backend, lease, storage, study_id, run_id, f"the search stopped: {err}")
         raise
     except (KeyboardInterrupt, _Terminated) as stop:
         signum = signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT
         progress.close()
         logger.warning("%s: stopping the workers", signal.Signals(signum).name)
-        if executor is not None:
-            executor.shutdown(wait=True, kill_workers=True)
-        _fail_run_trials(storage, study_id, run_id, f"interrupted by {signal.Signals(signum).name}")
+        _stop(backend, lease, storage, study_id, run_id, f"interrupted by {signal.Signals(signum).name}")
         return int(signum)
     finally:
         _install_handlers(previous)
         progress.close()
+
+
+class _DeathCount:
+    """Worker deaths in a row, without a trial finishing in between.
+
+    A death is seen up to a poll after it happened, so a trial that finished just after it may
+    be counted first. To never stop a search that makes progress, a death starts a new row when
+    the study holds more finished trials than it surely held before the previous death (the count
+    at the poll before that death was seen).
+    """
+
+    def __init__(self, limit: int, finished: int) -> None:
+        self.limit = limit
+        self.mark = finished
+        #: Finished trials at the previous poll: surely finished before a death seen now.
+        self.before = finished
+        self.in_a_row = 0
+        #: (host, pid) of the deaths counted: a death seen twice (left the cluster, then
+        #: KilledWorker) counts once.
+        self.seen: set[tuple[Any, Any]] = set()
+        self.last_swept = -math.inf
+        self.last_unknown = -math.inf
+
+    def record(self, finished: int) -> int:
+        if finished > self.mark:
+            self.in_a_row = 0
+        self.mark = self.before
+        self.in_a_row += 1
+        return self.in_a_row
+
+
+def _on_deaths(
+    found: list[Death], storage: StudyStore, study_id: int, run_id: str, count: _DeathCount
+) -> None:
+    """Fail the dead workers' trials (with the reason), say so, and stop after too many in a row.
+
+    ``found`` are the deaths the backend saw; trials of this launch whose owner process is gone
+    from this host are deaths too (one per pid), unless already counted.
+
+    Raises:
+        WorkerCrashError: ``max_worker_deaths`` deaths in a row without a finished trial.
+    """
+    events = [(death, _fail_dead_trials(storage, study_id, death)) for death in found]
+    unnamed: dict[tuple[Any, Any], list[tuple[int, Any, Any]]] = {}
+    for number, pid, owner in _fail_dead_trials(storage, study_id, None):
+        if owner.get("run") == run_id:
+            unnamed.setdefault((owner.get("host"), pid), []).append((number, pid, owner))
+        else:
+            logger.info("trial %d of another launch marked FAIL: its process (pid %s) is gone", number, pid)
+    named = {(d.host, d.pid) for d in found}
+    for (host, pid), failed in unnamed.items():
+        if (host, pid) in named:  # the same death, its trials failed by the second look
+            events = [(d, t + failed if (d.host, d.pid) == (host, pid) else t) for d, t in events]
+        else:
+            events.append((Death(f"worker process {pid} on {host} is gone", host, pid, found_by_sweep=True), failed))
+    if not events:
+        return
+    finished = n_finished(storage.count_states(study_id))
+    now = time.monotonic()
+    swept = any(d.found_by_sweep for d, _ in events)
+    for death, failed in events:
+        which = ", ".join(f"trial {number} (pid {pid})" for number, pid, _ in failed) or "no running trial left"
+        if death.pid is not None and (death.host, death.pid) in count.seen:
+            continue  # seen before under another name (left the cluster / process gone / KilledWorker)
+        if death.pid is not None:
+            count.seen.add((death.host, death.pid))
+        # A Dask worker that left before its pid was learnt and a dead owner found by the sweep
+        # are most likely one death seen twice: count them once (never stop a search early).
+        if death.pid_unknown and (swept or now - count.last_swept < _SAME_DEATH_SECONDS):
+            logger.info("same worker death seen again: %s", death.what)
+            continue
+        if death.found_by_sweep:
+            count.last_swept = now
+            if now - count.last_unknown < _SAME_DEATH_SECONDS:
+                count.last_unknown = -math.inf  # the other half of that one death
+                continue
+        if death.pid_unknown:
+            count.last_unknown = now
+        in_a_row = count.record(finished)
+        logger.warning(
+            "a worker process died: %s; %s marked FAIL and re-run "
+            "[worker death %d in a row; the search stops at max_worker_deaths=%d]",
+            death.what, which, in_a_row, count.limit,
+        )
+        if in_a_row >= count.limit:
+            raise WorkerCrashError(
+                f"{in_a_row} worker processes died in a row without a trial finishing "
+                f"(max_worker_deaths={count.limit}); last: {death.what}, {which}; "
+                "the failed trials' failure_reason says more"
+            )
+
+
+def _fail_dead_trials(
+    storage: StudyStore, study_id: int, death: Death | None
+) -> list[tuple[int, Any, dict[str, Any]]]:
+    """Fail RUNNING trials owned by the dead worker: by host and pid (any host) when known,
+    else (``death`` unknown or without a pid) any owner process found dead on this host.
+
+    Returns:
+        ``(number, pid, owner)`` of each trial failed.
+    """
+    failed = []
+    for trial_id, number, owner in storage.running_owners(study_id):
+        if not owner:
+            continue
+        pid = owner.get("pid")
+        if death is not None and death.pid is not None:
+            dead = pid == death.pid and owner.get("host") == death.host
+        else:
+            dead = owner_is_dead(owner)
+        if dead:
+            how = f" ({death.what})" if death is not None else ""
+            reason = (
+                f"its worker process (pid {pid} on {owner.get('host')}) died while the trial ran"
+                f"{how}; the trial is run again"
+            )
+            if fail_trial(storage, trial_id, reason):
+                failed.append((number, pid, owner))
+    return failed
+
+
+def _stop(
+    backend: Backend, lease: LauncherLease | None, storage: StudyStore, study_id: int, run_id: str,
+    reason: str,
+) -> None:
+    """Stop every loop of this launch and fail its RUNNING trials."""
+    if lease is not None:
+        lease.stop()  # loops on a shared cluster stop at their next check (within a second)
+    backend.stop()
+    if not backend.owns_workers:
+        _wait_for_run_trials(storage, study_id, run_id, timeout=3.0)
+    _fail_run_trials(storage, study_id, run_id, reason)
+
+
+def _wait_for_run_trials(storage: StudyStore, study_id: int, run_id: str, timeout: float) -> None:
+    """Give loops on a shared cluster a moment to fail their own trials (with their reason)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if not any(o.get("run") == run_id for _, _, o in storage.running_owners(study_id)):
+                return
+        except HparamError:
+            return
+        time.sleep(0.2)
 
 
 def _install_handlers(handlers: dict[Any, Any]) -> dict[Any, Any]:
@@ -269,32 +443,6 @@ def _install_handlers(handlers: dict[Any, Any]) -> dict[Any, Any]:
     if threading.current_thread() is not threading.main_thread():
         return {}
     return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
-
-
-def _watch(
-    futures: list[Future[WorkerReport]],
-    storage: StudyStore,
-    study_id: int,
-    progress: Progress,
-    reports: list[WorkerReport],
-) -> str:
-    """Wait for the workers, updating the progress bar; returns why they crashed, or ''."""
-    pending = set(futures)
-    crashed = ""
-    while pending:
-        done, pending = wait(pending, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
-        for future in done:
-            try:
-                reports.append(future.result())
-            except HparamError:
-                raise  # e.g. the database stayed locked past lock_timeout: stop the search
-            except (TerminatedWorkerError, BrokenProcessPool) as err:
-                crashed = str(err).splitlines()[0][:200]
-            except Exception as err:  # a worker's own bug: log it, fail its trial, restart
-                logger.error("a worker failed: %s: %s", type(err).__name__, err, exc_info=err)
-                crashed = f"{type(err).__name__}: {str(err)[:200]}"
-        progress.update(storage, study_id)
-    return crashed
 
 
 def _fail_run_trials(storage: StudyStore, study_id: int, run_id: str, reason: str) -> None:

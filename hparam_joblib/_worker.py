@@ -1,19 +1,30 @@
-"""What runs inside one loky worker: a ``study.optimize`` loop on the shared SQLite study.
+"""What runs inside one worker process (loky or Dask): a ``study.optimize`` loop on the shared study.
 
 The worker reopens the storage from its path (no schema creation: the launcher did it), builds
 its own sampler (with its derived seed) and pruner from the config, takes trials until the
 shared budget is spent, runs each training call in a forked child (``_isolation``) whose
 ``report()`` calls it answers with the pruner's decision, and records failures as PRUNED with
 their reason (and pruner decisions as PRUNED with ``pruned_step``).
+
+Launcher liveness: a loky worker is the launcher's child and watches ``getppid()``. A Dask worker's
+parent is its nanny, possibly on another machine, so there the launcher keeps a *lease* in the
+study's system attrs (``hparam_joblib:launcher:<run id>``), renewed every third of
+``heartbeat_interval``; a loop stops when the lease says ``stopped`` (Ctrl-C, an error) or has not
+changed for three intervals by the worker's own clock (launcher killed; no clock sync needed).
+It goes through the study's storage, so it works for any backend and any number of machines.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import multiprocessing
 import os
 import resource
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +37,7 @@ from optuna.storages import BaseStorage
 from hparam_joblib._algorithms import build, worker_seed
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError
+from hparam_joblib._gpus import lease_device, lease_key
 from hparam_joblib._isolation import Outcome, reap_exiting, run_isolated
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._space import build_config, suggest_all
@@ -45,6 +57,10 @@ from hparam_joblib._storage_factory import open_storage
 logger = logging.getLogger("hparam_joblib")
 
 _WAIT_FOR_OTHERS_SECONDS = 0.25
+#: Study system attr prefix of a launcher's lease (followed by the run id).
+LAUNCHER_KEY_PREFIX = "hparam_joblib:launcher:"
+#: A lease unchanged for this many intervals means the launcher is gone.
+LEASE_MISSES = 3
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,9 @@ class WorkerTask:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     #: ``time.time()`` after which no new trial starts (``--tune-n-jobs`` rungs), or None.
     deadline: float | None = None
+    #: None: the worker is the launcher's child (loky) and watches its parent pid. A number:
+    #: the launcher renews a lease in the study every third of it (Dask; see the module doc).
+    lease_interval: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +96,84 @@ class WorkerReport:
 
 
 class _LauncherGone(Exception):
-    """The launcher process died; this worker must stop."""
+    """The launcher process died (or stopped the search); this worker must stop."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        # Raised through study.optimize, which would log it with a traceback; we say it once.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def launcher_key(run_id: str) -> str:
+    """The study system attr that holds the lease of launch ``run_id``."""
+    return LAUNCHER_KEY_PREFIX + run_id
+
+
+class LauncherLease:
+    """The launcher's side: renew the lease (call :meth:`renew` often; it writes when due)."""
+
+    def __init__(self, storage: Any, study_id: int, run_id: str, interval: float) -> None:
+        self.storage = storage
+        self.study_id = study_id
+        self.key = launcher_key(run_id)
+        self.period = interval / LEASE_MISSES
+        self.beat = 0
+        self.last = -math.inf
+
+    def renew(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.period:
+            self.beat += 1
+            self._write(False)
+            self.last = now
+
+    def stop(self) -> None:
+        """Tell every loop of this launch to stop now (best effort: they also time out)."""
+        try:
+            self._write(True)
+        except HparamError as err:
+            logger.warning("could not tell the workers to stop (%s); they stop when the lease expires", err)
+
+    def _write(self, stopped: bool) -> None:
+        self.storage.set_study_system_attr(
+            self.study_id, self.key,
+            {"beat": self.beat, "host": socket.gethostname(), "pid": os.getpid(), "stopped": stopped},
+        )
+
+
+class LauncherWatch:
+    """The worker's side: is the launcher still there? (cheap; reads the lease at most once a second)."""
+
+    def __init__(self, task: WorkerTask, storage: Any, study_id: int = -1) -> None:
+        self.task = task
+        self.storage = storage
+        self.study_id = study_id
+        self.why = ""
+        self._checked = -math.inf
+        self._changed = time.monotonic()
+        self._seen: Any = None
+
+    def gone(self) -> bool:
+        if self.why:
+            return True
+        interval = self.task.lease_interval
+        if interval is None:
+            if os.getppid() != self.task.launcher_pid:
+                self.why = "the launcher process is gone"
+            return bool(self.why)
+        now = time.monotonic()
+        if now - self._checked < min(1.0, interval / 2):
+            return False
+        self._checked = now
+        lease = self.storage.get_study_system_attrs(self.study_id).get(launcher_key(self.task.run_id))
+        if isinstance(lease, dict) and lease.get("stopped"):
+            self.why = "the launcher stopped the search"
+        elif lease != self._seen:
+            self._seen = lease
+            self._changed = now
+        elif now - self._changed > LEASE_MISSES * interval:
+            self.why = f"the launcher's lease was not renewed for {now - self._changed:.0f} s (launcher gone)"
+        return bool(self.why)
 
 
 def _jsonable(value: Any) -> Any:
@@ -92,13 +188,40 @@ class _Objective:
         self.storage = storage
         self.trials_run = 0
         self.warned_multi_report = False
+        self.watch = LauncherWatch(task, storage)  # its study_id is set once the study is loaded
+        # Leases are per study (and per host: the lock files are local).
+        self.gpu_key = lease_key(task.config.study_name)
 
     def launcher_gone(self) -> bool:
-        return os.getppid() != self.task.launcher_pid
+        return self.watch.gone()
+
+    def run_leased(self, trial: optuna.Trial, *args: Any, **kwargs: Any) -> Outcome:
+        """``run_isolated``, on a GPU leased for this trial when ``gpus`` is set.
+
+        The device is leased on this host before the child forks and freed after it ended; the
+        child sees it as ``CUDA_VISIBLE_DEVICES`` and the trial records it as user attr ``gpu``.
+        """
+        gpus = self.task.config.gpus
+        if not gpus:
+            return run_isolated(*args, **kwargs)
+        lease = lease_device(gpus, self.gpu_key, self.launcher_gone, first=self.task.worker_index)
+        if lease is None:
+            raise self.gone(trial)
+        try:
+            trial.set_user_attr("gpu", lease.device)
+            return run_isolated(*args, env={"CUDA_VISIBLE_DEVICES": lease.device}, **kwargs)
+        finally:
+            lease.release()
+
+    def gone(self, trial: optuna.Trial) -> _LauncherGone:
+        """The exception that ends this loop, after giving ``trial`` (FAIL) its reason."""
+        reason = f"not run: {self.watch.why or 'the launcher is gone'}"
+        trial.set_user_attr("failure_reason", reason)
+        return _LauncherGone(reason)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         if self.launcher_gone():
-            raise _LauncherGone("the launcher process is gone")
+            raise self.gone(trial)
         if trial._trial_id not in self.storage.created_trial_ids:  # a queued trial, popped not created
             self.storage.set_trial_system_attr(trial._trial_id, OWNER_KEY, owner_record(self.task.run_id))
             self.storage.created_trial_ids.add(trial._trial_id)
@@ -120,7 +243,8 @@ class _Objective:
             trial.report(value, step)
             return trial.should_prune()
 
-        outcome = run_isolated(
+        outcome = self.run_leased(
+            trial,
             self.task.func,
             config,
             trial_number=trial.number,
@@ -134,7 +258,7 @@ class _Objective:
                 return values
             outcome = Outcome("error", reason=why, error_type="InvalidReturn")
         if outcome.kind == "stopped":
-            reason = "the launcher process died while the trial ran; it will be re-run"
+            reason = f"stopped while the trial ran: {self.watch.why}; it will be re-run"
             trial.set_user_attr("failure_reason", reason)
             raise _LauncherGone(reason)
         if outcome.kind == "pruned":
@@ -180,8 +304,15 @@ def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None
     exception's context, so we re-raise that.
     """
     try:
-        callbacks = None if deadline is None else [_stop_after(deadline)]  # None: no re-read per trial
-        study.optimize(objective, n_trials=None, catch=(), callbacks=callbacks)
+        # Any callback makes Optuna re-read the finished trial: only the ones needed. On Dask the
+        # launcher's lease is checked between trials (no empty trial once it is gone); a loky
+        # worker checks its parent pid at the start of each trial instead.
+        callbacks = ([_stop_when_gone(objective)] if objective.task.lease_interval is not None else []) + (
+            [] if deadline is None else [_stop_after(deadline)]
+        )
+        study.optimize(objective, n_trials=None, catch=(), callbacks=callbacks or None)
+        if objective.launcher_gone():
+            raise _LauncherGone(objective.watch.why)
     except (BudgetExhausted, _LauncherGone, HparamError):
         raise
     except Exception as err:
@@ -193,6 +324,16 @@ def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None
                 raise cause from None
             cause = cause.__cause__ or cause.__context__
         raise
+
+
+def _stop_when_gone(objective: _Objective) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Stop before the next trial is created once the launcher is gone (no empty FAIL trial)."""
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if objective.launcher_gone():
+            study.stop()
+
+    return callback
 
 
 def _stop_after(deadline: float) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -240,8 +381,23 @@ def worker_main(task: WorkerTask) -> WorkerReport:
         profiler.dump_stats(str(Path(profile_dir) / f"worker-{os.getpid()}.prof"))
 
 
+def _allow_trial_processes() -> None:
+    """Let this process fork its trial children.
+
+    Dask's nanny starts worker processes as daemons, and ``multiprocessing`` refuses to start a
+    child from a daemon ("daemonic processes are not allowed to have children"). The rule exists
+    so that orphans are not left behind; ours are joined or killed by ``run_isolated`` and die
+    with their parent (``PR_SET_PDEATHSIG``), so lifting the flag is safe.
+    """
+    current = multiprocessing.current_process()
+    if current.daemon:
+        current._config["daemon"] = False  # type: ignore[attr-defined]
+
+
 def _worker_main(task: WorkerTask) -> WorkerReport:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C and stops us
+    if threading.current_thread() is threading.main_thread():  # loky; Dask runs tasks in threads
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C and stops us
+    _allow_trial_processes()
     _setup_worker_logging()
     cfg = task.config
     storage = open_storage(
@@ -254,6 +410,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         pruner=build(cfg.pruner),
     )
     objective = _Objective(task, storage)
+    objective.watch.study_id = study._study_id
     try:
         while True:
             try:
@@ -267,8 +424,11 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
                 if _wait_for_slot(storage, study._study_id, cfg.n_trials, objective):
                     break
     except _LauncherGone:
-        logger.warning("launcher is gone; worker %d stops", os.getpid())
-        os._exit(0)
+        if task.lease_interval is None:  # an orphaned loky worker: nobody will reuse this process
+            logger.warning("launcher is gone; worker %d stops", os.getpid())
+            os._exit(0)
+        # A Dask worker belongs to the cluster: end this loop only, keep the process.
+        logger.warning("%s; the search loop in worker %d stops", objective.watch.why, os.getpid())
     reap_exiting(wait=True)  # the last trial's process, so that its peak memory is counted
     return WorkerReport(
         pid=os.getpid(),
@@ -280,4 +440,4 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     )
 
 
-__all__ = ["WorkerReport", "WorkerTask", "worker_main"]
+__all__ = ["LauncherLease", "WorkerReport", "WorkerTask", "launcher_key", "worker_main"]
