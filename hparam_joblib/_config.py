@@ -425,7 +425,10 @@ def validate(
         )
     if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
         n_jobs = cpu_count + 1 + n_jobs
-    if gpus and n_jobs > len(gpus):
+    one_machine = str(raw.get("backend") or "loky").strip().lower() != "dask" or str(
+        raw.get("dask_scheduler") or "local"
+    ).strip() == "local"
+    if gpus and n_jobs > len(gpus) and one_machine:  # on a cluster, gpus lists each machine's devices
         raise check.fail(
             "n_jobs",
             f"{n_jobs} trials would run at once but gpus lists {len(gpus)} device(s) "

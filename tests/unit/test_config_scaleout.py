@@ -95,6 +95,14 @@ def test_gpus_set_n_jobs_and_may_repeat_a_device() -> None:
     assert check(gpus="GPU-8f2c").gpus == ("GPU-8f2c",)
 
 
+def test_gpus_list_each_machines_devices_on_a_cluster() -> None:
+    # On a remote Dask cluster every machine leases from the same list: 2 machines x [0, 1] = 4.
+    cfg = check(gpus=[0, 1], n_jobs=4, backend="dask", dask_scheduler="tcp://h:8786")
+    assert (cfg.gpus, cfg.n_jobs) == (("0", "1"), 4)
+    with pytest.raises(ConfigError, match="n_jobs: 4 trials would run at once"):
+        check(gpus=[0, 1], n_jobs=4, backend="dask", dask_scheduler="local")
+
+
 def test_gpus_auto_reads_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     cfg = check(gpus="auto")
