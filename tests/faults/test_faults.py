@@ -211,7 +211,7 @@ def _free_port() -> int:
 def test_optuna_dashboard_polling_during_search_fails_nothing(project: Project) -> None:
     """A real optuna-dashboard server polled all through the search never fails a trial."""
     pytest.importorskip("optuna_dashboard")
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=60, sleep=0.05))
+    project.write_config(CONFIG.format(n_jobs=2, n_trials=60, sleep=0.15))
     db = project.db("exp_t")
     proc = project.start()
     _wait_for(lambda: db.exists() and finished(db) >= 1, 60)
