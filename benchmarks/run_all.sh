@@ -40,9 +40,16 @@ t1=$(date +%s)
 t2=$(date +%s)
 "$PY" benchmarks/contention.py --run-name "$RUN" "${QUICK[@]}" $([[ ${#QUICK[@]} -eq 0 ]] && echo --repeats "$CONTENTION_REPEATS")
 t3=$(date +%s)
-printf 'scaling %ss, overhead %ss, contention %ss, total %ss\n' \
-  $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t3 - start)) | tee "$out/run_all_time.txt"
+# Scale-out rows: Dask (LocalCluster) + PostgreSQL (a throwaway server) beside loky + SQLite.
+# SCALEOUT=0 skips them (no PostgreSQL on the machine); the two other combos: scaleout.py alone.
+if [[ "${SCALEOUT:-1}" == 1 ]]; then
+  "$PY" benchmarks/scaleout.py --run-name "$RUN" "${QUICK[@]}" --combos loky+sqlite,dask+postgresql
+fi
+t4=$(date +%s)
+printf 'scaling %ss, overhead %ss, contention %ss, scaleout %ss, total %ss\n' \
+  $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) $((t4 - start)) | tee "$out/run_all_time.txt"
 if [[ ${#QUICK[@]} -eq 0 ]]; then
   mkdir -p benchmarks/figures
   cp "$out/scaling.png" "$out/overhead.png" "$out/contention.png" benchmarks/figures/
+  [[ -f "$out/scaleout.png" ]] && cp "$out/scaleout.png" benchmarks/figures/
 fi

@@ -7,7 +7,8 @@ return, start-up included) and the steady-state rate (trials/s between the 10th 
 percentile of completion times, read from the storage afterwards).
 
     python benchmarks/scaleout.py                    # full: 2 workloads x 2 n_jobs x 4 combos
-    python benchmarks/scaleout.py --quick            # loky+SQLite and dask+PostgreSQL only
+    python benchmarks/scaleout.py --quick            # loky+SQLite and dask+PostgreSQL, 60 trials
+    python benchmarks/scaleout.py --combos loky+sqlite,dask+postgresql   # as run_all.sh runs it
 
 PostgreSQL: ``HPARAM_JOBLIB_BENCH_PG_URL=postgresql://user@host:port`` uses a running server (a
 database per run is created in it); otherwise a throwaway server is started with
@@ -109,7 +110,8 @@ def run_point(spec: dict[str, Any], pg_base: str | None, work: Path) -> dict[str
         raise RuntimeError(f"run failed (exit {proc.returncode}): {spec}\n{proc.stderr[-3000:]}")
     raw = json.loads(lines[-1][len("@@RESULT "):])
     study_name = f"bench_scaling_{spec['tag']}"
-    url = storage_url or f"sqlite:///{Path(spec['save_dir']).resolve() / (study_name + '.db')}"
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the postgresql extra installs psycopg2.
+    url = storage_url.replace("postgresql://", "postgresql+psycopg2://", 1) if storage_url else f"sqlite:///{Path(spec['save_dir']).resolve() / (study_name + '.db')}"
     done = completions(url, study_name)
     if storage_url:
         _pg_admin(pg_base, f"DROP DATABASE IF EXISTS {storage_url.rsplit('/', 1)[1]} WITH (FORCE)")  # type: ignore[arg-type]
@@ -217,8 +219,14 @@ def main() -> None:
         child(json.loads(sys.argv[2]))
         return
     parser = base_parser(__doc__.splitlines()[0], "scaleout")
+    parser.add_argument("--combos", default="", help=f"comma-separated subset of {','.join(COMBOS)}")
     args = parser.parse_args()
     combos = ["loky+sqlite", "dask+postgresql"] if args.quick else list(COMBOS)
+    if args.combos:
+        combos = [c.strip() for c in args.combos.split(",") if c.strip()]
+        unknown = [c for c in combos if c not in COMBOS]
+        if unknown:
+            parser.error(f"unknown combos {unknown}; choose from {list(COMBOS)}")
     n_trials = {"zero": 60 if args.quick else 150, "sleep": 60 if args.quick else 120}
     out = results_dir(args.run_name)
     started = time.time()
