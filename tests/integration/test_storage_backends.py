@@ -150,22 +150,34 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
 
 
 class Store:
-    """One storage under test: the ``storage:`` value and how to read it back."""
+    """One storage under test (and the backend that runs it): the config, how to read it back."""
 
-    def __init__(self, kind: str, setting: str, reader: Any) -> None:
+    def __init__(self, kind: str, setting: str, reader: Any, extra: str = "") -> None:
         self.kind = kind
         self.setting = setting
         self.reader = reader
+        self.extra = extra
+
+    def config(self, **values: Any) -> str:
+        """The test config for this storage (and backend) with ``values`` filled in."""
+        return CONFIG.format(storage=self.setting, **values) + self.extra
 
     def study(self) -> Any:
         return load(self.reader())
 
 
-@pytest.fixture(params=["postgresql", "journal"])
+#: The issue asks for the same DB facts on LocalCluster + PostgreSQL as on loky + SQLite.
+DASK_LOCAL = "backend: dask\ndask_scheduler: local\n"
+
+
+@pytest.fixture(params=["postgresql", "journal", "dask+postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "postgresql":
+    if request.param.endswith("postgresql"):
         url = request.getfixturevalue("pg_url")
-        return Store("postgresql", with_password(url), lambda: psycopg2_url(url))
+        extra = DASK_LOCAL if request.param.startswith("dask") else ""
+        if extra:
+            pytest.importorskip("distributed")
+        return Store("postgresql", with_password(url), lambda: psycopg2_url(url), extra)
     path = tmp_path / "studies" / "exp.journal"
     return Store("journal", f"journal:{path}", lambda: journal_storage(path))
 
@@ -176,7 +188,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 def test_search_n_jobs_4_exact_resume_and_no_password(project: Project, store: Store) -> None:
     """n_jobs=4: exactly n_trials COMPLETE in 4 distinct worker processes; plain Optuna reads
     them; a resume with more trials is exact; the password is never printed nor stored."""
-    project.write_config(CONFIG.format(n_jobs=4, n_trials=40, sleep=0.1, storage=store.setting))
+    project.write_config(store.config(n_jobs=4, n_trials=40, sleep=0.1))
     done = project.run(timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     study = store.study()
@@ -198,7 +210,7 @@ def test_search_n_jobs_4_exact_resume_and_no_password(project: Project, store: S
 
 def test_worker_sigkilled_mid_trial_is_failed_and_rerun(project: Project, store: Store) -> None:
     """SIGKILL of a worker mid-trial: its trial is FAIL with the reason, re-run, total exact."""
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=12, sleep=0.5, storage=store.setting))
+    project.write_config(store.config(n_jobs=2, n_trials=12, sleep=0.5))
     proc = project.start()
     wait_for(lambda: finished(counts(store.study())) >= 2 and running_owner_pids(store.study()), 90)
     victim = running_owner_pids(store.study())[0]
@@ -216,7 +228,7 @@ def test_worker_sigkilled_mid_trial_is_failed_and_rerun(project: Project, store:
 def test_kill9_launcher_then_resume(project: Project, store: Store) -> None:
     """kill -9 of the launcher: orphaned workers stop and fail their trials; the same command
     then finishes exactly n_trials with nothing RUNNING and every earlier COMPLETE unchanged."""
-    project.write_config(CONFIG.format(n_jobs=3, n_trials=30, sleep=[0.2, 0.4], storage=store.setting))
+    project.write_config(store.config(n_jobs=3, n_trials=30, sleep=[0.2, 0.4]))
     proc = project.start()
     wait_for(lambda: finished(counts(store.study())) >= 4, 90)
     os.kill(proc.pid, signal.SIGKILL)
@@ -487,7 +499,7 @@ def test_journal_survives_workers_killed_during_writes(project: Project, tmp_pat
 def test_concurrent_launches_of_one_study_cooperate(project: Project, store: Store) -> None:
     """Three launches of the same new study at once (racing to create the schema and the study):
     all succeed and the total is exact."""
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=30, sleep=0.1, storage=store.setting))
+    project.write_config(store.config(n_jobs=2, n_trials=30, sleep=0.1))
     launches = [project.start() for _ in range(3)]
     for proc in launches:
         _, err = proc.communicate(timeout=180)
@@ -562,18 +574,27 @@ def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:
     b.close()
 
 
-def test_guide_example_on_postgresql_then_ten_more(tmp_path: Path, pg_url: str) -> None:
-    """The guide's script and config verbatim, only ``--set storage=<url with a password>``:
-    exactly 100 COMPLETE in n_jobs=8 distinct worker processes, then exactly +10; plain Optuna
-    reads the study from the printed URL; the password is never printed."""
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["loky", "dask"])
+def test_guide_example_on_postgresql_then_ten_more(tmp_path: Path, pg_url: str, backend: str) -> None:
+    """The guide's script and config verbatim, only ``--set storage=<url with a password>`` (and
+    ``backend=dask dask_scheduler=local`` for a LocalCluster): exactly 100 COMPLETE in n_jobs=8
+    distinct worker processes, then exactly +10; plain Optuna reads the study from the printed
+    URL; the password is never printed."""
     import shutil
+
+    if backend == "dask":
+        pytest.importorskip("distributed")
+    sets = ["backend=dask", "dask_scheduler=local"] if backend == "dask" else []
 
     repo = Path(__file__).resolve().parents[2]
     shutil.copytree(repo / "config", tmp_path / "config")
     shutil.copy(repo / "examples" / "your_script.py", tmp_path / "your_script.py")
     proj = Project(tmp_path)
     url = with_password(pg_url)
-    done = proj.run("--set", f"storage={url}", script=tmp_path / "your_script.py", timeout=300)
+    started = time.monotonic()
+    done = proj.run("--set", f"storage={url}", *sets, script=tmp_path / "your_script.py", timeout=300)
+    elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-2000:]
     assert pg_states(pg_url) == {"COMPLETE": 100}
     printed = re.search(r"dashboard:\s+optuna-dashboard (\S+)", done.stdout)
@@ -582,7 +603,9 @@ def test_guide_example_on_postgresql_then_ten_more(tmp_path: Path, pg_url: str) 
     assert len(study.trials) == 100
     assert len({t.system_attrs[OWNER]["pid"] for t in study.trials}) == 8
     assert all(t.user_attrs["config"]["hidden_layers"] == 8 for t in study.trials)
-    more = proj.run("--set", f"storage={url}", "n_trials=110", script=tmp_path / "your_script.py", timeout=300)
+    print(f"guide example, {backend} + PostgreSQL: {pg_states(pg_url)} in {elapsed:.1f} s, "
+          f"{len({t.system_attrs[OWNER]['pid'] for t in study.trials})} worker pids")
+    more = proj.run("--set", f"storage={url}", *sets, "n_trials=110", script=tmp_path / "your_script.py", timeout=300)
     assert more.returncode == 0, more.stderr[-2000:]
     assert pg_states(pg_url) == {"COMPLETE": 110}
     for out in (done, more):
