@@ -56,6 +56,7 @@ from hparam_joblib._storage import (
     BudgetExhausted,
     RetryPolicy,
     StorageLocation,
+    check_directions,
     owner_record,
 )
 
@@ -388,16 +389,7 @@ def preflight(path: Path, study_name: str, directions: Sequence[str]) -> bool:
         raise StorageError(shown, f"cannot read the journal ({type(err).__name__}: {err})") from err
     if study_name not in studies:
         return False
-    stored = [d.name.lower() for d in studies[study_name].directions]
-    if stored != list(directions):
-        def what(dirs: Sequence[str]) -> str:
-            return f"direction {dirs[0]!r}" if len(dirs) == 1 else f"directions {list(dirs)}"
-
-        raise StorageError(
-            shown,
-            f"study {study_name!r} was created with {what(stored)}, "
-            f"but the config says {what(directions)}; use another tag for a new study",
-        )
+    check_directions(shown, study_name, [d.name.lower() for d in studies[study_name].directions], directions)
     return True
 
 

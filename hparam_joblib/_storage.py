@@ -1273,15 +1273,25 @@ def preflight(db_path: Path, study_name: str, direction: str | Sequence[str]) ->
         raise StorageError(str(db_path), f"cannot read the database ({err})") from err
     if not rows:
         return False
-    stored = [str(r[0]).lower() for r in rows]
     expected = [direction] if isinstance(direction, str) else list(direction)
-    if stored != expected:
-        def shown(dirs: list[str]) -> str:
-            return f"direction {dirs[0]!r}" if len(dirs) == 1 else f"directions {dirs}"
-
-        raise StorageError(
-            str(db_path),
-            f"study {study_name!r} was created with {shown(stored)}, "
-            f"but the config says {shown(expected)}; use another tag for a new study",
-        )
+    check_directions(str(db_path), study_name, [str(r[0]).lower() for r in rows], expected)
     return True
+
+
+def check_directions(where: str, study_name: str, stored: Sequence[str], expected: Sequence[str]) -> None:
+    """Refuse a config whose directions differ from the stored study's (one line, names ``where``).
+
+    Raises:
+        StorageError: the directions differ.
+    """
+    if list(stored) == list(expected):
+        return
+
+    def shown(dirs: Sequence[str]) -> str:
+        return f"direction {dirs[0]!r}" if len(dirs) == 1 else f"directions {list(dirs)}"
+
+    raise StorageError(
+        where,
+        f"study {study_name!r} was created with {shown(stored)}, "
+        f"but the config says {shown(expected)}; use another tag for a new study",
+    )

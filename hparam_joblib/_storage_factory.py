@@ -27,6 +27,7 @@ from hparam_joblib._storage import (
     SearchStorage,
     StorageLocation,
     StudyStore,
+    check_directions,
     connect_args,
     driver_url,
     enable_wal,
@@ -167,16 +168,7 @@ def _server_preflight(location: StorageLocation, study_name: str, directions: li
         engine.dispose()
     if not rows:
         return False
-    stored = [str(r[0]).lower().rsplit(".", 1)[-1] for r in rows]
-    if stored != directions:
-        def what(dirs: list[str]) -> str:
-            return f"direction {dirs[0]!r}" if len(dirs) == 1 else f"directions {dirs}"
-
-        raise StorageError(
-            shown,
-            f"study {study_name!r} was created with {what(stored)}, "
-            f"but the config says {what(directions)}; use another tag for a new study",
-        )
+    check_directions(shown, study_name, [str(r[0]).lower().rsplit(".", 1)[-1] for r in rows], directions)
     return True
 
 
