@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,20 @@ class Project:
             str(p.relative_to(self.root)): (p.stat().st_size, p.stat().st_mtime)
             for p in sorted(self.root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts
         }
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, poll: float = 0.05) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds. Errors while
+    polling (a database or journal that does not exist yet, a locked file) count as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:  # noqa: BLE001 - the storage may not exist yet
+            pass
+        time.sleep(poll)
+    pytest.fail("condition not reached in time")
 
 
 def child_env() -> dict[str, str]:

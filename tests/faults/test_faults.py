@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Project, child_env, finished, integrity, states, trials
+from tests.conftest import Project, child_env, finished, integrity, states, trials, wait_for
 
 CONFIG = """
 experiment_name: exp
@@ -32,16 +32,6 @@ sweep_parameters:
 """
 
 
-def _wait_for(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except sqlite3.Error:
-            pass
-        time.sleep(0.05)
-    pytest.fail("condition not reached in time")
 
 
 def _running_owner_pids(db: Path) -> list[int]:
@@ -72,7 +62,7 @@ def test_worker_killed_from_outside_is_reaped_and_rerun(project: Project) -> Non
     project.write_config(CONFIG.format(n_jobs=2, n_trials=12, sleep=0.4))
     proc = project.start()
     db = project.db("exp_t")
-    _wait_for(lambda: db.exists() and finished(db) >= 2 and _running_owner_pids(db), 60)
+    wait_for(lambda: db.exists() and finished(db) >= 2 and _running_owner_pids(db), 60)
     victim = _running_owner_pids(db)[0]
     os.kill(victim, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
@@ -121,7 +111,7 @@ def test_kill9_launcher_five_times_then_finish(project: Project) -> None:
         time.sleep(rng.uniform(1.5, 4.0))
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
-        _wait_for(lambda: not _project_pids(project.root), 15)  # orphans exit on their own
+        wait_for(lambda: not _project_pids(project.root), 15)  # orphans exit on their own
         assert integrity(db) == "ok"
         now = {t["number"]: t["value"] for t in trials(db) if t["state"] == "COMPLETE"}
         assert all(now.get(n) == v for n, v in completed.items()), f"kill {kill}: a COMPLETE trial changed"
@@ -167,7 +157,7 @@ def test_a_5s_write_transaction_from_another_process_fails_nothing(project: Proj
     project.write_config(CONFIG.format(n_jobs=2, n_trials=40, sleep=0.05))
     proc = project.start()
     db = project.db("exp_t")
-    _wait_for(lambda: db.exists() and finished(db) >= 5, 60)
+    wait_for(lambda: db.exists() and finished(db) >= 5, 60)
     ready = threading.Event()
     holder = threading.Thread(target=_hold_write_lock, args=(db, 5.0, ready))
     holder.start()
@@ -184,7 +174,7 @@ def test_lock_held_past_lock_timeout_names_db_and_holder(project: Project) -> No
     project.write_config(CONFIG.format(n_jobs=2, n_trials=60, sleep=0.05) + "lock_timeout: 2\n")
     proc = project.start()
     db = project.db("exp_t")
-    _wait_for(lambda: db.exists() and finished(db) >= 3, 60)
+    wait_for(lambda: db.exists() and finished(db) >= 3, 60)
     ready = threading.Event()
     holder = threading.Thread(target=_hold_write_lock, args=(db, 12.0, ready))
     holder.start()
@@ -214,7 +204,7 @@ def test_optuna_dashboard_polling_during_search_fails_nothing(project: Project) 
     project.write_config(CONFIG.format(n_jobs=2, n_trials=60, sleep=0.15))
     db = project.db("exp_t")
     proc = project.start()
-    _wait_for(lambda: db.exists() and finished(db) >= 1, 60)
+    wait_for(lambda: db.exists() and finished(db) >= 1, 60)
     port = _free_port()
     dash = subprocess.Popen(
         [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())",

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.conftest import Project, finished, integrity, states, trials
-from tests.integration.test_dask import SCALE_SCRIPT, error_lines, owner_pids, wait_for
+from tests.conftest import Project, finished, integrity, states, trials, wait_for
+from tests.integration.test_dask import SCALE_SCRIPT, error_lines, owner_pids
 
 CONFIG = """
 experiment_name: exp

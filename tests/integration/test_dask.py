@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Project, child_env, finished, integrity, states, trials
+from tests.conftest import Project, child_env, finished, integrity, states, trials, wait_for
 
 #: Only this module's tests need Dask; the helpers below are shared with loky tests.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask extra not installed")
@@ -98,18 +98,6 @@ def owner_pids(db: Path, state: str | None = None) -> list[int]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute(query, (state,) if state else ()).fetchall()
     return [json.loads(r[0])["pid"] for r in rows]
-
-
-def wait_for(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except sqlite3.Error:
-            pass
-        time.sleep(0.05)
-    pytest.fail("condition not reached in time")
 
 
 def max_overlap(rows: list[dict[str, float]]) -> int:

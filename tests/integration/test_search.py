@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import optuna
-import pytest
 
-from tests.conftest import REPO, Project, finished, integrity, states, trials
+from tests.conftest import REPO, Project, finished, integrity, states, trials, wait_for
 
 BASE = """
 experiment_name: exp
@@ -189,7 +187,7 @@ def test_ctrl_c_stops_fast_leaves_nothing_running_and_resumes(project: Project) 
     project.write_config(BASE.format(n_jobs=2, n_trials=30) + "sleep: 0.5\n")
     proc = project.start()
     db = project.db("exp_t")
-    _wait_for(lambda: db.exists() and finished(db) >= 2, 60)
+    wait_for(lambda: db.exists() and finished(db) >= 2, 60)
     import os
 
     os.killpg(proc.pid, signal.SIGINT)
@@ -212,7 +210,7 @@ def test_sigterm_exits_143(project: Project) -> None:
     project.write_config(BASE.format(n_jobs=2, n_trials=30) + "sleep: 0.5\n")
     proc = project.start()
     db = project.db("exp_t")
-    _wait_for(lambda: db.exists() and finished(db) >= 2, 60)
+    wait_for(lambda: db.exists() and finished(db) >= 2, 60)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err[-2000:]
@@ -242,15 +240,3 @@ def test_dry_run_touches_nothing(project: Project) -> None:
     assert "n_trials: 7" in done.stdout and "x: float [0.0, 1.0]" in done.stdout
     assert project.snapshot() == before
     assert not (project.root / "optuna_studies").exists()
-
-
-def _wait_for(predicate: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():  # type: ignore[operator]
-                return
-        except sqlite3.Error:
-            pass
-        time.sleep(0.1)
-    pytest.fail("condition not reached in time")

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Project, child_env
+from tests.conftest import Project, child_env, wait_for
 
 CONFIG = """
 experiment_name: exp
@@ -105,16 +105,6 @@ def running_owner_pids(study: Any) -> list[int]:
         t.system_attrs[OWNER]["pid"] for t in study.get_trials(deepcopy=False)
         if t.state.name == "RUNNING" and OWNER in t.system_attrs
     ]
-
-
-def wait_for(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):  # the storage may not exist yet
-            if predicate():
-                return
-        time.sleep(0.1)
-    pytest.fail("condition not reached in time")
 
 
 def project_pids(root: Path) -> list[int]:
