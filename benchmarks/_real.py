@@ -55,7 +55,7 @@ def _sklearn(config: dict[str, Any]) -> float:
 
 
 def _torch(config: dict[str, Any]) -> float:
-    width = int(config.get("width", 256))
+    width = int(config.get("width", 128))
     model = torch.nn.Sequential(
         torch.nn.Linear(64, width), torch.nn.ReLU(), torch.nn.Linear(width, width), torch.nn.ReLU(),
         torch.nn.Linear(width, 1),

@@ -39,6 +39,10 @@ from hparam_joblib._trial_process import BOOTSTRAP, peak_mib
 _POLL_SECONDS = 0.2
 #: How long a trial process may take to exit when asked to, before it is killed.
 _EXIT_GRACE_SECONDS = 5.0
+#: With ``trial_timeout`` set, a fresh process may take this long (or trial_timeout, if longer)
+#: to load the script before its trial is killed: imports and module-level data loading are
+#: not the trial's own time, but a script that hangs at import must not hang the search.
+LOAD_TIMEOUT_FLOOR = 600.0
 #: Lines of a failed trial's output kept in its failure reason.
 TAIL_LINES = 10
 
@@ -203,13 +207,15 @@ class TrialProcess:
         self.proc, self.conn, self.ready = None, None, False
         if proc is None:
             return
-        if conn is not None:
+        if not self.ready:  # still loading the script (no trial needed it): no need to wait
+            grace = 0.0
+        elif conn is not None:
             try:
                 conn.send(("exit",))
             except OSError:
-                pass
+                grace = 0.0
         try:
-            proc.wait(grace)
+            proc.wait(grace) if grace else self._kill(proc)
         except subprocess.TimeoutExpired:
             self._kill(proc)
         if conn is not None:
@@ -247,7 +253,8 @@ class TrialProcess:
             config: the training function's argument.
             trial_number: exposed to the trial (``current_trial_number()``).
             log_path: the trial's log file (its stdout and stderr), or None.
-            timeout: seconds before the trial is killed, or None (loading the script counts).
+            timeout: seconds before the trial is killed, or None; a fresh process loading the
+                script gets ``max(timeout, LOAD_TIMEOUT_FLOOR)`` before the trial's clock starts.
             should_stop: polled while waiting; True kills the process (launcher gone, shutdown).
             on_report: called for each ``report(value, step)``; returns True to prune.
         """
@@ -265,9 +272,11 @@ class TrialProcess:
                 if self.ready and not sent:
                     self.conn.send(("run", trial_number, config, log_path))
                     sent = True
+                    started = time.monotonic()  # loading the script had its own trial_timeout
+                limit = timeout if timeout is None or sent else max(timeout, LOAD_TIMEOUT_FLOOR)
                 wait = _POLL_SECONDS
-                if timeout is not None:
-                    wait = max(0.0, min(wait, started + timeout - time.monotonic()))
+                if limit is not None:
+                    wait = max(0.0, min(wait, started + limit - time.monotonic()))
                 message = None
                 if self.conn.poll(wait):
                     try:
@@ -290,10 +299,10 @@ class TrialProcess:
                         seen_peak = max(seen_peak or 0.0, sample)
                 if eof or (not self.alive() and not self.conn.poll(0)):
                     return self._died(log_path, pid, seen_peak, oom_before, loading=not sent)
-                if timeout is not None and time.monotonic() - started >= timeout:
+                if limit is not None and time.monotonic() - started >= limit:
                     self._discard()
-                    what = "trial ran" if sent else "training script was still loading"
-                    return self._outcome("timeout", f"timeout (the {what} longer than {timeout:g} s)",
+                    what = "trial ran" if sent else "training script was still loading,"
+                    return self._outcome("timeout", f"timeout (the {what} longer than {limit:g} s)",
                                          log_path, pid, seen_peak)
                 if should_stop():
                     self._discard()

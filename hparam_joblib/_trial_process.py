@@ -112,7 +112,10 @@ def _redirect_output(path: str) -> None:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:  # no log there (a machine without the directory): output stays where it was
+        return
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)

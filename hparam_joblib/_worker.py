@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -363,8 +363,12 @@ def _start_trial_process(task: WorkerTask, device: str | None) -> tuple[TrialPro
         env["CUDA_VISIBLE_DEVICES"] = device
     process_log = None
     if task.log_dir:
-        Path(task.log_dir).mkdir(parents=True, exist_ok=True)
-        process_log = os.path.join(task.log_dir, f"process_w{task.worker_index:03d}.log")
+        try:  # on another machine of a Dask cluster the directory may not be creatable
+            Path(task.log_dir).mkdir(parents=True, exist_ok=True)
+            process_log = os.path.join(task.log_dir, f"process_w{task.worker_index:03d}.log")
+        except OSError as err:
+            logger.warning("no trial logs on this machine: cannot create %s (%s)", task.log_dir, err.strerror)
+            task = replace(task, log_dir=None)
     trials = TrialProcess(task.function, env, process_log, task.config.trials_per_process)
     trials.start()
     capped = any(var in env for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
