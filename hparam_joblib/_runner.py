@@ -39,6 +39,7 @@ from hparam_joblib._storage import (
     RetryPolicy,
     StorageLocation,
     StudyStore,
+    check_directions,
     fail_trial,
     n_finished,
     owner_is_dead,
@@ -137,6 +138,9 @@ def _run_search(
     study = optuna.create_study(
         storage=cast(BaseStorage, storage), study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
     )
+    # Again after creation: a launch that created the study between our pre-flight and here.
+    check_directions(location.display, cfg.study_name, [d.name.lower() for d in study.directions],
+                     list(cfg.directions))
     study.set_user_attr("config", _jsonable(cfg.resolved))
     study_id = study._study_id
     reaped = reap_dead_owners(storage, study_id)

@@ -285,22 +285,29 @@ def _ppid(pid: int) -> int:
         return -1
 
 
-def describe_holders(db_path: str, family: int | None = None) -> str:
-    """Name the processes that have the database file open, other than this search's own.
+def _descends_from(pid: int, family: int) -> bool:
+    """True when ``pid`` is ``family`` or one of its descendants (workers, trial processes)."""
+    for _ in range(32):
+        if pid == family:
+            return True
+        if pid <= 1:
+            return False
+        pid = _ppid(pid)
+    return False
 
-    Args:
-        db_path: the database file.
-        family: the launcher's pid; it and its children (our workers) are left out.
-    """
+
+def file_holders(db_path: str, family: int | None = None) -> list[str]:
+    """``"pid (name)"`` of each process that has the database file open, other than this one
+    and, when ``family`` (the launcher's pid) is given, the launcher and its descendants."""
     targets = {os.path.realpath(db_path + suffix) for suffix in ("", "-wal", "-shm", "-journal")}
     holders: list[str] = []
     me = os.getpid()
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
-        return "another process holds a write transaction on it"
+        return []
     for pid in pids:
-        if pid == me or (family is not None and (pid == family or _ppid(pid) == family)):
+        if pid == me or (family is not None and _descends_from(pid, family)):
             continue
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -314,6 +321,12 @@ def describe_holders(db_path: str, family: int | None = None) -> str:
             except OSError:
                 name = "?"
             holders.append(f"{pid} ({name})")
+    return holders
+
+
+def describe_holders(db_path: str, family: int | None = None) -> str:
+    """Name the processes that have the database file open, other than this search's own."""
+    holders = file_holders(db_path, family)
     if not holders:
         return "another process holds a write transaction on it"
     return "processes with it open: " + ", ".join(holders[:8])
@@ -509,9 +522,7 @@ _RETRIED_METHODS = (
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",
     "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
-    "get_trial_param", "get_all_trials",
-    "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
-    "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
+    "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat",
     # Optuna's _CachedStorage calls this private method of its backend directly.
     "_get_best_trial_id",
 )
@@ -544,7 +555,9 @@ class SearchStorage(RDBStorage):
         policy: the retry policy (SQLite locks; server deadlocks and lost connections).
         create_tables: create the schema (the launcher does; workers skip it).
         heartbeat_interval: seconds between heartbeats of a running trial (servers only; a trial
-            silent for 3 intervals is failed). ``None``: no heartbeat.
+                silent for 3 intervals is failed). ``None``: no heartbeat.
+        grace_period: seconds of silence after which a trial is stale (default 3 intervals).
+        heartbeat_stale_trial_callback: Optuna's callback run on each stale trial it fails.
     """
 
     def __init__(
@@ -556,7 +569,13 @@ class SearchStorage(RDBStorage):
         policy: RetryPolicy | None = None,
         create_tables: bool = False,
         heartbeat_interval: float | None = None,
+        grace_period: float | None = None,
+        heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     ) -> None:
+        if heartbeat_interval is not None and heartbeat_interval <= 0:
+            raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
+        if grace_period is not None and grace_period <= 0:
+            raise ValueError(f"grace_period must be > 0 seconds, got {grace_period!r}")
         if not isinstance(location, StorageLocation):
             location = StorageLocation.sqlite(Path(location))
         self.location = location
@@ -597,7 +616,9 @@ class SearchStorage(RDBStorage):
         if heartbeat_interval is not None and not self.is_sqlite:
             # Set after construction: Optuna's constructor wants whole seconds and warns.
             self.heartbeat_interval = heartbeat_interval  # type: ignore[assignment]
-            self.grace_period = 3 * heartbeat_interval  # type: ignore[assignment]
+            # Our default: silent for 3 intervals (Optuna's own is 2).
+            self.grace_period = grace_period or 3 * heartbeat_interval  # type: ignore[assignment]
+            self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
         if self.is_sqlite:
             event.listen(self.engine, "begin", self._on_begin)
         else:
@@ -608,8 +629,7 @@ class SearchStorage(RDBStorage):
         self._pending: dict[int, _PendingWrites] = {}  # params and system attrs of our trials
         self._version_conn: sqlite3.Connection | None = None
         self._version_pid = -1
-        self._last_read: tuple[int, int] | None = None
-        self.reads_skipped = 0
+        self._last_read: tuple[tuple[Any, ...], list[FrozenTrial]] | None = None
         #: Heartbeat-stale trials this process failed (trial numbers).
         self.stale_reaped: list[int] = []
 
@@ -822,18 +842,17 @@ class SearchStorage(RDBStorage):
         trial_id_greater_than: int,
     ) -> list[FrozenTrial]:
         # Optuna's cached storage re-reads every unfinished trial and every newer one (6 queries)
-        # on each get_all_trials, several times per trial. Its cache already holds the database
-        # as of its last read; if no connection (ours included) has committed since, nothing
-        # can have changed, so "nothing new" is the exact answer, without a query.
+        # on each get_all_trials, several times per trial. If no connection (ours included) has
+        # committed since the same question (study, included ids, id bound) was last answered,
+        # the answer is unchanged: it is given again (as copies), without a query. Keyed on the
+        # question, not the caller: two studies on one storage each get what a query returns.
         # (SQLite only: a server has no data_version; there every read queries.)
         version = self._retry(self._data_version) if self.is_sqlite else None
-        # Only the cache's incremental reads (trial_id_greater_than >= 0) may skip or set it;
-        # a full read (get_all_trials) always queries.
+        included = sorted(t for t in included_trial_ids if t <= trial_id_greater_than)
+        key = (study_id, version, tuple(included), trial_id_greater_than)
         incremental = self.is_sqlite and states is None and trial_id_greater_than >= 0
-        if incremental and self._last_read == (study_id, version):
-            self.reads_skipped += 1
-            return []
-        included = [t for t in included_trial_ids if t <= trial_id_greater_than]
+        if incremental and self._last_read is not None and self._last_read[0] == key:
+            return [self._with_pending(copy.deepcopy(t)) for t in self._last_read[1]]
         if len(included) > 500:  # beyond a sane IN list: Optuna's own (ORM) read
             trials = self._retry(
                 lambda: RDBStorage._get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than)
@@ -842,7 +861,8 @@ class SearchStorage(RDBStorage):
             binds = {"sid": study_id, "ids": included, "gt": trial_id_greater_than}
             trials = self._retry(lambda: self._fast_read(study_id, False, states, binds))
         if incremental and version is not None:
-            self._last_read = (study_id, version)  # read before the query: conservative
+            # data_version was read before the query: a commit in between only causes a re-read.
+            self._last_read = (key, copy.deepcopy(trials))
         return [self._with_pending(t) for t in trials]
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
@@ -853,6 +873,31 @@ class SearchStorage(RDBStorage):
         if not trials:
             raise KeyError(models.NOT_FOUND_MSG)
         return self._with_pending(trials[0])
+
+    # Reads of one trial's params or attrs: a trial of ours may hold buffered writes, so those
+    # are answered from get_trial (mirror or database, buffered writes merged).
+    def get_trial_param(self, trial_id: int, param_name: str) -> float:
+        if trial_id in self.created_trial_ids:
+            trial = self.get_trial(trial_id)
+            if param_name not in trial.distributions:
+                raise KeyError(models.NOT_FOUND_MSG)
+            return float(trial.distributions[param_name].to_internal_repr(trial.params[param_name]))
+        return self._retry(lambda: RDBStorage.get_trial_param(self, trial_id, param_name))
+
+    def get_trial_params(self, trial_id: int) -> dict[str, Any]:
+        if trial_id in self.created_trial_ids:
+            return self.get_trial(trial_id).params
+        return self._retry(lambda: RDBStorage.get_trial_params(self, trial_id))
+
+    def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
+        if trial_id in self.created_trial_ids:
+            return self.get_trial(trial_id).user_attrs
+        return self._retry(lambda: RDBStorage.get_trial_user_attrs(self, trial_id))
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        if trial_id in self.created_trial_ids:
+            return self.get_trial(trial_id).system_attrs
+        return self._retry(lambda: RDBStorage.get_trial_system_attrs(self, trial_id))
 
     def _fast_read(
         self, study_id: int | None, by_id: bool, states: Container[TrialState] | None, binds: dict[str, Any]
@@ -1034,10 +1079,18 @@ class SearchStorage(RDBStorage):
 
     # -- heartbeats (servers) -------------------------------------------------------------------
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Optuna calls this before each trial when heartbeats are on and fails what it returns,
-        without a reason. We fail the stale trials here, with a reason, and return none."""
-        reap_stale(self, study_id)
-        return []
+        """Optuna calls this before each trial when heartbeats are on, fails what it returns and
+        runs the storage's ``heartbeat_stale_trial_callback`` on each. The reason goes on the
+        trial first, so that the FAIL carries it."""
+        ids = []
+        for trial_id, number, why in stale_with_reasons(self, study_id):
+            try:
+                self.set_trial_user_attr(trial_id, "failure_reason", why)
+            except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+                continue  # finished meanwhile
+            logger.warning("trial %d: %s", number, why)
+            ids.append(trial_id)
+        return ids
 
     def stale_trials(self, study_id: int) -> list[int]:
         """RUNNING trials whose last heartbeat is older than the grace period (servers only)."""
@@ -1178,39 +1231,92 @@ def fail_trial(storage: StudyStore, trial_id: int, reason: str) -> bool:
         return False
 
 
-def reap_stale(storage: StudyStore, study_id: int) -> list[int]:
-    """Fail RUNNING trials whose heartbeat went silent (a machine or process that died
-    elsewhere); servers with heartbeats only. Returns the numbers of the trials failed."""
+def grace_seconds(storage: StudyStore) -> float:
+    """Seconds without a heartbeat after which a RUNNING trial is stale: the storage's
+    ``grace_period``, or Optuna's default when it is ``None`` (2 x ``heartbeat_interval``)."""
+    grace = getattr(storage, "grace_period", None)
+    if grace is not None:
+        return float(grace)
+    return 2.0 * float(getattr(storage, "heartbeat_interval", None) or 0)
+
+
+def stale_with_reasons(storage: StudyStore, study_id: int) -> list[tuple[int, int, str]]:
+    """``(trial_id, number, reason)`` of each RUNNING trial whose heartbeat went silent."""
     stale = storage.stale_trials(study_id)
     if not stale:
         return []
     owners = {trial_id: (number, owner) for trial_id, number, owner in storage.running_owners(study_id)}
-    reaped: list[int] = []
-    grace = getattr(storage, "grace_period", None)
+    grace = grace_seconds(storage)
+    out = []
     for trial_id in stale:
-        if trial_id not in owners:
+        if trial_id not in owners:  # finished meanwhile
             continue
         number, owner = owners[trial_id]
         who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "its process"
-        why = f"no heartbeat for over {grace:g} s from {who} (its machine or process died); it will be re-run"
+        out.append((trial_id, number,
+                    f"no heartbeat for over {grace:g} s from {who} (its machine or process died); it will be re-run"))
+    return out
+
+
+def reap_stale(storage: StudyStore, study_id: int) -> list[int]:
+    """Fail RUNNING trials whose heartbeat went silent (a machine or process that died
+    elsewhere); servers with heartbeats only. Returns the numbers of the trials failed."""
+    reaped: list[int] = []
+    for trial_id, number, why in stale_with_reasons(storage, study_id):
         if fail_trial(storage, trial_id, why):
             reaped.append(number)
             logger.warning("trial %d: %s", number, why)
     return reaped
 
 
+#: Ownerless trials already reported by this process (warned once, not at every poll).
+_OWNERLESS_NAMED: set[tuple[str, int]] = set()
+
+
+def reap_ownerless(storage: StudyStore, study_id: int, trials: list[tuple[int, int]]) -> list[int]:
+    """RUNNING trials without our owner record (created outside hparam_joblib, e.g. by a plain
+    Optuna ``study.ask()``): on SQLite, failed when no process outside this search has the file
+    open (nobody is left who could finish them); otherwise named once, since the search waits
+    for them to finish. ``trials`` is ``[(trial_id, number)]``. Returns the numbers failed."""
+    reaped: list[int] = []
+    where = storage.location.kind
+    for trial_id, number in trials:
+        holders = file_holders(storage.db_path, storage.family) if where == "sqlite" else []
+        if where == "sqlite" and not holders:
+            why = ("RUNNING with no owner record (not started by hparam_joblib, e.g. a plain Optuna "
+                   "study.ask()) and no process has the database open any more: nobody can finish it")
+            if fail_trial(storage, trial_id, why):
+                reaped.append(number)
+                logger.warning("trial %d: %s; marked FAIL", number, why)
+            continue
+        if (storage.db_path, trial_id) in _OWNERLESS_NAMED:
+            continue
+        _OWNERLESS_NAMED.add((storage.db_path, trial_id))
+        who = f"{', '.join(holders[:4])} ha{'s' if len(holders) == 1 else 've'} the database open" if holders \
+            else "hparam_joblib cannot tell whether its process is alive"
+        logger.warning(
+            "trial %d is RUNNING with no owner record (not started by hparam_joblib, e.g. a plain Optuna "
+            "study.ask()); %s: the search waits for it to finish (or fail it: study.tell(%d, state=FAIL))",
+            number, who, number,
+        )
+    return reaped
+
+
 def reap_dead_owners(
     storage: StudyStore, study_id: int, dead_pids: set[int] | None = None, reason: str = ""
 ) -> list[int]:
-    """Fail RUNNING trials whose owner process is gone (or is in ``dead_pids``), and, on a
-    server, trials whose heartbeat went silent.
+    """Fail RUNNING trials whose owner process is gone (or is in ``dead_pids``), trials
+    without an owner nobody can finish (:func:`reap_ownerless`), and, on a server, trials whose
+    heartbeat went silent.
 
     Returns:
         The numbers of the trials marked FAIL; they no longer count against the budget.
     """
     reaped: list[int] = []
+    ownerless: list[tuple[int, int]] = []
     for trial_id, number, owner in storage.running_owners(study_id):
         if not owner:
+            ownerless.append((trial_id, number))
             continue
         ours_and_dead = dead_pids is not None and owner.get("pid") in dead_pids and (
             owner.get("host") == socket.gethostname()
@@ -1219,7 +1325,7 @@ def reap_dead_owners(
             why = reason or f"its process (pid {owner.get('pid')}) died while the trial ran"
             if fail_trial(storage, trial_id, why):
                 reaped.append(number)
-    return reaped + reap_stale(storage, study_id)
+    return reaped + reap_ownerless(storage, study_id, ownerless) + reap_stale(storage, study_id)
 
 
 def preflight(db_path: Path, study_name: str, direction: str | Sequence[str]) -> bool:
@@ -1260,7 +1366,9 @@ def preflight(db_path: Path, study_name: str, direction: str | Sequence[str]) ->
         conn = sqlite3.connect(uri, uri=True, timeout=30)
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "studies" not in tables:
+            if not {"studies", "study_directions"} <= tables:
+                # No schema yet, or part of one: another launch is creating it right now (the
+                # schema step after us completes it). Not a study yet.
                 return False
             rows = conn.execute(
                 "SELECT d.direction FROM studies s JOIN study_directions d ON d.study_id = s.study_id "

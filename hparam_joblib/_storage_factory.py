@@ -58,14 +58,19 @@ def open_storage(
     policy: RetryPolicy | None = None,
     create_tables: bool = False,
     heartbeat_interval: float | None = None,
+    grace_period: float | None = None,
+    heartbeat_stale_trial_callback: Any = None,
 ) -> StudyStore:
-    """Open the storage of ``location`` in this process (the launcher creates the schema)."""
+    """Open the storage of ``location`` in this process (the launcher creates the schema).
+    Heartbeats are for servers only: on a file they are ignored."""
     if location.kind == "journal":
         return _journal.JournalSearchStorage(location, budget=budget, run_id=run_id, policy=policy)
     try:
         return SearchStorage(
             location, budget=budget, run_id=run_id, policy=policy, create_tables=create_tables,
             heartbeat_interval=heartbeat_interval if location.is_server else None,
+            grace_period=grace_period if location.is_server else None,
+            heartbeat_stale_trial_callback=heartbeat_stale_trial_callback if location.is_server else None,
         )
     except StorageError:
         raise

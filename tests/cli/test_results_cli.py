@@ -7,6 +7,8 @@ written with plain Optuna on a SQLite file.
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import csv
 import hashlib
 import json
@@ -95,7 +97,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.Compl
 def running_count(db: Path) -> int:
     """RUNNING trials in ``db``; 0 while the launcher has not created the file or schema yet."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
             return int(conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0])
     except sqlite3.OperationalError:
         return 0
@@ -385,7 +387,7 @@ def bad_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "text.db").write_text("not a database\n")
     (root / "zero.db").write_bytes(b"")
     (root / "garbage.db").write_bytes(b"SQLite format 3\x00" + b"\x07" * 2000)
-    with sqlite3.connect(root / "other_app.db") as conn:
+    with closing(sqlite3.connect(root / "other_app.db")) as conn:
         conn.execute("CREATE TABLE notes (x)")
     optuna.storages.RDBStorage(f"sqlite:///{root / 'no_study.db'}").engine.dispose()
     (root / "adir.db").mkdir()
