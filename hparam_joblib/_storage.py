@@ -627,6 +627,7 @@ class SearchStorage(RDBStorage):
                 rdb_logger.addFilter(_RECONNECT_FILTER)
         self._pending_attrs: dict[int, dict[str, Any]] = {}
         self._pending: dict[int, _PendingWrites] = {}  # params and system attrs of our trials
+        self._study_of: dict[int, int] = {}  # trial id -> study id, for the trials we created
         self._version_conn: sqlite3.Connection | None = None
         self._version_pid = -1
         self._last_read: tuple[tuple[Any, ...], list[FrozenTrial]] | None = None
@@ -741,6 +742,7 @@ class SearchStorage(RDBStorage):
         token = uuid.uuid4().hex[:16]  # finds this trial again if the commit's fate is unknown
         frozen = self._retry(lambda: self._create_trial_once(study_id, template_trial, token), write=True)
         self.created_trial_ids.add(frozen._trial_id)
+        self._study_of[frozen._trial_id] = study_id
         if template_trial is None:  # this process is its only writer until it finishes
             self._mirror()[frozen._trial_id] = copy.deepcopy(frozen)
         return frozen
@@ -958,7 +960,9 @@ class SearchStorage(RDBStorage):
             ), write=True)
             return
         if previous_distribution is None:  # Optuna's check, at suggest time (again at flush)
-            found = self._retry(lambda: self._first_distribution(trial_id, param_name))
+            found = self._buffered_distribution(trial_id, param_name)
+            if found is None:
+                found = self._retry(lambda: self._first_distribution(trial_id, param_name))
             if found is not None:
                 optuna_distributions.check_distribution_compatibility(found, distribution)
         else:
@@ -969,6 +973,17 @@ class SearchStorage(RDBStorage):
         if mirrored is not None:
             mirrored.distributions[param_name] = distribution
             mirrored.params[param_name] = distribution.to_external_repr(param_value_internal)
+
+    def _buffered_distribution(self, trial_id: int, param_name: str) -> Any:
+        """The distribution of ``param_name`` in a buffered (not yet written) param of another
+        running trial of ours in the same study, or None."""
+        study_id = self._study_of.get(trial_id)
+        for other, pending in self._pending.items():
+            if other != trial_id and self._study_of.get(other) == study_id:
+                for name, _value, dist, _previous in pending.params:
+                    if name == param_name:
+                        return dist
+        return None
 
     def _first_distribution(self, trial_id: int, param_name: str) -> Any:
         """The distribution the study first stored for ``param_name`` (Optuna checks against it)."""
@@ -1072,6 +1087,7 @@ class SearchStorage(RDBStorage):
                 self._pending_attrs.pop(trial_id, None)
                 self._mirror().pop(trial_id, None)
                 self.created_trial_ids.discard(trial_id)
+                self._study_of.pop(trial_id, None)
 
     def _holds_state(self, trial_id: int, state: TrialState) -> bool | None:
         """True when the trial already has ``state`` (our lost commit went through), else None."""

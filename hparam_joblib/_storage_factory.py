@@ -72,7 +72,7 @@ def open_storage(
             grace_period=grace_period if location.is_server else None,
             heartbeat_stale_trial_callback=heartbeat_stale_trial_callback if location.is_server else None,
         )
-    except StorageError:
+    except (StorageError, ValueError):  # ValueError: a bad heartbeat_interval or grace_period
         raise
     except ImportError as err:
         raise StorageError(location.display, f"needs the PostgreSQL driver ({err}): {POSTGRESQL_INSTALL}") from err

@@ -52,6 +52,13 @@ SUBSTITUTE = {"sqlite": "hj_sqlite", "cached_sqlite": "hj_cached_sqlite", "journ
 #: A test that names sqlite but wants heartbeats gets our heartbeat storage (see NOT_RUN).
 HEARTBEAT_SUBSTITUTE = {"hj_sqlite": "hj_postgresql", "hj_cached_sqlite": "hj_cached_postgresql"}
 
+#: Test files that construct Optuna's own storages directly (RDBStorage(url), JournalStorage(
+#: backend), _CachedStorage(RDBStorage)): they run in the control (--hj-storages=optuna) only.
+OPTUNA_ONLY = (
+    "storages_tests/rdb_tests/", "storages_tests/test_cached_storage.py",
+    "storages_tests/journal_tests/test_log_compatibility.py",
+)
+
 #: Where heartbeats are off by design: Optuna's heartbeat tests are not run on these modes.
 NOT_RUN = {
     "hj_sqlite": "heartbeats are off on SQLite by design: a dead owner on the one machine is "
@@ -143,6 +150,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                                     "(and fakeredis needs its lua extra for it)"))
             continue
         if not ours:
+            continue
+        if any(part in item.nodeid for part in OPTUNA_ONLY):
+            item.add_marker(pytest.mark.skip(reason="builds Optuna's own storage classes itself: "
+                                                    "no storage of ours is involved"))
             continue
         name = item.nodeid.split("::", 1)[1].split("[", 1)[0] if "::" in item.nodeid else item.nodeid
         for (test, where), why in DEVIATIONS.items():
