@@ -41,7 +41,7 @@ from hparam_joblib._gpus import lease_device, lease_key
 from hparam_joblib._isolation import Outcome, reap_exiting, run_isolated
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._space import build_config, suggest_all
-from hparam_joblib._storage import (
+from hparam_joblib.storage import (
     OWNER_KEY,
     BudgetExhausted,
     RetryPolicy,
@@ -49,10 +49,10 @@ from hparam_joblib._storage import (
     StudyStore,
     n_finished,
     n_taken,
+    open_storage,
     owner_record,
     reap_dead_owners,
 )
-from hparam_joblib._storage_factory import open_storage
 
 logger = logging.getLogger("hparam_joblib")
 

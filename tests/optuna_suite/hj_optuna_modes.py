@@ -210,8 +210,7 @@ class _OurStorage:
     def open(self) -> Any:
         from optuna.storages import _CachedStorage
 
-        from hparam_joblib._storage import StorageLocation
-        from hparam_joblib._storage_factory import open_storage, prepare
+        from hparam_joblib.storage import StorageLocation, open_storage, prepare
 
         kind = self.mode.removeprefix("hj_").removeprefix("cached_")
         if "failed_trial_callback" in self.extra:  # Optuna's deprecated name
@@ -275,7 +274,7 @@ class _OurStorage:
 
 
 def _policy() -> Any:
-    from hparam_joblib._storage import RetryPolicy
+    from hparam_joblib.storage import RetryPolicy
 
     return RetryPolicy()
 

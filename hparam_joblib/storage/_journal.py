@@ -50,16 +50,11 @@ from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
 from hparam_joblib._errors import StorageBusyError, StorageError
-from hparam_joblib._storage import (
-    BUDGET_STATES,
-    OWNER_KEY,
-    SQLITE_MAGIC,
-    BudgetExhausted,
-    RetryPolicy,
-    StorageLocation,
-    check_directions,
-    owner_record,
-)
+from hparam_joblib.storage._base import BUDGET_STATES, OWNER_KEY, BudgetExhausted
+from hparam_joblib.storage._location import StorageLocation, check_directions
+from hparam_joblib.storage._owners import owner_record
+from hparam_joblib.storage._retry import RetryPolicy
+from hparam_joblib.storage._sqlite import SQLITE_MAGIC
 
 logger = logging.getLogger("hparam_joblib")
 
