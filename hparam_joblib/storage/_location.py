@@ -49,11 +49,6 @@ class StorageSpec:
             return f"journal:{self.path}" if self.path else "journal"
         return "sqlite"
 
-    @property
-    def is_rdb_server(self) -> bool:
-        """True for a database server shared across machines (heartbeats needed)."""
-        return self.kind == "postgresql"
-
     def journal_path(self, save_dir: Path, study_name: str) -> Path:
         """The journal file of a ``journal`` storage (absolute, so workers agree)."""
         return Path(self.path).expanduser().resolve() if self.path else (save_dir / f"{study_name}.journal").resolve()

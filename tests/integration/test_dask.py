@@ -24,7 +24,8 @@ import pytest
 from tests.conftest import Project, child_env, finished, integrity, states, trials, wait_for
 
 #: Only this module's tests need Dask; the helpers below are shared with loky tests.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask extra not installed")
+#: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask extra not installed")]
 
 #: A training script for the scale-out tests: sleeps, records what it saw, or kills its worker.
 SCALE_SCRIPT = '''

@@ -24,6 +24,9 @@ import pytest
 
 from tests.conftest import Project, child_env, wait_for
 
+#: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 experiment_name: exp
 tag: t

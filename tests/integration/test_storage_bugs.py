@@ -163,6 +163,7 @@ trial.suggest_float("x", 0.0, 1.0)
 """
 
 
+@pytest.mark.slow
 def test_a_trial_left_running_by_plain_optuna_does_not_hang_the_search(project: Project) -> None:
     project.write_config(CONFIG.format(n_trials=4))
     first = project.run()
@@ -181,6 +182,7 @@ def test_a_trial_left_running_by_plain_optuna_does_not_hang_the_search(project: 
     assert "trial 4" in second.stderr and "no owner record" in second.stderr
 
 
+@pytest.mark.slow
 def test_an_ownerless_trial_of_a_live_process_is_named_then_reaped_when_it_exits(project: Project) -> None:
     """While the process that asked for the trial has the database open it may still tell: the
     search names it and waits; once that process exits, the trial is failed and the search ends."""
@@ -211,6 +213,7 @@ def test_an_ownerless_trial_of_a_live_process_is_named_then_reaped_when_it_exits
 
 
 # -- 6. a launch's pre-flight read a file another launch had created but not yet given a schema -----
+@pytest.mark.slow
 def test_a_database_without_the_whole_schema_yet_is_a_new_study(project: Project) -> None:
     """What a second launch sees while the first creates the file: some of Optuna's tables."""
     db = project.db("exp_t")
