@@ -256,6 +256,7 @@ def test_trials_csv_has_one_row_per_trial(real: Path, tmp_path: Path) -> None:
         assert Path(row["log_file"]).is_file() and float(row["peak_rss_mib"]) > 0
 
 
+@pytest.mark.slow
 def test_plot_writes_valid_pngs(real: Path, tmp_path: Path) -> None:
     """History, importances, parallel coordinates and timeline: written, printed, real PNGs."""
     out = tmp_path / "plots" / "nested"
@@ -340,6 +341,7 @@ def test_best_rebuilds_config_from_study_config_when_trial_has_none(odd: Path) -
     assert "rebuilt from the study config" in done.stdout
 
 
+@pytest.mark.slow
 def test_multi_objective_shows_the_pareto_front(
     multi: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
