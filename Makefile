@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv demo example-sklearn test test-fast lint bench-quick clean
+.PHONY: venv demo example-sklearn test test-fast lint bench-quick clean optuna-storage-tests optuna-storage-tests-latest
 
 venv: $(VENV)/.installed
 
@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	# The gp sampler needs torch; this machine image ships a CPU build of 2.13.0 on disk (a bare
 	# "torch" would fetch a multi-GB CUDA build). Without it the gp test is skipped, nothing else.
-	$(BIN)/python -m pip install --quiet "torch==2.13.0" || echo "torch unavailable: gp sampler test will be skipped"
+	# NO_TORCH=1 (the extra-Python CI runs): no torch; the gp test is skipped then.
+	[ -n "$(NO_TORCH)" ] || $(BIN)/python -m pip install --quiet "torch==2.13.0" || echo "torch unavailable: gp sampler test will be skipped"
 	touch $@
 
 demo: venv
@@ -26,13 +27,28 @@ example-sklearn: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+	$(MAKE) optuna-storage-tests
+
+# Optuna's own tests/storages_tests (from the sdist of the installed Optuna, cached outside the
+# repository) on our storages; the plugin and the expected deviations: tests/optuna_suite/.
+optuna-storage-tests: venv
+	$(BIN)/python tests/optuna_suite/run.py -q
+
+# The same against the newest Optuna release, in a venv of its own (.venv-optuna-latest), so an
+# upgrade's breakage shows before users see it.
+LATEST := .venv-optuna-latest
+optuna-storage-tests-latest:
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet -e ".[test,postgresql]" fakeredis
+	$(LATEST)/bin/python -m pip install --quiet --upgrade optuna
+	$(LATEST)/bin/python tests/optuna_suite/run.py -q
 
 lint: venv
 	$(BIN)/ruff check hparam_joblib
 	$(BIN)/mypy hparam_joblib
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench-quick: venv
 	$(BIN)/python benchmarks/scaling.py --quick

@@ -24,8 +24,8 @@ from hparam_joblib._algorithms import AlgorithmSpec
 from hparam_joblib._errors import ConfigError
 from hparam_joblib._gpus import detect_gpus
 from hparam_joblib._overrides import Override, apply_overrides
-from hparam_joblib._storage_spec import StorageSpec, parse_storage, redact_url
 from hparam_joblib._yaml import load_yaml
+from hparam_joblib.storage._location import StorageSpec, parse_storage, redact_url
 
 logger = logging.getLogger("hparam_joblib")
 

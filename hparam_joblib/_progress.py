@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from hparam_joblib._storage import n_finished
+from hparam_joblib.storage import n_finished
 
 #: How many Pareto-optimal trials the summary lists.
 PARETO_SHOWN = 5
 
 if TYPE_CHECKING:
     from hparam_joblib._result import SearchResult
-    from hparam_joblib._storage import StudyStore
+    from hparam_joblib.storage import StudyStore
 
 
 class Progress:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from hparam_joblib._errors import HparamError, StorageError, UsageError
-from hparam_joblib._storage import StorageLocation
+from hparam_joblib.storage import StorageLocation
 
 if TYPE_CHECKING:
     import optuna
@@ -141,8 +141,8 @@ def _open_server(text: str) -> Database:
     """A PostgreSQL database named by URL: connect read-only, list its studies."""
     import sqlalchemy
 
-    from hparam_joblib._storage_factory import server_engine, server_problem
-    from hparam_joblib._storage_spec import parse_storage
+    from hparam_joblib.storage import server_engine, server_problem
+    from hparam_joblib.storage._location import parse_storage
 
     spec = parse_storage(text)
     if isinstance(spec, str):
@@ -171,7 +171,7 @@ def _open_server(text: str) -> Database:
 
 def _open_journal(text: str, path: Path) -> Database:
     """An Optuna journal file: replay it (no lock, no write), list its studies."""
-    from hparam_joblib._journal import is_journal_file, read_only_storage
+    from hparam_joblib.storage import is_journal_file, read_only_storage
 
     if not path.exists():
         raise StorageError(text, "no such file")
@@ -217,7 +217,7 @@ def open_database(text: str) -> Database:
     except OSError as err:
         raise StorageError(text, f"cannot read the file ({err.strerror or err})") from err
     if head != SQLITE_MAGIC and head[:1] == b"{":
-        from hparam_joblib._journal import is_journal_file
+        from hparam_joblib.storage import is_journal_file
 
         if is_journal_file(path):
             return _open_journal(text, path)
@@ -293,7 +293,7 @@ def load_study(db: Database, name: str, shown: str) -> optuna.Study:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if db.location is not None:
-        from hparam_joblib._storage_factory import load_study_readonly
+        from hparam_joblib.storage import load_study_readonly
 
         with _reading(shown, name):
             return load_study_readonly(db.location, name)
@@ -338,7 +338,7 @@ def _heartbeat_ages(db: Database, study_name: str) -> dict[int, float]:
     """Seconds since the last heartbeat of each RUNNING trial, by number (server clock)."""
     import sqlalchemy
 
-    from hparam_joblib._storage_factory import server_engine, server_problem
+    from hparam_joblib.storage import server_engine, server_problem
 
     assert db.location is not None
     engine = server_engine(db.location.url, read_only=True)

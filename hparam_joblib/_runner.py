@@ -36,19 +36,23 @@ from hparam_joblib._funcref import FunctionRef, make_ref
 from hparam_joblib._isolation import THREAD_VARS
 from hparam_joblib._progress import Progress
 from hparam_joblib._result import BestTrial, SearchResult
-from hparam_joblib._storage import (
+from hparam_joblib._tail import LogFollower
+from hparam_joblib._worker import WORKERS_LOG, LauncherLease, WorkerReport, WorkerTask, trial_threads
+from hparam_joblib.storage import (
     BudgetExhausted,
     RetryPolicy,
     StorageLocation,
     StudyStore,
+    check_directions,
     fail_trial,
+    location_for,
     n_finished,
+    open_storage,
     owner_is_dead,
+    preflight,
+    prepare,
     reap_dead_owners,
 )
-from hparam_joblib._storage_factory import location_for, open_storage, preflight, prepare
-from hparam_joblib._tail import LogFollower
-from hparam_joblib._worker import WORKERS_LOG, LauncherLease, WorkerReport, WorkerTask, trial_threads
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -71,17 +75,9 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def db_path_for(cfg: SearchConfig, save_dir: Path) -> Path:
-    """``<save_db_directory>/<experiment_name>_<tag>.db``."""
-    return save_dir / f"{cfg.study_name}.db"
-
-
 def storage_display(cfg: SearchConfig, save_dir: Path) -> str:
     """Where the study lives, as shown to the user: a file, or a URL without its password."""
-    if cfg.storage.kind == "sqlite":
-        return str(db_path_for(cfg, save_dir))
-    location = location_for(cfg, save_dir)
-    return f"journal:{location.path}" if location.kind == "journal" else location.display
+    return location_for(cfg, save_dir).label
 
 
 def log_dir_for(cfg: SearchConfig, save_dir: Path) -> Path:
@@ -150,11 +146,6 @@ def _run_search(
     policy = policy or RetryPolicy(deadline=cfg.lock_timeout, busy_timeout=min(10.0, cfg.lock_timeout / 2))
     location = location_for(cfg, save_dir)
     preflight(location, cfg.study_name, list(cfg.directions))
-    if location.kind == "sqlite":
-        try:
-            save_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StorageError(str(save_dir), f"cannot create the save directory ({err.strerror})") from err
     prepare(location, policy)
     storage = open_storage(location, create_tables=True, policy=policy, heartbeat_interval=cfg.heartbeat_interval)
     storage.add_budget_index()
@@ -164,6 +155,9 @@ def _run_search(
     study = optuna.create_study(
         storage=cast(BaseStorage, storage), study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
     )
+    # Again after creation: a launch that created the study between our pre-flight and here.
+    check_directions(location.display, cfg.study_name, [d.name.lower() for d in study.directions],
+                     list(cfg.directions))
     study.set_user_attr("config", _jsonable(cfg.resolved))
     study_id = study._study_id
     reaped = reap_dead_owners(storage, study_id)
@@ -529,9 +523,7 @@ def _result(
     )
     return SearchResult(
         study_name=cfg.study_name,
-        storage_url=location.public_url if location.is_server else (
-            location.path if location.kind == "journal" else f"sqlite:///{location.path}"
-        ),
+        storage_url=location.public_url,
         db_path=location.display,
         n_trials=cfg.n_trials,
         counts=counts,

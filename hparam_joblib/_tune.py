@@ -25,8 +25,7 @@ import optuna
 
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._runner import run_search
-from hparam_joblib._storage import StorageLocation, driver_url
-from hparam_joblib._storage_factory import load_study_readonly, location_for
+from hparam_joblib.storage import StorageLocation, driver_url, load_study_readonly, location_for
 
 logger = logging.getLogger("hparam_joblib")
 

@@ -43,7 +43,7 @@ from hparam_joblib._gpus import DeviceLease, lease_device, lease_key
 from hparam_joblib._isolation import Outcome, TrialProcess, thread_env
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._space import build_config, suggest_all
-from hparam_joblib._storage import (
+from hparam_joblib.storage import (
     OWNER_KEY,
     BudgetExhausted,
     RetryPolicy,
@@ -51,10 +51,10 @@ from hparam_joblib._storage import (
     StudyStore,
     n_finished,
     n_taken,
+    open_storage,
     owner_record,
     reap_dead_owners,
 )
-from hparam_joblib._storage_factory import open_storage
 
 logger = logging.getLogger("hparam_joblib")
 

@@ -25,7 +25,7 @@ case "$cmd" in
     [[ $(id -u) == 0 ]] && chown postgres "$dir"
     as_pg "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 >/dev/null
     as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" start >&2
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >&2
     echo "export HPARAM_JOBLIB_TEST_PG_URL=postgresql://postgres@127.0.0.1:$port"
     ;;
   stop)

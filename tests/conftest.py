@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import os
 import signal
 import sqlite3
@@ -164,7 +166,7 @@ def _state(pid: int) -> str:
 
 def states(db: Path) -> dict[str, int]:
     """Trial counts by state, read straight from the SQLite file."""
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         return dict(conn.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
 
 
@@ -192,5 +194,5 @@ def trials(db: Path) -> list[dict[str, Any]]:
 
 
 def integrity(db: Path) -> str:
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])

@@ -24,7 +24,8 @@ import pytest
 from tests.conftest import SCRIPT, Project, _kill_leftovers, child_env, trials
 
 pytest.importorskip("optuna_dashboard")
-pytestmark = pytest.mark.timeout(120)
+#: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 CONFIG = """
 experiment_name: dash

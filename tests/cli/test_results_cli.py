@@ -7,6 +7,8 @@ written with plain Optuna on a SQLite file.
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import csv
 import hashlib
 import json
@@ -95,7 +97,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.Compl
 def running_count(db: Path) -> int:
     """RUNNING trials in ``db``; 0 while the launcher has not created the file or schema yet."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
             return int(conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0])
     except sqlite3.OperationalError:
         return 0
@@ -254,6 +256,7 @@ def test_trials_csv_has_one_row_per_trial(real: Path, tmp_path: Path) -> None:
         assert Path(row["log_file"]).is_file() and float(row["peak_rss_mib"]) > 0
 
 
+@pytest.mark.slow
 def test_plot_writes_valid_pngs(real: Path, tmp_path: Path) -> None:
     """History, importances, parallel coordinates and timeline: written, printed, real PNGs."""
     out = tmp_path / "plots" / "nested"
@@ -338,6 +341,7 @@ def test_best_rebuilds_config_from_study_config_when_trial_has_none(odd: Path) -
     assert "rebuilt from the study config" in done.stdout
 
 
+@pytest.mark.slow
 def test_multi_objective_shows_the_pareto_front(
     multi: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -386,7 +390,7 @@ def bad_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "text.db").write_text("not a database\n")
     (root / "zero.db").write_bytes(b"")
     (root / "garbage.db").write_bytes(b"SQLite format 3\x00" + b"\x07" * 2000)
-    with sqlite3.connect(root / "other_app.db") as conn:
+    with closing(sqlite3.connect(root / "other_app.db")) as conn:
         conn.execute("CREATE TABLE notes (x)")
     optuna.storages.RDBStorage(f"sqlite:///{root / 'no_study.db'}").engine.dispose()
     (root / "adir.db").mkdir()

@@ -122,6 +122,7 @@ def test_existing_file_that_is_not_sqlite(project: Project) -> None:
     assert project.snapshot() == before
 
 
+@pytest.mark.slow
 def test_resume_with_another_direction_is_refused(project: Project) -> None:
     """Resuming a minimize study with direction maximize: refused, DB unchanged."""
     project.write_config(GOOD)

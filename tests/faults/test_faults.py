@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import json
 import os
 import random
@@ -19,6 +21,9 @@ import pytest
 
 from tests.conftest import Project, child_env, finished, integrity, states, trials, wait_for
 
+#: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 experiment_name: exp
 tag: t
@@ -35,7 +40,7 @@ sweep_parameters:
 
 
 def _running_owner_pids(db: Path) -> list[int]:
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         rows = conn.execute(
             "SELECT a.value_json FROM trials t JOIN trial_system_attributes a ON a.trial_id = t.trial_id "
             "WHERE t.state = 'RUNNING' AND a.key = 'hparam_joblib:owner'"
@@ -107,11 +112,16 @@ def test_kill9_launcher_five_times_then_finish(project: Project) -> None:
     rng = random.Random(1234)
     completed: dict[int, float] = {}
     for kill in range(5):
+        before = finished(db) if db.exists() else 0
         proc = project.start()
-        time.sleep(rng.uniform(1.5, 4.0))
+        # A random moment once the search has made progress in this launch (however loaded the
+        # machine, a launch is never killed before it has run anything).
+        target = before + rng.randint(1, 6)
+        wait_for(lambda: finished(db) >= target, 180)
+        time.sleep(rng.uniform(0.0, 0.5))
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
-        wait_for(lambda: not _project_pids(project.root), 15)  # orphans exit on their own
+        wait_for(lambda: not _project_pids(project.root), 120)  # orphans exit on their own
         assert integrity(db) == "ok"
         now = {t["number"]: t["value"] for t in trials(db) if t["state"] == "COMPLETE"}
         assert all(now.get(n) == v for n, v in completed.items()), f"kill {kill}: a COMPLETE trial changed"

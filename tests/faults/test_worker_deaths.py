@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import Project, finished, integrity, states, trials, wait_for
 from tests.integration.test_dask import SCALE_SCRIPT, error_lines, owner_pids
 
+#: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 experiment_name: exp
 tag: t

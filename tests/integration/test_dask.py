@@ -4,6 +4,8 @@ SQLite file and real Optuna; every test asserts on the database."""
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import contextlib
 import importlib.util
 import json
@@ -22,7 +24,8 @@ import pytest
 from tests.conftest import Project, child_env, finished, integrity, states, trials, wait_for
 
 #: Only this module's tests need Dask; the helpers below are shared with loky tests.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask extra not installed")
+#: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask extra not installed")]
 
 #: A training script for the scale-out tests: sleeps, records what it saw, or kills its worker.
 SCALE_SCRIPT = '''
@@ -49,11 +52,12 @@ def _my_turn_to_kill(path):
     """At most 3 kills in all, each only once more trials are COMPLETE in the database than at
     the previous kill (the log holds that count per kill)."""
     import fcntl, sqlite3
+    from contextlib import closing
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         fh.seek(0)
         kills = [int(n) for n in fh.read().split()]
-        with sqlite3.connect("optuna_studies/exp_t.db", timeout=30) as db:
+        with closing(sqlite3.connect("optuna_studies/exp_t.db", timeout=30)) as db:
             done = db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
         if len(kills) < 3 and done > (kills[-1] if kills else 0):
             fh.write(f"{done}\\n")
@@ -95,7 +99,7 @@ def owner_pids(db: Path, state: str | None = None) -> list[int]:
         "SELECT a.value_json FROM trials t JOIN trial_system_attributes a ON a.trial_id = t.trial_id "
         "WHERE a.key = 'hparam_joblib:owner'" + (" AND t.state = ?" if state else "")
     )
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         rows = conn.execute(query, (state,) if state else ()).fetchall()
     return [json.loads(r[0])["pid"] for r in rows]
 

@@ -19,6 +19,9 @@ import pytest
 
 from tests.conftest import REPO, Project, states, trials
 
+#: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 #: The training function: "mode" picks a behaviour; curves call report() once per step.
 SCRIPT = '''
 import json, time

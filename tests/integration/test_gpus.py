@@ -13,6 +13,9 @@ import pytest
 from tests.conftest import Project, states, trials
 from tests.integration.test_dask import SCALE_SCRIPT, max_overlap
 
+#: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 experiment_name: exp
 tag: t

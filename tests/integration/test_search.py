@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from tests.conftest import REPO, Project, finished, integrity, states, trials, wait_for
 
@@ -24,6 +25,7 @@ sweep_parameters:
 """
 
 
+@pytest.mark.slow
 def test_guide_example_as_written_then_ten_more(tmp_path: Path) -> None:
     """The guide's script and config verbatim: 100 finished trials in range, then exactly +10."""
     shutil.copytree(REPO / "config", tmp_path / "config")
@@ -49,6 +51,7 @@ def test_guide_example_as_written_then_ten_more(tmp_path: Path) -> None:
     assert all(after[n] == v for n, v in before.items())
 
 
+@pytest.mark.slow
 def test_failures_are_pruned_with_reason_and_search_continues(project: Project) -> None:
     """Exceptions, bad returns and dead trial processes become PRUNED with a stored reason."""
     project.write_config(BASE.format(n_jobs=2, n_trials=27) + """
@@ -88,6 +91,7 @@ def test_failures_are_pruned_with_reason_and_search_continues(project: Project) 
     assert "Trial" in done.stderr and "pruned" in done.stderr
 
 
+@pytest.mark.slow
 def test_n_jobs_2_runs_in_two_worker_processes_at_once(project: Project) -> None:
     """Two distinct worker pids own trials, and trials of different workers overlap in time."""
     project.write_config(BASE.format(n_jobs=2, n_trials=12) + "sleep: 0.3\n")
@@ -121,6 +125,7 @@ def test_n_jobs_1_still_isolates_the_launcher(project: Project) -> None:
     assert "RUNNING" not in states(db)
 
 
+@pytest.mark.slow
 def test_resume_runs_exactly_the_missing_trials(project: Project) -> None:
     """--set n_trials raises the study's total; re-running a finished study runs nothing."""
     project.write_config(BASE.format(n_jobs=2, n_trials=10))
@@ -182,6 +187,7 @@ sweep_parameters:
         assert "sweep_parameters" not in cfg and "n_trials" not in cfg
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_fast_leaves_nothing_running_and_resumes(project: Project) -> None:
     """SIGINT to the process group: exit 130 within seconds, no RUNNING trial, summary printed."""
     project.write_config(BASE.format(n_jobs=2, n_trials=30) + "sleep: 0.5\n")
@@ -217,6 +223,7 @@ def test_sigterm_exits_143(project: Project) -> None:
     assert "RUNNING" not in states(db)
 
 
+@pytest.mark.slow
 def test_32_workers_500_trials_exact_no_errors(project: Project) -> None:
     """32 workers sharing one SQLite file finish exactly 500 trials; no storage error surfaces."""
     project.write_config(BASE.format(n_jobs=32, n_trials=500) + "sleep: 0.05\n")

@@ -24,6 +24,9 @@ import pytest
 
 from tests.conftest import Project, child_env, wait_for
 
+#: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 experiment_name: exp
 tag: t
@@ -241,8 +244,8 @@ def test_kill9_launcher_then_resume(project: Project, store: Store) -> None:
 def _race(location: Any, budget: int, barrier: Any, out: Any) -> None:
     from optuna.trial import TrialState
 
-    from hparam_joblib._storage import BudgetExhausted
-    from hparam_joblib._storage_factory import open_storage
+    from hparam_joblib.storage import BudgetExhausted
+    from hparam_joblib.storage import open_storage
 
     storage: Any = open_storage(location, budget=budget, run_id=f"race{os.getpid()}")
     study_id = storage.get_study_id_from_name("race")
@@ -266,8 +269,8 @@ def test_budget_race_many_processes(kind: str, tmp_path: Path, request: pytest.F
     """12 processes race to create trials against a budget of 30: exactly 30 hold a slot."""
     import optuna
 
-    from hparam_joblib._storage import StorageLocation
-    from hparam_joblib._storage_factory import open_storage
+    from hparam_joblib.storage import StorageLocation
+    from hparam_joblib.storage import open_storage
 
     if kind == "postgresql":
         location = StorageLocation("postgresql", url=request.getfixturevalue("pg_url"))
@@ -297,7 +300,7 @@ def test_budget_race_many_processes(kind: str, tmp_path: Path, request: pytest.F
 def load_race(location: Any) -> list[Any]:
     import optuna
 
-    from hparam_joblib._storage_factory import load_study_readonly
+    from hparam_joblib.storage import load_study_readonly
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return list(load_study_readonly(location, "race").trials)
@@ -508,7 +511,7 @@ def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:
 
     import psycopg2
 
-    from hparam_joblib._storage import server_transient
+    from hparam_joblib.storage import server_transient
 
     pg_query(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v int)")
     pg_query(pg_url, "INSERT INTO t VALUES (1, 0), (2, 0)")

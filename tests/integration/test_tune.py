@@ -6,7 +6,12 @@ import re
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Project
+
+#: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 
 def test_tune_n_jobs_prints_a_ladder_and_touches_no_study(project: Project) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hparam_joblib._config import SearchConfig, load_config, validate
 from hparam_joblib._errors import ConfigError, OverrideError, redact_secrets
 from hparam_joblib._overrides import parse_override
-from hparam_joblib._storage_spec import StorageSpec, parse_storage, redact_url
+from hparam_joblib.storage._location import StorageSpec, parse_storage, redact_url
 
 SRC = "config.yaml"
 

@@ -1,19 +1,28 @@
-"""What the ``storage:`` key means: the default SQLite file, a PostgreSQL URL, or a journal file.
-
-Parsing only (no connection, no file touched). A password in a URL is kept for connecting and
-never shown: :attr:`StorageSpec.display` is the URL with the password replaced by ``***``.
+"""What the ``storage:`` key means (:class:`StorageSpec`, parsing only) and where a study lives
+(:class:`StorageLocation`, small and picklable: workers open their own storage from it); the
+stored-direction check shared by the three pre-flights.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from hparam_joblib._errors import StorageError
+
+logger = logging.getLogger("hparam_joblib")
+
+
 StorageKind = Literal["sqlite", "postgresql", "journal"]
+
 
 #: Accepted spellings of the default (one SQLite file in ``save_db_directory``).
 _DEFAULT_WORDS = ("sqlite", "default")
+
+
 _PG_DRIVERS = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg", "postgresql+pg8000")
 
 
@@ -39,11 +48,6 @@ class StorageSpec:
         if self.kind == "journal":
             return f"journal:{self.path}" if self.path else "journal"
         return "sqlite"
-
-    @property
-    def is_rdb_server(self) -> bool:
-        """True for a database server shared across machines (heartbeats needed)."""
-        return self.kind == "postgresql"
 
     def journal_path(self, save_dir: Path, study_name: str) -> Path:
         """The journal file of a ``journal`` storage (absolute, so workers agree)."""
@@ -93,3 +97,86 @@ def parse_storage(value: object) -> StorageSpec | str:
     if scheme:
         return f"unsupported storage scheme {scheme!r}; use 'sqlite', postgresql://... or journal:PATH"
     return f"must be 'sqlite', a postgresql:// URL or journal:PATH, got {text!r}"
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """Where a study lives; small and picklable (workers open their own storage from it).
+
+    Attributes:
+        kind: ``sqlite``, ``postgresql`` or ``journal``.
+        path: the SQLite file or the journal file (absolute); empty for a server.
+        url: the server's SQLAlchemy URL, password included: never shown (see :attr:`display`).
+    """
+
+    kind: Literal["sqlite", "postgresql", "journal"]
+    path: str = ""
+    url: str = field(default="", repr=False)
+
+    @classmethod
+    def sqlite(cls, path: Path) -> StorageLocation:
+        return cls("sqlite", path=str(Path(path).resolve()))
+
+    @property
+    def is_server(self) -> bool:
+        """True for a database server other machines may share (heartbeats, no flock)."""
+        return self.kind == "postgresql"
+
+    @property
+    def display(self) -> str:
+        """How the storage is shown: the file, or the URL with its password as ``***``."""
+        if self.kind == "postgresql":
+            return redact_url(self.url)
+        return self.path
+
+    @property
+    def label(self) -> str:
+        """The storage as named in the summary and ``--dry-run``: the SQLite file,
+        ``journal:FILE``, or the server URL with its password as ``***``."""
+        return f"journal:{self.path}" if self.kind == "journal" else self.display
+
+    @property
+    def public_url(self) -> str:
+        """What Optuna tools take without a secret: ``sqlite:///FILE``, the journal file, or the
+        server URL without its password (libpq then reads PGPASSWORD or ~/.pgpass)."""
+        if self.kind == "postgresql":
+            from sqlalchemy.engine import make_url
+
+            from hparam_joblib.storage._postgresql import driver_url
+
+            try:
+                return make_url(driver_url(self.url))._replace(password=None).render_as_string(hide_password=False)
+            except Exception:  # noqa: BLE001 - never echo an unparsable URL
+                return redact_url(self.url)
+        if self.kind == "journal":
+            return self.path
+        return sqlite_url(Path(self.path))
+
+    def __str__(self) -> str:
+        return self.display
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite file (absolute, so workers agree on it)."""
+    return f"sqlite:///{path.resolve()}"
+
+
+def check_directions(where: str, study_name: str, stored: Sequence[str], expected: Sequence[str]) -> None:
+    """Refuse a config whose directions differ from the stored study's (one line, names ``where``).
+
+    Raises:
+        StorageError: the directions differ.
+    """
+    if list(stored) == list(expected):
+        return
+
+    def shown(dirs: Sequence[str]) -> str:
+        return f"direction {dirs[0]!r}" if len(dirs) == 1 else f"directions {list(dirs)}"
+
+    raise StorageError(
+        where,
+        f"study {study_name!r} was created with {shown(stored)}, "
+        f"but the config says {shown(expected)}; use another tag for a new study",
+    )
+
+

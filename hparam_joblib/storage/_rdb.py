@@ -1,18 +1,6 @@
-"""RDB storage (the SQLite file, or a PostgreSQL server): pre-flight checks, tuned connections,
-retries, the exact trial budget, heartbeats, and reaping trials whose owner process died.
-
-Why a subclass of Optuna's ``RDBStorage``:
-
-* every storage call is retried when SQLite reports a lock, or PostgreSQL a deadlock, a
-  serialization failure or a lost connection (bounded, jittered, counted), so a transient error
-  never reaches ``study.optimize`` (where an error inside ``tell`` leaves a trial RUNNING);
-* trial creation checks the budget in the same transaction that numbers the trial, so
-  ``n_trials`` holds across workers, runs and concurrent launches (SQLite serialises writers;
-  on PostgreSQL the study row's ``SELECT ... FOR UPDATE`` serialises trial creators);
-* the trial's owner (host, pid, process start time) is written in that same transaction, so a
-  trial left RUNNING by a dead process can be recognised at once on this host; on a server
-  the trial's first heartbeat is written there too, so a trial of a machine that died is
-  recognised by its silence even before its first beat.
+"""Optuna's ``RDBStorage`` on one SQLite file or a PostgreSQL database (:class:`SearchStorage`):
+the exact budget and the owner in the transaction that creates a trial, buffered writes,
+retries, and (on a server) heartbeats whose stale trials Optuna fails and calls back on.
 """
 
 from __future__ import annotations
@@ -20,21 +8,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
-import fcntl
 import functools
 import json
 import logging
 import os
-import random
-import socket
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any
 
 import optuna
 from optuna import distributions as optuna_distributions
@@ -42,466 +26,33 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import bindparam, event, func, or_, select
+from sqlalchemy import event, func, select
 from sqlalchemy import exc as sqlalchemy_exc
 
 from hparam_joblib._errors import StorageBusyError, StorageError
-from hparam_joblib._storage_spec import redact_url
+from hparam_joblib.storage._base import BUDGET_STATES, OWNER_KEY, BudgetExhausted, T
+from hparam_joblib.storage._fast_path import (
+    _P,
+    _PAST_TRIALS,
+    _SA,
+    _STUDY_EXISTS,
+    _T,
+    _TRIAL_STATE,
+    _TRIAL_STATE_FOR_UPDATE,
+    _UA,
+    _V,
+    _distribution,
+    _PendingWrites,
+    _read_trials,
+    _upsert_attrs,
+)
+from hparam_joblib.storage._location import StorageLocation, sqlite_url
+from hparam_joblib.storage._owners import describe_holders, owner_record, stale_with_reasons
+from hparam_joblib.storage._postgresql import _RECONNECT_FILTER, connect_args, driver_url
+from hparam_joblib.storage._retry import RetryPolicy, _is_setup_race, is_lock_error, server_transient
+from hparam_joblib.storage._sqlite import _connect, _WriteLock
 
 logger = logging.getLogger("hparam_joblib")
-
-OWNER_KEY = "hparam_joblib:owner"
-#: States that use up a slot of the budget. FAIL (a crashed or interrupted trial) does not.
-BUDGET_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def n_finished(counts: dict[str, int]) -> int:
-    """COMPLETE + PRUNED in a ``count_states`` result: the trials that count toward n_trials."""
-    return sum(counts.get(s.name, 0) for s in FINISHED_STATES)
-
-
-def n_taken(counts: dict[str, int]) -> int:
-    """Trials that hold a budget slot (finished, running or queued) in a ``count_states`` result."""
-    return sum(counts.get(s.name, 0) for s in BUDGET_STATES)
-
-
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-T = TypeVar("T")
-
-
-class BudgetExhausted(Exception):
-    """Internal: every slot of ``n_trials`` is taken (finished, running or queued)."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long to keep trying a storage call that hits a SQLite lock.
-
-    ``busy_timeout`` is SQLite's own wait inside one attempt; between attempts we back off
-    exponentially with full jitter, up to ``deadline`` seconds in all.
-    """
-
-    deadline: float = 120.0
-    busy_timeout: float = 10.0
-    base_delay: float = 0.02
-    max_delay: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        """Jittered exponential backoff before attempt ``attempt + 1``."""
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
-
-
-def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of a SQLite file (absolute, so workers agree on it)."""
-    return f"sqlite:///{path.resolve()}"
-
-
-#: Seconds a connection attempt to a database server may take before it is an error.
-CONNECT_TIMEOUT = 10
-
-
-@functools.cache
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def driver_url(url: str) -> str:
-    """``url`` with an installed driver named: SQLAlchemy 2.1 maps a bare ``postgresql://`` to
-    psycopg 3, so with only psycopg2 installed the URL must say ``postgresql+psycopg2://``."""
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme.lower() == "postgresql" and not _installed("psycopg") and _installed("psycopg2"):
-        return f"postgresql+psycopg2://{rest}"
-    return url
-
-
-def connect_args(url: str, read_only: bool = False) -> dict[str, Any]:
-    """Driver options for a server: a bounded connect timeout, and read-only sessions."""
-    if "+pg8000" in url.split("://", 1)[0]:
-        return {"timeout": CONNECT_TIMEOUT}
-    args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "hparam_joblib"}
-    if read_only:
-        args["options"] = "-c default_transaction_read_only=on"
-    return args
-
-
-@dataclass(frozen=True)
-class StorageLocation:
-    """Where a study lives; small and picklable (workers open their own storage from it).
-
-    Attributes:
-        kind: ``sqlite``, ``postgresql`` or ``journal``.
-        path: the SQLite file or the journal file (absolute); empty for a server.
-        url: the server's SQLAlchemy URL, password included: never shown (see :attr:`display`).
-    """
-
-    kind: Literal["sqlite", "postgresql", "journal"]
-    path: str = ""
-    url: str = field(default="", repr=False)
-
-    @classmethod
-    def sqlite(cls, path: Path) -> StorageLocation:
-        return cls("sqlite", path=str(Path(path).resolve()))
-
-    @property
-    def is_server(self) -> bool:
-        """True for a database server other machines may share (heartbeats, no flock)."""
-        return self.kind == "postgresql"
-
-    @property
-    def display(self) -> str:
-        """How the storage is shown: the file, or the URL with its password as ``***``."""
-        if self.kind == "postgresql":
-            return redact_url(self.url)
-        return self.path
-
-    @property
-    def public_url(self) -> str:
-        """What Optuna tools take without a secret: ``sqlite:///FILE``, the journal file, or the
-        server URL without its password (libpq then reads PGPASSWORD or ~/.pgpass)."""
-        if self.kind == "postgresql":
-            from sqlalchemy.engine import make_url
-
-            try:
-                return make_url(driver_url(self.url))._replace(password=None).render_as_string(hide_password=False)
-            except Exception:  # noqa: BLE001 - never echo an unparsable URL
-                return redact_url(self.url)
-        if self.kind == "journal":
-            return self.path
-        return sqlite_url(Path(self.path))
-
-    def __str__(self) -> str:
-        return self.display
-
-
-def is_lock_error(err: BaseException) -> bool:
-    """True when SQLite's 'database is locked/busy' is anywhere in the cause chain.
-
-    Optuna wraps it in ``StorageInternalError`` (whose message blames data length).
-    """
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        text = str(current).lower()
-        if isinstance(current, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-            return True
-        if type(current).__name__ == "OperationalError" and "database is locked" in text:
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-#: PostgreSQL SQLSTATEs after which the transaction was rolled back and may simply be re-run.
-_PG_RETRY_CODES = {"40001": "serialization failure", "40P01": "deadlock detected"}
-#: SQLSTATEs of a connection the server ended (the last commit's fate may be unknown).
-_PG_CONNECTION_CODES = {
-    "57P01": "the server ended the connection (admin shutdown)",
-    "57P02": "the server crashed",
-    "57P03": "the server is starting up or shutting down",
-}
-
-
-def _causes(err: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    current: BaseException | None = err
-    while current is not None and all(current is not c for c in out):
-        out.append(current)
-        current = current.__cause__ or current.__context__
-    return out
-
-
-def server_transient(err: BaseException) -> str:
-    """Why ``err`` is a transient server error worth retrying, or ''.
-
-    ``rollback:...``: the server rolled the transaction back (deadlock, serialization
-    failure): re-running it is safe. ``connection:...``: the connection broke; the last commit
-    may or may not have happened (the callers make their writes safe to repeat).
-    """
-    for cause in _causes(err):
-        code = getattr(cause, "pgcode", None)
-        if code in _PG_RETRY_CODES:
-            return f"rollback:{_PG_RETRY_CODES[code]}"
-        if code in _PG_CONNECTION_CODES or (isinstance(code, str) and code.startswith("08")):
-            return f"connection:{_PG_CONNECTION_CODES.get(code, 'connection failure')}"
-        if getattr(cause, "connection_invalidated", False) or type(cause).__name__ == "PendingRollbackError":
-            # PendingRollbackError: a session whose connection broke earlier, not yet rolled back.
-            return "connection:the connection to the server was lost"
-        name = type(cause).__name__
-        module = type(cause).__module__
-        if module.startswith("psycopg") and name in ("OperationalError", "InterfaceError") and code is None:
-            text = " ".join(str(cause).split())[:200]
-            return f"connection:{text}"
-    return ""
-
-
-def _is_setup_race(err: BaseException) -> bool:
-    """A schema-creation error caused by another launch creating the same schema."""
-    text = str(err).lower()
-    return "already exists" in text or "unique constraint" in text or "integrityerror" in text
-
-
-def process_start_time(pid: int) -> str | None:
-    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return fields[19]
-    except (OSError, IndexError):
-        return None
-
-
-def owner_record(run_id: str) -> dict[str, Any]:
-    """Who runs a trial: host, pid, process start time and the launch it belongs to."""
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": process_start_time(pid), "run": run_id}
-
-
-def owner_is_dead(owner: dict[str, Any]) -> bool:
-    """True when ``owner`` ran on this host and that process no longer exists."""
-    if owner.get("host") != socket.gethostname():
-        return False
-    pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    started = process_start_time(pid)
-    return owner.get("start") is not None and started is not None and started != owner["start"]
-
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
-
-
-def describe_holders(db_path: str, family: int | None = None) -> str:
-    """Name the processes that have the database file open, other than this search's own.
-
-    Args:
-        db_path: the database file.
-        family: the launcher's pid; it and its children (our workers) are left out.
-    """
-    targets = {os.path.realpath(db_path + suffix) for suffix in ("", "-wal", "-shm", "-journal")}
-    holders: list[str] = []
-    me = os.getpid()
-    try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return "another process holds a write transaction on it"
-    for pid in pids:
-        if pid == me or (family is not None and (pid == family or _ppid(pid) == family)):
-            continue
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            opened = any(os.path.realpath(f"/proc/{pid}/fd/{fd}") in targets for fd in fds)
-        except OSError:
-            continue
-        if opened:
-            try:
-                with open(f"/proc/{pid}/comm", encoding="utf-8") as handle:
-                    name = handle.read().strip()
-            except OSError:
-                name = "?"
-            holders.append(f"{pid} ({name})")
-    if not holders:
-        return "another process holds a write transaction on it"
-    return "processes with it open: " + ", ".join(holders[:8])
-
-
-def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """One SQLite connection with the pragmas every process needs."""
-    # isolation_level=None: pysqlite must not open transactions itself (it would run a SELECT
-    # outside the transaction and break read-then-write atomicity); SearchStorage emits BEGIN.
-    conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
-    # WAL + synchronous=NORMAL: a commit is durable against any process crash (kill -9 included);
-    # only an OS crash or power loss can drop the last commits. No fsync per trial.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-    return conn
-
-
-def enable_wal(db_path: Path, policy: RetryPolicy) -> None:
-    """Switch the file to WAL (persistent; done by the launcher before any worker starts).
-
-    Changing the journal mode needs the file to itself, so when another launch of the same study
-    is setting it up at this moment, SQLite says "locked" at once: retry within the policy.
-    """
-    start = time.monotonic()
-    attempt = 0
-    while True:
-        conn = sqlite3.connect(str(db_path), timeout=policy.busy_timeout)
-        try:
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if str(mode).lower() != "wal":
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                logger.warning("%s: could not enable WAL (journal_mode=%s)", db_path, mode)
-            return
-        except sqlite3.OperationalError as err:
-            if not is_lock_error(err):
-                raise StorageError(str(db_path), f"cannot open the database ({err})") from err
-            attempt += 1
-            if time.monotonic() - start >= policy.deadline:
-                raise StorageBusyError(str(db_path), attempt, describe_holders(str(db_path))) from err
-            time.sleep(policy.delay(attempt))
-        finally:
-            conn.close()
-
-
-@dataclass
-class _PendingWrites:
-    """Params and system attrs of a trial this process runs, not yet written (see flush_trial)."""
-
-    #: (name, internal value, distribution, distribution to check against or None: look it up)
-    params: list[tuple[str, float, Any, Any]]
-    system_attrs: dict[str, Any]
-
-
-_T = models.TrialModel.__table__
-_P = models.TrialParamModel.__table__
-_V = models.TrialValueModel.__table__
-_UA = models.TrialUserAttributeModel.__table__
-_SA = models.TrialSystemAttributeModel.__table__
-_IV = models.TrialIntermediateValueModel.__table__
-_TRIAL_COLS = (_T.c.trial_id, _T.c.number, _T.c.state, _T.c.datetime_start, _T.c.datetime_complete)
-
-
-def _trial_filter(states: bool, by_id: bool) -> Any:
-    """The WHERE clause of a trials read (bound parameters: sid, ids, gt, states, tid)."""
-    if by_id:
-        return _T.c.trial_id == bindparam("tid")
-    clause = (_T.c.study_id == bindparam("sid")) & or_(
-        _T.c.trial_id.in_(bindparam("ids", expanding=True)), _T.c.trial_id > bindparam("gt")
-    )
-    if states:
-        clause = clause & _T.c.state.in_(bindparam("states", expanding=True))
-    return clause
-
-
-def _child_selects(where: Any) -> dict[str, Any]:
-    sub = select(_T.c.trial_id).where(where).scalar_subquery()
-    return {
-        "params": select(_P.c.trial_id, _P.c.param_name, _P.c.param_value, _P.c.distribution_json)
-        .where(_P.c.trial_id.in_(sub)).order_by(_P.c.param_id),
-        "values": select(_V.c.trial_id, _V.c.objective, _V.c.value, _V.c.value_type).where(_V.c.trial_id.in_(sub)),
-        "user": select(_UA.c.trial_id, _UA.c.key, _UA.c.value_json).where(_UA.c.trial_id.in_(sub)),
-        "system": select(_SA.c.trial_id, _SA.c.key, _SA.c.value_json).where(_SA.c.trial_id.in_(sub)),
-        "steps": select(_IV.c.trial_id, _IV.c.step, _IV.c.intermediate_value, _IV.c.intermediate_value_type)
-        .where(_IV.c.trial_id.in_(sub)),
-    }
-
-
-def _upsert_attrs(conn: Any, table: Any, trial_id: int, items: dict[str, Any]) -> None:
-    """Set attrs of a trial, replacing same-key rows ((trial_id, key) is unique), on any dialect."""
-    keys = list(items)
-    conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key.in_(keys)))
-    conn.execute(table.insert(), [{"trial_id": trial_id, "key": k, "value_json": json.dumps(items[k])} for k in keys])
-
-
-_PAST_TRIALS = select(func.count(_T.c.trial_id)).where(
-    _T.c.study_id == bindparam("sid"), _T.c.trial_id < bindparam("tid")
-)
-_TRIAL_STATE = select(_T.c.state).where(_T.c.trial_id == bindparam("tid"))
-_TRIAL_STATE_FOR_UPDATE = _TRIAL_STATE.with_for_update()
-_STUDY_EXISTS = select(models.StudyModel.__table__.c.study_id).where(
-    models.StudyModel.__table__.c.study_id == bindparam("sid")
-)
-#: Prebuilt Core statements (SQLAlchemy caches their compiled form): one per read shape.
-_READS: dict[tuple[bool, bool], tuple[Any, dict[str, Any]]] = {}
-for _states in (False, True):
-    for _by_id in (False, True):
-        _where = _trial_filter(_states, _by_id)
-        _READS[(_states, _by_id)] = (
-            select(*_TRIAL_COLS).where(_where).order_by(_T.c.trial_id), _child_selects(_where)
-        )
-
-
-@functools.lru_cache(maxsize=256)
-def _distribution(text: str) -> Any:
-    return optuna_distributions.json_to_distribution(text)
-
-
-def _local(stamp: Any) -> Any:
-    """Naive UTC as stored -> naive local time, as Optuna's TrialModel properties do."""
-    if stamp is None:
-        return None
-    return stamp.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
-
-
-def _read_trials(conn: Any, by_id: bool, states: Any, binds: dict[str, Any]) -> list[FrozenTrial]:
-    """Trials as Optuna's ``_build_frozen_trial_from_trial_model`` builds them, read with six
-    Core statements (no ORM objects, no lazy loads) in the caller's transaction."""
-    trial_stmt, children = _READS[(states is not None, by_id)]
-    if states is not None:
-        binds = {**binds, "states": list(states)}
-    rows = conn.execute(trial_stmt, binds).all()
-    if not rows:
-        return []
-    params: dict[int, list[tuple[str, float, str]]] = {}
-    values: dict[int, dict[int, float]] = {}
-    user: dict[int, dict[str, Any]] = {}
-    system: dict[int, dict[str, Any]] = {}
-    steps: dict[int, dict[int, float]] = {}
-    for tid, name, value, dist in conn.execute(children["params"], binds):
-        params.setdefault(tid, []).append((name, value, dist))
-    for tid, objective, value, kind in conn.execute(children["values"], binds):
-        values.setdefault(tid, {})[objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
-    for tid, key, text in conn.execute(children["user"], binds):
-        user.setdefault(tid, {})[key] = json.loads(text)
-    for tid, key, text in conn.execute(children["system"], binds):
-        system.setdefault(tid, {})[key] = json.loads(text)
-    for tid, step, value, kind in conn.execute(children["steps"], binds):
-        steps.setdefault(tid, {})[step] = (
-            models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, kind)
-        )
-    trials = []
-    for tid, number, state, start, complete in rows:
-        dists = {name: _distribution(dist) for name, _, dist in params.get(tid, ())}
-        objective_values = values.get(tid)
-        trials.append(FrozenTrial(
-            number=number, state=state, value=None,
-            values=[objective_values[i] for i in sorted(objective_values)] if objective_values else None,
-            datetime_start=_local(start), datetime_complete=_local(complete),
-            params={name: dists[name].to_external_repr(value) for name, value, _ in params.get(tid, ())},
-            distributions=dists, user_attrs=user.get(tid, {}), system_attrs=system.get(tid, {}),
-            intermediate_values=steps.get(tid, {}), trial_id=tid,
-        ))
-    return trials
-
-
-class _WriteLock:
-    """A kernel file lock (flock) that our writers queue on before SQLite's write lock.
-
-    SQLite's busy handler sleeps and polls (up to 100 ms a nap), so with dozens of writers the
-    lock sits free while they sleep: p99 latency of seconds. flock waiters are woken the moment
-    it is released. Readers never take it (WAL readers do not block). The kernel drops the lock
-    when a holder dies, so a killed process cannot leave it held.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd = -1
-        self.pid = -1
-
-    def acquire(self) -> None:
-        if self.pid != os.getpid():  # opened per process: a forked copy must not share it
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            self.pid = os.getpid()
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
 _RETRIED_METHODS = (
@@ -509,28 +60,10 @@ _RETRIED_METHODS = (
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",
     "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
-    "get_trial_param", "get_all_trials",
-    "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
-    "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
+    "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat",
     # Optuna's _CachedStorage calls this private method of its backend directly.
     "_get_best_trial_id",
 )
-
-
-class _DropReconnectNoise(logging.Filter):
-    """Optuna logs a warning with the whole SQL text when a trials query fails, then retries it
-    on the same broken connection; our retry reconnects and says nothing. Drop that warning
-    when the cause is a lost server connection."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not (text.startswith("Caught an error from sqlalchemy") and (
-            "server closed the connection" in text or "terminating connection" in text
-            or "connection already closed" in text
-        ))
-
-
-_RECONNECT_FILTER = _DropReconnectNoise()
 
 
 class SearchStorage(RDBStorage):
@@ -544,7 +77,9 @@ class SearchStorage(RDBStorage):
         policy: the retry policy (SQLite locks; server deadlocks and lost connections).
         create_tables: create the schema (the launcher does; workers skip it).
         heartbeat_interval: seconds between heartbeats of a running trial (servers only; a trial
-            silent for 3 intervals is failed). ``None``: no heartbeat.
+                silent for 3 intervals is failed). ``None``: no heartbeat.
+        grace_period: seconds of silence after which a trial is stale (default 3 intervals).
+        heartbeat_stale_trial_callback: Optuna's callback run on each stale trial it fails.
     """
 
     def __init__(
@@ -556,7 +91,13 @@ class SearchStorage(RDBStorage):
         policy: RetryPolicy | None = None,
         create_tables: bool = False,
         heartbeat_interval: float | None = None,
+        grace_period: float | None = None,
+        heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     ) -> None:
+        if heartbeat_interval is not None and heartbeat_interval <= 0:
+            raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
+        if grace_period is not None and grace_period <= 0:
+            raise ValueError(f"grace_period must be > 0 seconds, got {grace_period!r}")
         if not isinstance(location, StorageLocation):
             location = StorageLocation.sqlite(Path(location))
         self.location = location
@@ -597,7 +138,9 @@ class SearchStorage(RDBStorage):
         if heartbeat_interval is not None and not self.is_sqlite:
             # Set after construction: Optuna's constructor wants whole seconds and warns.
             self.heartbeat_interval = heartbeat_interval  # type: ignore[assignment]
-            self.grace_period = 3 * heartbeat_interval  # type: ignore[assignment]
+            # Our default: silent for 3 intervals (Optuna's own is 2).
+            self.grace_period = grace_period or 3 * heartbeat_interval  # type: ignore[assignment]
+            self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
         if self.is_sqlite:
             event.listen(self.engine, "begin", self._on_begin)
         else:
@@ -606,10 +149,10 @@ class SearchStorage(RDBStorage):
                 rdb_logger.addFilter(_RECONNECT_FILTER)
         self._pending_attrs: dict[int, dict[str, Any]] = {}
         self._pending: dict[int, _PendingWrites] = {}  # params and system attrs of our trials
+        self._study_of: dict[int, int] = {}  # trial id -> study id, for the trials we created
         self._version_conn: sqlite3.Connection | None = None
         self._version_pid = -1
-        self._last_read: tuple[int, int] | None = None
-        self.reads_skipped = 0
+        self._last_read: tuple[tuple[Any, ...], list[FrozenTrial]] | None = None
         #: Heartbeat-stale trials this process failed (trial numbers).
         self.stale_reaped: list[int] = []
 
@@ -721,6 +264,7 @@ class SearchStorage(RDBStorage):
         token = uuid.uuid4().hex[:16]  # finds this trial again if the commit's fate is unknown
         frozen = self._retry(lambda: self._create_trial_once(study_id, template_trial, token), write=True)
         self.created_trial_ids.add(frozen._trial_id)
+        self._study_of[frozen._trial_id] = study_id
         if template_trial is None:  # this process is its only writer until it finishes
             self._mirror()[frozen._trial_id] = copy.deepcopy(frozen)
         return frozen
@@ -822,18 +366,17 @@ class SearchStorage(RDBStorage):
         trial_id_greater_than: int,
     ) -> list[FrozenTrial]:
         # Optuna's cached storage re-reads every unfinished trial and every newer one (6 queries)
-        # on each get_all_trials, several times per trial. Its cache already holds the database
-        # as of its last read; if no connection (ours included) has committed since, nothing
-        # can have changed, so "nothing new" is the exact answer, without a query.
+        # on each get_all_trials, several times per trial. If no connection (ours included) has
+        # committed since the same question (study, included ids, id bound) was last answered,
+        # the answer is unchanged: it is given again (as copies), without a query. Keyed on the
+        # question, not the caller: two studies on one storage each get what a query returns.
         # (SQLite only: a server has no data_version; there every read queries.)
         version = self._retry(self._data_version) if self.is_sqlite else None
-        # Only the cache's incremental reads (trial_id_greater_than >= 0) may skip or set it;
-        # a full read (get_all_trials) always queries.
+        included = sorted(t for t in included_trial_ids if t <= trial_id_greater_than)
+        key = (study_id, version, tuple(included), trial_id_greater_than)
         incremental = self.is_sqlite and states is None and trial_id_greater_than >= 0
-        if incremental and self._last_read == (study_id, version):
-            self.reads_skipped += 1
-            return []
-        included = [t for t in included_trial_ids if t <= trial_id_greater_than]
+        if incremental and self._last_read is not None and self._last_read[0] == key:
+            return [self._with_pending(copy.deepcopy(t)) for t in self._last_read[1]]
         if len(included) > 500:  # beyond a sane IN list: Optuna's own (ORM) read
             trials = self._retry(
                 lambda: RDBStorage._get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than)
@@ -842,7 +385,8 @@ class SearchStorage(RDBStorage):
             binds = {"sid": study_id, "ids": included, "gt": trial_id_greater_than}
             trials = self._retry(lambda: self._fast_read(study_id, False, states, binds))
         if incremental and version is not None:
-            self._last_read = (study_id, version)  # read before the query: conservative
+            # data_version was read before the query: a commit in between only causes a re-read.
+            self._last_read = (key, copy.deepcopy(trials))
         return [self._with_pending(t) for t in trials]
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
@@ -853,6 +397,31 @@ class SearchStorage(RDBStorage):
         if not trials:
             raise KeyError(models.NOT_FOUND_MSG)
         return self._with_pending(trials[0])
+
+    # Reads of one trial's params or attrs: a trial of ours may hold buffered writes, so those
+    # are answered from get_trial (mirror or database, buffered writes merged).
+    def get_trial_param(self, trial_id: int, param_name: str) -> float:
+        if trial_id in self.created_trial_ids:
+            trial = self.get_trial(trial_id)
+            if param_name not in trial.distributions:
+                raise KeyError(models.NOT_FOUND_MSG)
+            return float(trial.distributions[param_name].to_internal_repr(trial.params[param_name]))
+        return self._retry(lambda: RDBStorage.get_trial_param(self, trial_id, param_name))
+
+    def get_trial_params(self, trial_id: int) -> dict[str, Any]:
+        if trial_id in self.created_trial_ids:
+            return self.get_trial(trial_id).params
+        return self._retry(lambda: RDBStorage.get_trial_params(self, trial_id))
+
+    def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
+        if trial_id in self.created_trial_ids:
+            return self.get_trial(trial_id).user_attrs
+        return self._retry(lambda: RDBStorage.get_trial_user_attrs(self, trial_id))
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        if trial_id in self.created_trial_ids:
+            return self.get_trial(trial_id).system_attrs
+        return self._retry(lambda: RDBStorage.get_trial_system_attrs(self, trial_id))
 
     def _fast_read(
         self, study_id: int | None, by_id: bool, states: Container[TrialState] | None, binds: dict[str, Any]
@@ -913,7 +482,9 @@ class SearchStorage(RDBStorage):
             ), write=True)
             return
         if previous_distribution is None:  # Optuna's check, at suggest time (again at flush)
-            found = self._retry(lambda: self._first_distribution(trial_id, param_name))
+            found = self._buffered_distribution(trial_id, param_name)
+            if found is None:
+                found = self._retry(lambda: self._first_distribution(trial_id, param_name))
             if found is not None:
                 optuna_distributions.check_distribution_compatibility(found, distribution)
         else:
@@ -924,6 +495,17 @@ class SearchStorage(RDBStorage):
         if mirrored is not None:
             mirrored.distributions[param_name] = distribution
             mirrored.params[param_name] = distribution.to_external_repr(param_value_internal)
+
+    def _buffered_distribution(self, trial_id: int, param_name: str) -> Any:
+        """The distribution of ``param_name`` in a buffered (not yet written) param of another
+        running trial of ours in the same study, or None."""
+        study_id = self._study_of.get(trial_id)
+        for other, pending in self._pending.items():
+            if other != trial_id and self._study_of.get(other) == study_id:
+                for name, _value, dist, _previous in pending.params:
+                    if name == param_name:
+                        return dist
+        return None
 
     def _first_distribution(self, trial_id: int, param_name: str) -> Any:
         """The distribution the study first stored for ``param_name`` (Optuna checks against it)."""
@@ -1027,6 +609,7 @@ class SearchStorage(RDBStorage):
                 self._pending_attrs.pop(trial_id, None)
                 self._mirror().pop(trial_id, None)
                 self.created_trial_ids.discard(trial_id)
+                self._study_of.pop(trial_id, None)
 
     def _holds_state(self, trial_id: int, state: TrialState) -> bool | None:
         """True when the trial already has ``state`` (our lost commit went through), else None."""
@@ -1034,10 +617,18 @@ class SearchStorage(RDBStorage):
 
     # -- heartbeats (servers) -------------------------------------------------------------------
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Optuna calls this before each trial when heartbeats are on and fails what it returns,
-        without a reason. We fail the stale trials here, with a reason, and return none."""
-        reap_stale(self, study_id)
-        return []
+        """Optuna calls this before each trial when heartbeats are on, fails what it returns and
+        runs the storage's ``heartbeat_stale_trial_callback`` on each. The reason goes on the
+        trial first, so that the FAIL carries it."""
+        ids = []
+        for trial_id, number, why in stale_with_reasons(self, study_id):
+            try:
+                self.set_trial_user_attr(trial_id, "failure_reason", why)
+            except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+                continue  # finished meanwhile
+            logger.warning("trial %d: %s", number, why)
+            ids.append(trial_id)
+        return ids
 
     def stale_trials(self, study_id: int) -> list[int]:
         """RUNNING trials whose last heartbeat is older than the grace period (servers only)."""
@@ -1140,158 +731,3 @@ for _name in _RETRIED_METHODS:
         setattr(SearchStorage, _name, _wrap(_name))
 
 
-class StudyStore(Protocol):
-    """What the launcher, workers and progress bar use of a storage (RDB or journal)."""
-
-    location: StorageLocation
-    db_path: str
-    budget: int | None
-    family: int | None
-    lock_retries: int
-    op_seconds: list[float]
-    created_trial_ids: set[int]
-
-    @property
-    def lock_wait_seconds(self) -> float: ...
-    def count_states(self, study_id: int) -> dict[str, int]: ...
-    def running_owners(self, study_id: int) -> list[tuple[int, int, dict[str, Any]]]: ...
-    def stale_trials(self, study_id: int) -> list[int]: ...
-    def add_budget_index(self) -> None: ...
-    def get_trial(self, trial_id: int) -> FrozenTrial: ...
-    def get_best_trial(self, study_id: int) -> FrozenTrial: ...
-    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]: ...
-    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None: ...
-    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None: ...
-    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None: ...
-    def flush_trial(self, trial_id: int) -> None: ...
-    def set_trial_state_values(
-        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
-    ) -> bool: ...
-
-
-def fail_trial(storage: StudyStore, trial_id: int, reason: str) -> bool:
-    """Mark a RUNNING trial FAIL with ``reason``; False if it had already finished."""
-    try:
-        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
-        return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
-    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-        return False
-
-
-def reap_stale(storage: StudyStore, study_id: int) -> list[int]:
-    """Fail RUNNING trials whose heartbeat went silent (a machine or process that died
-    elsewhere); servers with heartbeats only. Returns the numbers of the trials failed."""
-    stale = storage.stale_trials(study_id)
-    if not stale:
-        return []
-    owners = {trial_id: (number, owner) for trial_id, number, owner in storage.running_owners(study_id)}
-    reaped: list[int] = []
-    grace = getattr(storage, "grace_period", None)
-    for trial_id in stale:
-        if trial_id not in owners:
-            continue
-        number, owner = owners[trial_id]
-        who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "its process"
-        why = f"no heartbeat for over {grace:g} s from {who} (its machine or process died); it will be re-run"
-        if fail_trial(storage, trial_id, why):
-            reaped.append(number)
-            logger.warning("trial %d: %s", number, why)
-    return reaped
-
-
-def reap_dead_owners(
-    storage: StudyStore, study_id: int, dead_pids: set[int] | None = None, reason: str = ""
-) -> list[int]:
-    """Fail RUNNING trials whose owner process is gone (or is in ``dead_pids``), and, on a
-    server, trials whose heartbeat went silent.
-
-    Returns:
-        The numbers of the trials marked FAIL; they no longer count against the budget.
-    """
-    reaped: list[int] = []
-    for trial_id, number, owner in storage.running_owners(study_id):
-        if not owner:
-            continue
-        ours_and_dead = dead_pids is not None and owner.get("pid") in dead_pids and (
-            owner.get("host") == socket.gethostname()
-        )
-        if ours_and_dead or owner_is_dead(owner):
-            why = reason or f"its process (pid {owner.get('pid')}) died while the trial ran"
-            if fail_trial(storage, trial_id, why):
-                reaped.append(number)
-    return reaped + reap_stale(storage, study_id)
-
-
-def preflight(db_path: Path, study_name: str, direction: str | Sequence[str]) -> bool:
-    """Check the save directory and an existing database without changing anything.
-
-    Returns:
-        True when the study already exists in the file (a resume).
-
-    Raises:
-        StorageError: unwritable directory, a file that is not SQLite, an unreadable database,
-            or a stored direction that differs from the config.
-    """
-    directory = db_path.parent
-    probe = directory
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise StorageError(str(directory), f"{probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise StorageError(str(directory), f"save directory is not writable ({probe})")
-    if not db_path.exists():
-        return False
-    if db_path.is_dir():
-        raise StorageError(str(db_path), "is a directory, not a database file")
-    if not os.access(db_path, os.R_OK | os.W_OK):
-        raise StorageError(str(db_path), "database file is not readable and writable")
-    with open(db_path, "rb") as handle:
-        head = handle.read(16)
-    if not head:
-        return False
-    if head != SQLITE_MAGIC:
-        raise StorageError(str(db_path), "exists but is not a SQLite database; move it or pick another tag")
-    try:
-        # Without a -wal file the database is fully checkpointed: open it immutable so that not
-        # even -wal/-shm side files appear (bad input must leave the disk as it was).
-        has_wal = Path(f"{db_path}-wal").exists()
-        uri = f"file:{db_path}?mode=ro" + ("" if has_wal else "&immutable=1")
-        conn = sqlite3.connect(uri, uri=True, timeout=30)
-        try:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "studies" not in tables:
-                return False
-            rows = conn.execute(
-                "SELECT d.direction FROM studies s JOIN study_directions d ON d.study_id = s.study_id "
-                "WHERE s.study_name = ? ORDER BY d.objective",
-                (study_name,),
-            ).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as err:
-        raise StorageError(str(db_path), f"cannot read the database ({err})") from err
-    if not rows:
-        return False
-    expected = [direction] if isinstance(direction, str) else list(direction)
-    check_directions(str(db_path), study_name, [str(r[0]).lower() for r in rows], expected)
-    return True
-
-
-def check_directions(where: str, study_name: str, stored: Sequence[str], expected: Sequence[str]) -> None:
-    """Refuse a config whose directions differ from the stored study's (one line, names ``where``).
-
-    Raises:
-        StorageError: the directions differ.
-    """
-    if list(stored) == list(expected):
-        return
-
-    def shown(dirs: Sequence[str]) -> str:
-        return f"direction {dirs[0]!r}" if len(dirs) == 1 else f"directions {list(dirs)}"
-
-    raise StorageError(
-        where,
-        f"study {study_name!r} was created with {shown(stored)}, "
-        f"but the config says {shown(expected)}; use another tag for a new study",
-    )

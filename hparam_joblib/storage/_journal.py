@@ -29,6 +29,7 @@ coordinated with ours: do not write to the file from plain Optuna while a search
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import logging
@@ -36,7 +37,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,16 +50,11 @@ from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
 from hparam_joblib._errors import StorageBusyError, StorageError
-from hparam_joblib._storage import (
-    BUDGET_STATES,
-    OWNER_KEY,
-    SQLITE_MAGIC,
-    BudgetExhausted,
-    RetryPolicy,
-    StorageLocation,
-    check_directions,
-    owner_record,
-)
+from hparam_joblib.storage._base import BUDGET_STATES, OWNER_KEY, BudgetExhausted
+from hparam_joblib.storage._location import StorageLocation, check_directions
+from hparam_joblib.storage._owners import owner_record
+from hparam_joblib.storage._retry import RetryPolicy
+from hparam_joblib.storage._sqlite import SQLITE_MAGIC
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -258,6 +254,27 @@ class JournalSearchStorage(JournalStorage):
             self._pending_attrs.setdefault(trial_id, {})[key] = value
             return
         JournalStorage.set_trial_user_attr(self, trial_id, key, value)
+
+    # -- reads in this process include the attrs buffered for its running trials ---------------
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._with_pending(JournalStorage.get_trial(self, trial_id))
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        trials = JournalStorage.get_all_trials(self, study_id, deepcopy, states)
+        if not self._pending_attrs:
+            return trials
+        return [self._with_pending(t) for t in trials]
+
+    def _with_pending(self, trial: FrozenTrial) -> FrozenTrial:
+        """``trial`` with the user attrs buffered for it (a copy: the replay's own stays as is)."""
+        pending = self._pending_attrs.get(trial._trial_id)
+        if not pending:
+            return trial
+        trial = copy.deepcopy(trial)
+        trial.user_attrs = {**trial.user_attrs, **pending}
+        return trial
 
     def flush_trial(self, trial_id: int) -> None:
         """Write the attrs buffered so far (the trial's config) in one append, before it runs."""

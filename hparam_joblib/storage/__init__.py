@@ -1,0 +1,72 @@
+"""The study storage: a SQLite file (default), a PostgreSQL server, or an Optuna journal file.
+
+Laid out like Optuna's own ``optuna/storages/``; each module has one job:
+
+* ``_location``: what ``storage:`` means (:class:`StorageSpec`) and where a study lives
+  (:class:`StorageLocation`); the stored-direction check.
+* ``_factory``: the only place that turns a location into a storage (open, pre-flight,
+  prepare, read-only load); the other modules never look at the storage kind.
+* ``_base``: what the launcher and workers use of a storage (:class:`StudyStore`), the budget
+  states, the owner key.
+* ``_retry``: the retry policy and which errors are transient (SQLite locks, PostgreSQL
+  deadlocks, serialization failures, lost connections).
+* ``_owners``: who runs a trial (host, pid, start time), and reaping: dead owners, trials
+  without an owner, heartbeat-stale trials (Optuna's callbacks run on those).
+* ``_sqlite`` / ``_postgresql``: each database's specifics (WAL, pragmas, the writers' flock,
+  the pre-flight; drivers, connect options, readable connection errors).
+* ``_fast_path``: SQLAlchemy Core statements for the hot path (what Optuna's ORM reads and
+  writes, at a fraction of the CPU).
+* ``_rdb``: :class:`SearchStorage`, Optuna's RDBStorage with the budget, owners, buffered
+  writes, retries and heartbeats.
+* ``_journal``: :class:`JournalSearchStorage`, Optuna's JournalStorage with the same rules.
+"""
+
+from __future__ import annotations
+
+from hparam_joblib._errors import StorageBusyError, StorageError
+from hparam_joblib.storage._base import (
+    BUDGET_STATES,
+    FINISHED_STATES,
+    OWNER_KEY,
+    BudgetExhausted,
+    StudyStore,
+    n_finished,
+    n_taken,
+)
+from hparam_joblib.storage._factory import (
+    load_study_readonly,
+    location_for,
+    open_storage,
+    preflight,
+    prepare,
+)
+from hparam_joblib.storage._journal import JournalSearchStorage, is_journal_file, read_only_storage
+from hparam_joblib.storage._location import (
+    StorageKind,
+    StorageLocation,
+    StorageSpec,
+    check_directions,
+    parse_storage,
+    redact_url,
+    sqlite_url,
+)
+from hparam_joblib.storage._owners import (
+    fail_trial,
+    owner_is_dead,
+    owner_record,
+    reap_dead_owners,
+    reap_stale,
+)
+from hparam_joblib.storage._postgresql import driver_url, server_engine, server_problem
+from hparam_joblib.storage._rdb import SearchStorage
+from hparam_joblib.storage._retry import RetryPolicy, server_transient
+
+__all__ = [
+    "BUDGET_STATES", "FINISHED_STATES", "OWNER_KEY", "BudgetExhausted", "JournalSearchStorage",
+    "RetryPolicy", "SearchStorage", "StorageBusyError", "StorageError", "StorageKind",
+    "StorageLocation", "StorageSpec", "StudyStore", "check_directions", "driver_url", "fail_trial",
+    "is_journal_file", "load_study_readonly", "location_for", "n_finished", "n_taken", "open_storage",
+    "owner_is_dead", "owner_record", "parse_storage", "preflight", "prepare", "read_only_storage",
+    "reap_dead_owners", "reap_stale", "redact_url", "server_engine", "server_problem",
+    "server_transient", "sqlite_url",
+]

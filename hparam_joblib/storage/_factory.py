@@ -1,0 +1,118 @@
+"""The one place that turns a location into a storage and branches on its kind: open (launcher
+and workers), pre-flight (create nothing), prepare (directory, WAL), a read-only load.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hparam_joblib._errors import StorageError
+
+if TYPE_CHECKING:
+    from hparam_joblib._config import SearchConfig
+from hparam_joblib.storage import _journal
+from hparam_joblib.storage._base import StudyStore
+from hparam_joblib.storage._location import StorageLocation
+from hparam_joblib.storage._postgresql import (
+    POSTGRESQL_INSTALL,
+    _server_preflight,
+    connect_args,
+    driver_url,
+    server_problem,
+)
+from hparam_joblib.storage._rdb import SearchStorage
+from hparam_joblib.storage._retry import RetryPolicy
+from hparam_joblib.storage._sqlite import enable_wal, sqlite_preflight
+
+logger = logging.getLogger("hparam_joblib")
+
+
+def location_for(cfg: SearchConfig, save_dir: Path) -> StorageLocation:
+    """Where ``cfg``'s study lives (files as absolute paths, so every worker agrees)."""
+    spec = cfg.storage
+    if spec.kind == "postgresql":
+        return StorageLocation("postgresql", url=spec.url)
+    if spec.kind == "journal":
+        return StorageLocation("journal", path=str(spec.journal_path(save_dir, cfg.study_name)))
+    return StorageLocation.sqlite(save_dir / f"{cfg.study_name}.db")
+
+
+def open_storage(
+    location: StorageLocation,
+    *,
+    budget: int | None = None,
+    run_id: str = "",
+    policy: RetryPolicy | None = None,
+    create_tables: bool = False,
+    heartbeat_interval: float | None = None,
+    grace_period: float | None = None,
+    heartbeat_stale_trial_callback: Any = None,
+) -> StudyStore:
+    """Open the storage of ``location`` in this process (the launcher creates the schema).
+    Heartbeats are for servers only: on a file they are ignored."""
+    if location.kind == "journal":
+        return _journal.JournalSearchStorage(location, budget=budget, run_id=run_id, policy=policy)
+    try:
+        return SearchStorage(
+            location, budget=budget, run_id=run_id, policy=policy, create_tables=create_tables,
+            heartbeat_interval=heartbeat_interval if location.is_server else None,
+            grace_period=grace_period if location.is_server else None,
+            heartbeat_stale_trial_callback=heartbeat_stale_trial_callback if location.is_server else None,
+        )
+    except (StorageError, ValueError):  # ValueError: a bad heartbeat_interval or grace_period
+        raise
+    except ImportError as err:
+        raise StorageError(location.display, f"needs the PostgreSQL driver ({err}): {POSTGRESQL_INSTALL}") from err
+    except Exception as err:
+        if not location.is_server:
+            raise
+        raise StorageError(location.display, server_problem(err)) from err
+
+
+def preflight(location: StorageLocation, study_name: str, directions: Sequence[str]) -> bool:
+    """Check the storage without creating anything; True when the study already exists.
+
+    Raises:
+        StorageError: one line naming the storage (password hidden) and what is wrong.
+    """
+    if location.kind == "sqlite":
+        return sqlite_preflight(Path(location.path), study_name, list(directions))
+    if location.kind == "journal":
+        return _journal.preflight(Path(location.path), study_name, list(directions))
+    return _server_preflight(location, study_name, list(directions))
+
+
+def prepare(location: StorageLocation, policy: RetryPolicy) -> None:
+    """Create what a file storage needs (its directory; WAL for SQLite); nothing for a server."""
+    if location.is_server:
+        return
+    path = Path(location.path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(str(path.parent), f"cannot create the directory ({err.strerror})") from err
+    if location.kind == "sqlite":
+        enable_wal(path, policy)
+
+
+def load_study_readonly(location: StorageLocation, study_name: str) -> Any:
+    """``optuna.load_study`` on ``location`` without creating or writing anything."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage: Any
+    if location.kind == "journal":
+        storage = _journal.read_only_storage(Path(location.path))
+    elif location.kind == "postgresql":
+        storage = optuna.storages.RDBStorage(
+            driver_url(location.url), engine_kwargs={"connect_args": connect_args(location.url, read_only=True)},
+            skip_table_creation=True, skip_compatibility_check=True,
+        )
+    else:
+        storage = f"sqlite:///{location.path}"
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+

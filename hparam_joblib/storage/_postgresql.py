@@ -1,0 +1,135 @@
+"""The PostgreSQL server's specifics: the driver in the URL, connect options, one-off engines,
+readable connection errors, and the read-only pre-flight.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from typing import Any
+
+from hparam_joblib._errors import StorageError
+from hparam_joblib.storage._location import StorageLocation, check_directions
+
+logger = logging.getLogger("hparam_joblib")
+
+
+#: Seconds a connection attempt to a database server may take before it is an error.
+CONNECT_TIMEOUT = 10
+
+
+@functools.cache
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def driver_url(url: str) -> str:
+    """``url`` with an installed driver named: SQLAlchemy 2.1 maps a bare ``postgresql://`` to
+    psycopg 3, so with only psycopg2 installed the URL must say ``postgresql+psycopg2://``."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() == "postgresql" and not _installed("psycopg") and _installed("psycopg2"):
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
+def connect_args(url: str, read_only: bool = False) -> dict[str, Any]:
+    """Driver options for a server: a bounded connect timeout, and read-only sessions."""
+    if "+pg8000" in url.split("://", 1)[0]:
+        return {"timeout": CONNECT_TIMEOUT}
+    args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "hparam_joblib"}
+    if read_only:
+        args["options"] = "-c default_transaction_read_only=on"
+    return args
+
+
+class _DropReconnectNoise(logging.Filter):
+    """Optuna logs a warning with the whole SQL text when a trials query fails, then retries it
+    on the same broken connection; our retry reconnects and says nothing. Drop that warning
+    when the cause is a lost server connection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("Caught an error from sqlalchemy") and (
+            "server closed the connection" in text or "terminating connection" in text
+            or "connection already closed" in text
+        ))
+
+
+_RECONNECT_FILTER = _DropReconnectNoise()
+
+
+POSTGRESQL_INSTALL = "pip install \"hparam_joblib[postgresql]\""
+
+
+def server_engine(url: str, read_only: bool = False) -> Any:
+    """A pool-less SQLAlchemy engine for a one-off check."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    return sqlalchemy.create_engine(driver_url(url), poolclass=NullPool, connect_args=connect_args(url, read_only))
+
+
+_PROBLEMS: tuple[tuple[str, str], ...] = (
+    (r"password authentication failed for user \"?([^\"\s]+)", "authentication failed for user '{0}' (check the password in the URL or PGPASSWORD)"),
+    (r"no password supplied", "the server asks for a password: set PGPASSWORD (or put it in the URL)"),
+    (r"database \"([^\"]+)\" does not exist", "database '{0}' does not exist on the server (create it first, e.g. createdb {0})"),
+    (r"role \"([^\"]+)\" does not exist", "user '{0}' does not exist on the server"),
+    (r"could not translate host name \"?([^\"\s]+)", "cannot resolve host '{0}'"),
+    (r"timeout expired", f"cannot reach the server (no answer within {CONNECT_TIMEOUT} s)"),
+    (r"Connection refused", "cannot reach the server (connection refused: is PostgreSQL running on that host and port?)"),
+    (r"No route to host|Network is unreachable", "cannot reach the server (no route to host)"),
+    (r"received invalid response to SSL negotiation|server closed the connection unexpectedly",
+     "the server at that host and port did not answer like PostgreSQL (wrong port, or a proxy in between?)"),
+)
+
+
+def server_problem(err: BaseException) -> str:
+    """One line saying what is wrong with a server connection (never the password)."""
+    cause: BaseException = err
+    orig = getattr(err, "orig", None)
+    if isinstance(orig, BaseException):
+        cause = orig
+    text = " ".join(str(cause).split())
+    for pattern, message in _PROBLEMS:
+        match = re.search(pattern, text)
+        if match:
+            return message.format(*match.groups())
+    if isinstance(cause, ImportError) or type(err).__name__ == "NoSuchModuleError":
+        return f"the PostgreSQL driver is not installed: {POSTGRESQL_INSTALL}"
+    return f"cannot use the database ({type(cause).__name__}: {text[:300]})"
+
+
+def _server_preflight(location: StorageLocation, study_name: str, directions: list[str]) -> bool:
+    """Connect read-only, check the schema and the study's directions; create nothing."""
+    import sqlalchemy
+
+    shown = location.display
+    try:
+        engine = server_engine(location.url, read_only=True)
+    except Exception as err:
+        raise StorageError(shown, server_problem(err)) from err
+    try:
+        with engine.connect() as conn:
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+            if "studies" not in tables:
+                return False
+            rows = conn.execute(
+                sqlalchemy.text(
+                    "SELECT d.direction FROM studies s JOIN study_directions d ON d.study_id = s.study_id "
+                    "WHERE s.study_name = :name ORDER BY d.objective"
+                ),
+                {"name": study_name},
+            ).all()
+    except Exception as err:
+        raise StorageError(shown, server_problem(err)) from err
+    finally:
+        engine.dispose()
+    if not rows:
+        return False
+    check_directions(shown, study_name, [str(r[0]).lower().rsplit(".", 1)[-1] for r in rows], directions)
+    return True
+
+

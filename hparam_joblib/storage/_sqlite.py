@@ -1,0 +1,147 @@
+"""The SQLite file's specifics: connections with the pragmas every process needs, WAL, the
+writers' flock queue, and the pre-flight that reads the file without changing it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hparam_joblib._errors import StorageBusyError, StorageError
+from hparam_joblib.storage._location import check_directions
+from hparam_joblib.storage._owners import describe_holders
+from hparam_joblib.storage._retry import RetryPolicy, is_lock_error
+
+logger = logging.getLogger("hparam_joblib")
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """One SQLite connection with the pragmas every process needs."""
+    # isolation_level=None: pysqlite must not open transactions itself (it would run a SELECT
+    # outside the transaction and break read-then-write atomicity); SearchStorage emits BEGIN.
+    conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
+    # WAL + synchronous=NORMAL: a commit is durable against any process crash (kill -9 included);
+    # only an OS crash or power loss can drop the last commits. No fsync per trial.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+    return conn
+
+
+def enable_wal(db_path: Path, policy: RetryPolicy) -> None:
+    """Switch the file to WAL (persistent; done by the launcher before any worker starts).
+
+    Changing the journal mode needs the file to itself, so when another launch of the same study
+    is setting it up at this moment, SQLite says "locked" at once: retry within the policy.
+    """
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        conn = sqlite3.connect(str(db_path), timeout=policy.busy_timeout)
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                logger.warning("%s: could not enable WAL (journal_mode=%s)", db_path, mode)
+            return
+        except sqlite3.OperationalError as err:
+            if not is_lock_error(err):
+                raise StorageError(str(db_path), f"cannot open the database ({err})") from err
+            attempt += 1
+            if time.monotonic() - start >= policy.deadline:
+                raise StorageBusyError(str(db_path), attempt, describe_holders(str(db_path))) from err
+            time.sleep(policy.delay(attempt))
+        finally:
+            conn.close()
+
+
+class _WriteLock:
+    """A kernel file lock (flock) that our writers queue on before SQLite's write lock.
+
+    SQLite's busy handler sleeps and polls (up to 100 ms a nap), so with dozens of writers the
+    lock sits free while they sleep: p99 latency of seconds. flock waiters are woken the moment
+    it is released. Readers never take it (WAL readers do not block). The kernel drops the lock
+    when a holder dies, so a killed process cannot leave it held.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+        self.pid = -1
+
+    def acquire(self) -> None:
+        if self.pid != os.getpid():  # opened per process: a forked copy must not share it
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self.pid = os.getpid()
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+def sqlite_preflight(db_path: Path, study_name: str, direction: str | Sequence[str]) -> bool:
+    """Check the save directory and an existing database without changing anything.
+
+    Returns:
+        True when the study already exists in the file (a resume).
+
+    Raises:
+        StorageError: unwritable directory, a file that is not SQLite, an unreadable database,
+            or a stored direction that differs from the config.
+    """
+    directory = db_path.parent
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StorageError(str(directory), f"{probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(str(directory), f"save directory is not writable ({probe})")
+    if not db_path.exists():
+        return False
+    if db_path.is_dir():
+        raise StorageError(str(db_path), "is a directory, not a database file")
+    if not os.access(db_path, os.R_OK | os.W_OK):
+        raise StorageError(str(db_path), "database file is not readable and writable")
+    with open(db_path, "rb") as handle:
+        head = handle.read(16)
+    if not head:
+        return False
+    if head != SQLITE_MAGIC:
+        raise StorageError(str(db_path), "exists but is not a SQLite database; move it or pick another tag")
+    try:
+        # Without a -wal file the database is fully checkpointed: open it immutable so that not
+        # even -wal/-shm side files appear (bad input must leave the disk as it was).
+        has_wal = Path(f"{db_path}-wal").exists()
+        uri = f"file:{db_path}?mode=ro" + ("" if has_wal else "&immutable=1")
+        conn = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"studies", "study_directions"} <= tables:
+                # No schema yet, or part of one: another launch is creating it right now (the
+                # schema step after us completes it). Not a study yet.
+                return False
+            rows = conn.execute(
+                "SELECT d.direction FROM studies s JOIN study_directions d ON d.study_id = s.study_id "
+                "WHERE s.study_name = ? ORDER BY d.objective",
+                (study_name,),
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise StorageError(str(db_path), f"cannot read the database ({err})") from err
+    if not rows:
+        return False
+    expected = [direction] if isinstance(direction, str) else list(direction)
+    check_directions(str(db_path), study_name, [str(r[0]).lower() for r in rows], expected)
+    return True
+
+
