@@ -84,7 +84,7 @@ def test_top_level_n_startup_trials_reaches_tpe_and_samplers_that_take_it() -> N
         ({"type": "random", "population_size": 3}, r"sampler\.population_size: unknown setting for the random sampler; valid: $|valid: none$"),
         ({"type": "tpe", "gamma": 0.1}, r"sampler\.gamma: takes a Python object, which a YAML file cannot give"),
         ({"type": "nsgaii", "mutation": "x"}, r"sampler\.mutation: takes a Python object"),
-        ({"type": "tpe", "seed": 1}, r"sampler\.seed: cannot be set here: set the top-level seed"),
+        ({"type": "tpe", "seed": -1}, r"sampler\.seed: must be an integer >= 0, got -1"),
         ({"type": "tpe", "n_startup_trials": "3"}, r"sampler\.n_startup_trials: must be int, got '3'"),
         ({"type": "tpe", "multivariate": 1}, r"sampler\.multivariate: must be NoneType or bool, got 1"),
         ({"type": "nsgaii", "population_size": 1}, r"sampler: the nsgaii sampler rejects these settings: .*population_size"),
