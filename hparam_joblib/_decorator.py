@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -157,6 +158,13 @@ def _launch(
     for note in notes:
         logger.warning("note: %s", note)
     _check_signature(func, str(path))
+    if args.verbosity is not None:  # the flag wins over the file's verbosity
+        cfg = dataclasses.replace(cfg, verbosity=args.verbosity)  # type: ignore[arg-type]
+    if args.best:
+        from hparam_joblib._retrain import retrain
+
+        retrain(func, cfg, save_dir, args.overrides)
+        return None
     if args.dry_run:
         print(_dry_run_text(cfg, save_dir))
         return None

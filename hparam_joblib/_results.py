@@ -424,13 +424,38 @@ def best_yaml(data: StudyData, db_path: str) -> str:
     if not data.multi_objective:
         trial = data.best[0]
         config, rebuilt = trial_config(data, trial)
-        return "\n".join(_header_lines(data, trial, rebuilt, db_path)) + "\n" + dump_yaml(config)
+        runnable = runnable_config(data, config)
+        return (
+            "\n".join(_header_lines(data, trial, rebuilt, db_path)) + "\n"
+            + "# the config the function received, plus the settings of a one-trial study, so it is\n"
+            + "# also a --config file: python your_script.py --config best.yaml runs it once as study "
+            + f"{runnable['experiment_name']}_{runnable['tag']}\n"
+            + "# (or in-process, no database: python your_script.py --best, or train(yaml.safe_load(...)))\n"
+            + dump_yaml(runnable)
+        )
     docs = []
     for trial in data.best:
         config, rebuilt = trial_config(data, trial)
         header = "\n".join(_header_lines(data, trial, rebuilt, db_path))
         docs.append(f"---\n{header}\n{dump_yaml(config)}")
     return "".join(docs)
+
+
+def runnable_config(data: StudyData, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` plus what makes it a valid ``--config`` file of its own: one trial on one
+    worker in its own study (``<tag>_best``, so the searched study is never touched), with the
+    study's direction and ``trial_timeout``; no search space, so the function gets ``config``."""
+    out = copy.deepcopy(dict(config))
+    tag = out.get("tag") or (data.config or {}).get("tag") or "default"
+    out["tag"] = f"{tag}_best"
+    out.setdefault("experiment_name", (data.config or {}).get("experiment_name") or data.name)
+    out["direction"] = data.directions[0]
+    out["n_trials"] = 1
+    out["n_jobs"] = 1
+    timeout = (data.config or {}).get("trial_timeout")
+    if timeout is not None:
+        out["trial_timeout"] = timeout
+    return out
 
 
 def best_json(data: StudyData) -> str:

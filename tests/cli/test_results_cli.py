@@ -213,7 +213,10 @@ def test_best_yaml_reloads_to_the_best_trials_config(real: Path) -> None:
     best = study.best_trial
     done = cli("best", str(real))
     assert done.returncode == 0, done.stderr
-    assert yaml.safe_load(done.stdout) == best.user_attrs["config"]
+    config = dict(best.user_attrs["config"])
+    # plus the settings of a one-trial study of its own (a valid --config file, issue 12)
+    assert yaml.safe_load(done.stdout) == {**config, "tag": "t_best", "direction": "minimize", "n_trials": 1, "n_jobs": 1}
+    assert "python your_script.py --config best.yaml runs it once as study cli_t_best" in done.stdout
     header = done.stdout.splitlines()[0]
     assert header.startswith("#") and "cli_t" in header and f"trial {best.number}" in header
     assert repr(best.value) in header
@@ -333,6 +336,7 @@ def test_best_rebuilds_config_from_study_config_when_trial_has_none(odd: Path) -
     expected = {k: v for k, v in STUDY_CONFIG.items() if k != "sweep_parameters"}
     expected["opt"] = {"momentum": 0.9, "lr": 0.2}
     expected["layers"] = 1
+    expected.update(tag="t_best", n_trials=1, n_jobs=1)
     assert yaml.safe_load(done.stdout) == expected
     assert "rebuilt from the study config" in done.stdout
 
