@@ -17,6 +17,7 @@ import joblib
 from hparam_joblib._cli import ScriptArgs, parse_args
 from hparam_joblib._config import SearchConfig, load_config, resolve_config_path
 from hparam_joblib._errors import ConfigError, HparamError
+from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._progress import format_summary
 from hparam_joblib._result import SearchResult
@@ -64,11 +65,25 @@ def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
         "# search space (in sampling order):" if any(p.when for p in cfg.params) else "# search space:",
         *[f"#   {line}" for line in describe_space(cfg.params)],
     ]
+    if cfg.stop.active:
+        lines.append(f"# stop:    {_stop_text(cfg)}")
     if cfg.enqueue:
         lines.append(f"# enqueue: {len(cfg.enqueue)} trial(s) first, unless an earlier run queued them:")
         lines += [f"#   {dict(entry)}" for entry in cfg.enqueue]
     lines.append(dump_yaml(dict(cfg.resolved)).rstrip())
     return "\n".join(lines)
+
+
+def _stop_text(cfg: SearchConfig) -> str:
+    rules = cfg.stop
+    parts = []
+    if rules.timeout is not None:
+        parts.append(f"timeout {rules.timeout:g} s")
+    if rules.no_improvement is not None:
+        parts.append(f"after {rules.no_improvement} finished trials without improvement")
+    if rules.at_value is not None:
+        parts.append(f"at value {'>=' if cfg.direction == 'maximize' else '<='} {rules.at_value:g}")
+    return ", ".join(parts) + f" (running trials then get stop_grace {rules.grace:g} s)"
 
 
 def hparam_search(
@@ -160,6 +175,7 @@ def _launch(
     _check_signature(func, str(path))
     if args.verbosity is not None:  # the flag wins over the file's verbosity
         cfg = dataclasses.replace(cfg, verbosity=args.verbosity)  # type: ignore[arg-type]
+    set_verbosity(cfg.verbosity)
     if args.best:
         from hparam_joblib._retrain import retrain
 
@@ -171,6 +187,6 @@ def _launch(
     if args.tune_n_jobs:
         _tune(func, cfg, args)
         return None
-    result = run_search(func, cfg, save_dir)
-    print(format_summary(result))
+    result = run_search(func, cfg, save_dir, show_progress=cfg.verbosity != "quiet")
+    print(format_summary(result, verbose=cfg.verbosity == "verbose"))
     return result

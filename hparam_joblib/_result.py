@@ -51,6 +51,8 @@ class SearchResult:
         directions: ``"minimize"``/``"maximize"``, one per objective.
         best_trials: the best trial (one objective) or the Pareto front (several), by number;
             empty when no trial completed.
+        stop_reason: why a stop rule (``timeout``, ``stop_no_improvement``, ``stop_at_value``)
+            ended this run before ``n_trials`` finished; empty otherwise.
     """
 
     study_name: str
@@ -72,6 +74,7 @@ class SearchResult:
     peak_trial_mib: float = 0.0
     directions: tuple[str, ...] = ("minimize",)
     best_trials: tuple[BestTrial, ...] = ()
+    stop_reason: str = ""
 
     @property
     def n_finished(self) -> int:
