@@ -187,6 +187,7 @@ def test_no_improvement_stops_exactly_and_resume_continues(proj: Project) -> Non
     assert "stopped: 9/100 finished" in again.stdout
 
 
+@pytest.mark.slow
 def test_no_improvement_with_two_workers_keeps_the_budget(proj: Project) -> None:
     """Two workers: the stop fires after 3 non-improving trials; the one still running finishes."""
     config(proj, n_jobs=2, n_trials=50, extra="kind: const\nstop_no_improvement: 3\npruner: none\n")
@@ -207,6 +208,7 @@ def test_stop_at_value(proj: Project) -> None:
     assert f"stopped by:   trial {rows[-1]['number']} reached stop_at_value: {rows[-1]['value']:.6g} <= 0.2" in done.stdout
 
 
+@pytest.mark.slow
 def test_timeout_stops_starting_trials(proj: Project) -> None:
     """timeout: no trial starts after it; the summary says so; nothing left RUNNING or FAIL."""
     config(proj, n_trials=10000, extra="sleep: 0.5\ntimeout: 6\npruner: none\n")
@@ -246,6 +248,7 @@ def test_trials_running_past_the_grace_are_stopped_then_rerun(proj: Project) -> 
 PRUNING = "pruner: {type: median, n_startup_trials: 2, n_warmup_steps: 0}\n"
 
 
+@pytest.mark.slow
 def test_pruned_trials_have_no_line_each_unless_verbose(proj: Project) -> None:
     """Normal: pruned trials only in the bar/summary counts; --verbose: one line each and the
     storage latency; --quiet: no bar, no info lines, the summary."""
@@ -271,6 +274,7 @@ def test_pruned_trials_have_no_line_each_unless_verbose(proj: Project) -> None:
     assert "study exp_q done: 20/20 finished" in quiet.stdout
 
 
+@pytest.mark.slow
 def test_verbosity_key_in_the_file(proj: Project) -> None:
     """verbosity: quiet in the YAML file does what --quiet does; --verbose wins over it."""
     config(proj, n_trials=4, extra="verbosity: quiet\n")
@@ -283,6 +287,7 @@ def test_verbosity_key_in_the_file(proj: Project) -> None:
 # --- sampler.seed ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sampler_seed_is_the_top_level_seed(tmp_path: Path) -> None:
     """sampler: {type: random, seed: 5} samples exactly what seed: 5 does (one worker)."""
     params = []
