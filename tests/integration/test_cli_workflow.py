@@ -95,8 +95,8 @@ def test_pinning_a_swept_parameter_fixes_it_in_every_trial(proj: Project) -> Non
 @pytest.mark.parametrize(
     ("item", "fragment"),
     [
-        ("sweep_parameters.model.width.step=0", "(with --set 'sweep_parameters.model.width.step=0'): "
-         "sweep_parameters.model.width.step: must be > 0, got 0"),
+        ("sweep_parameters.model.width.step=0", ("(with --set 'sweep_parameters.model.width.step=0'): "
+         "sweep_parameters.model.width.step: must be > 0, got 0")),
         ("sweep_parameters.model.width=null", "to fix its value for this run instead: --set model.width=VALUE"),
         ("n_job=4", "--set 'n_job=4': n_job is not in config.yaml and is not a setting; did you mean 'n_jobs'"),
         ("timout=60", "did you mean 'timeout'"),
@@ -138,7 +138,7 @@ def test_best_retrains_in_process_and_best_yaml_is_a_config(proj: Project) -> No
     assert len(trials(db)) == 6  # nothing written
 
     shown = subprocess.run(
-        [sys.executable, "-m", "hparam_joblib", "best", str(db)], cwd=proj.root,
+        [sys.executable, "-m", "hparam_joblib", "best", str(db)], check=False, cwd=proj.root,
         capture_output=True, text=True, timeout=60, env=child_env(),
     )
     assert shown.returncode == 0, shown.stderr
@@ -154,7 +154,7 @@ def test_best_retrains_in_process_and_best_yaml_is_a_config(proj: Project) -> No
         "import yaml, script; "
         "print(script.train(yaml.safe_load(open('best.yaml'))))"
     )
-    direct = subprocess.run([sys.executable, "-c", code], cwd=proj.root, capture_output=True, text=True,
+    direct = subprocess.run([sys.executable, "-c", code], check=False, cwd=proj.root, capture_output=True, text=True,
                             timeout=60, env=child_env())
     assert direct.returncode == 0, direct.stderr
     assert float(direct.stdout) == pytest.approx(best["value"])
@@ -233,8 +233,8 @@ def test_trials_running_past_the_grace_are_stopped_then_rerun(proj: Project) -> 
     assert states(db) == {"FAIL": 2}
     reasons = {r["user_attrs"]["failure_reason"] for r in trials(db)}
     assert reasons == {
-        "stopped: still running stop_grace (2 s) after the search stopped (timeout: 3 s passed, so no new "
-        "trial started); not counted, the next run re-runs it"
+        ("stopped: still running stop_grace (2 s) after the search stopped (timeout: 3 s passed, so no new "
+        "trial started); not counted, the next run re-runs it")
     }
     assert "2 trial(s) still running after stop_grace (2 s) were stopped" in done.stdout
     again = proj.run("--set", "sleep=0", "timeout=null")
