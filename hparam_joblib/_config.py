@@ -54,9 +54,14 @@ STUDY_KEYS: tuple[str, ...] = (
     "stop_no_improvement",
     "stop_at_value",
     "verbosity",
+    "trials_per_process",
+    "threads_per_trial",
+    "trial_output",
 )
 #: ``verbosity:`` values (``--quiet`` / ``--verbose`` win over the file).
 VERBOSITIES: tuple[str, ...] = ("quiet", "normal", "verbose")
+#: Where a trial's stdout and stderr go: its log file only, or also the terminal (prefixed).
+TRIAL_OUTPUTS: tuple[str, ...] = ("file", "terminal")
 BACKENDS: tuple[str, ...] = ("loky", "dask")
 _SCHEDULER_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
 #: Naming keys: reserved (they name the study), and passed to the function like fixed values.
@@ -213,6 +218,12 @@ class SearchConfig:
     stop: StopRules = field(default_factory=StopRules)
     #: ``quiet``, ``normal`` or ``verbose`` (the ``verbosity`` key; ``--quiet``/``--verbose``).
     verbosity: Literal["quiet", "normal", "verbose"] = "normal"
+    #: Trials a warm trial process runs before it is replaced (None: it is kept until it dies).
+    trials_per_process: int | None = None
+    #: Threads per trial for OpenMP/BLAS/numexpr/PyTorch; None: cores // trials running at once.
+    threads_per_trial: int | None = None
+    #: ``file``: each trial's output goes to its log file; ``terminal``: also shown, prefixed.
+    trial_output: Literal["file", "terminal"] = "file"
 
     @property
     def multi_objective(self) -> bool:
@@ -627,6 +638,16 @@ def validate(
                 "heartbeat_interval", f"must be a number of seconds > 0, got {raw['heartbeat_interval']!r}"
             )
 
+    trials_per_process = (
+        None if raw.get("trials_per_process") is None else check.integer(raw, "trials_per_process", None, 1)
+    )
+    threads_per_trial = (
+        None if raw.get("threads_per_trial") is None else check.integer(raw, "threads_per_trial", None, 1)
+    )
+    trial_output = str(raw.get("trial_output") or "file").strip().lower()
+    if trial_output not in TRIAL_OUTPUTS:
+        raise check.fail("trial_output", f"must be one of {list(TRIAL_OUTPUTS)}, got {raw['trial_output']!r}")
+
     fixed = {k: copy.deepcopy(v) for k, v in raw.items() if k not in STUDY_KEYS}
     fixed["experiment_name"] = experiment_name
     fixed["tag"] = tag
@@ -662,6 +683,9 @@ def validate(
         gpus=gpus,
         max_worker_deaths=max_worker_deaths,
         heartbeat_interval=heartbeat_interval,
+        trials_per_process=trials_per_process,
+        threads_per_trial=threads_per_trial,
+        trial_output=trial_output,  # type: ignore[arg-type]
     )
 
 

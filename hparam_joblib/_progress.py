@@ -93,6 +93,14 @@ def format_summary(result: SearchResult, verbose: bool = False) -> str:
     if result.stop_reason:
         lines.insert(1, f"  stopped by:   {result.stop_reason}; the same command continues the search")
     lines.extend(_storage_lines(result, verbose))
+    if result.trial_processes:
+        threads = (
+            f"{result.threads_per_trial} thread{'s' if result.threads_per_trial != 1 else ''} each"
+            if result.threads_per_trial else "threads as exported"
+        )
+        lines.append(f"  trial procs:  {result.trial_processes} ({threads})")
+    if result.log_dir and result.trials_run:
+        lines.append(f"  trial logs:   {dashboard_db(result.log_dir)}/trial_NNNNN.log")
     lines.append(f"  database:     {result.db_path}")
     lines.append(f"  dashboard:    {_dashboard_for(result)}")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """``report()`` and ``current_trial_number()``: what a training function may call during a search.
 
-Both talk to the trial's child-process context (``_isolation.CURRENT``), which exists only in
-the process where ``@hparam_search`` runs the training function. Outside a search (``train(config)``
+Both talk to the trial's child-process context (``_trial_process.CURRENT``), which exists only in
+the trial process while ``@hparam_search`` runs the training function. Outside a search (``train(config)``
 called directly, ``python train.py --best``) they do nothing: ``report()`` returns, and
 ``current_trial_number()`` returns None, each after one debug log line.
 """
@@ -13,7 +13,7 @@ import math
 import numbers
 from typing import Any
 
-from hparam_joblib import _isolation
+from hparam_joblib import _trial_process
 from hparam_joblib._errors import HparamError
 
 logger = logging.getLogger("hparam_joblib")
@@ -25,8 +25,8 @@ class OutsideSearchError(HparamError, RuntimeError):
     it outside a search (they do nothing there)."""
 
 
-def _context(name: str) -> _isolation._ChildContext | None:
-    ctx = _isolation.CURRENT
+def _context(name: str) -> _trial_process.TrialContext | None:
+    ctx = _trial_process.CURRENT
     if ctx is None and name not in _SAID:
         _SAID.add(name)
         logger.debug("%s() called outside a search: ignored", name)

@@ -51,6 +51,11 @@ class SearchResult:
         directions: ``"minimize"``/``"maximize"``, one per objective.
         best_trials: the best trial (one objective) or the Pareto front (several), by number;
             empty when no trial completed.
+        trial_processes: warm trial processes started (one per worker, plus one for each that
+            died, timed out or was recycled by ``trials_per_process``).
+        threads_per_trial: the OpenMP/BLAS thread cap each trial process had (0: not capped,
+            the user exported the variables).
+        log_dir: where the trial logs are (``trial_00042.log``); '' when no trial ran.
         stop_reason: why a stop rule (``timeout``, ``stop_no_improvement``, ``stop_at_value``)
             ended this run before ``n_trials`` finished; empty otherwise.
     """
@@ -74,6 +79,9 @@ class SearchResult:
     peak_trial_mib: float = 0.0
     directions: tuple[str, ...] = ("minimize",)
     best_trials: tuple[BestTrial, ...] = ()
+    trial_processes: int = 0
+    threads_per_trial: int = 0
+    log_dir: str = ""
     stop_reason: str = ""
 
     @property

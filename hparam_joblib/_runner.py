@@ -33,7 +33,9 @@ from optuna.trial import FrozenTrial
 
 from hparam_joblib._backend import Backend, Death, make_backend
 from hparam_joblib._config import SearchConfig, StopRules
-from hparam_joblib._errors import HparamError, StorageError
+from hparam_joblib._errors import HparamError, StorageError, UsageError
+from hparam_joblib._funcref import FunctionRef, make_ref
+from hparam_joblib._isolation import THREAD_VARS
 from hparam_joblib._progress import Progress
 from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib._stop import read_stop
@@ -48,7 +50,8 @@ from hparam_joblib._storage import (
     reap_dead_owners,
 )
 from hparam_joblib._storage_factory import location_for, open_storage, preflight, prepare
-from hparam_joblib._worker import LauncherLease, WorkerReport, WorkerTask
+from hparam_joblib._tail import LogFollower
+from hparam_joblib._worker import WORKERS_LOG, LauncherLease, WorkerReport, WorkerTask, trial_threads
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -82,6 +85,26 @@ def storage_display(cfg: SearchConfig, save_dir: Path) -> str:
         return str(db_path_for(cfg, save_dir))
     location = location_for(cfg, save_dir)
     return f"journal:{location.path}" if location.kind == "journal" else location.display
+
+
+def log_dir_for(cfg: SearchConfig, save_dir: Path) -> Path:
+    """``<save_db_directory>/<study>/``: the trial logs (``trial_00042.log``) and workers' messages."""
+    return save_dir / cfg.study_name
+
+
+def threads_display(cfg: SearchConfig, cores: int | None = None) -> str:
+    """How many threads each trial's OpenMP/BLAS pools get, and why (for --dry-run and the summary)."""
+    if cores is None:
+        import joblib
+
+        cores = joblib.cpu_count()
+    threads = trial_threads(cfg, cfg.n_jobs, cores)
+    why = "threads_per_trial" if cfg.threads_per_trial is not None else f"{cores} cores // n_jobs {cfg.n_jobs}"
+    exported = [f"{var}={os.environ[var]}" for var in THREAD_VARS if var in os.environ]
+    text = f"{threads} thread{'s' if threads != 1 else ''} per trial ({why})"
+    if exported:
+        text += f"; exported, so kept: {', '.join(exported)}"
+    return text
 
 
 def run_search(
@@ -122,6 +145,10 @@ def _run_search(
     time_limit: float | None = None,
 ) -> SearchResult:
     started = time.monotonic()
+    try:
+        function = make_ref(func)
+    except TypeError as err:
+        raise UsageError(str(err)) from err
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     policy = policy or RetryPolicy(deadline=cfg.lock_timeout, busy_timeout=min(10.0, cfg.lock_timeout / 2))
     location = location_for(cfg, save_dir)
@@ -160,12 +187,12 @@ def _run_search(
         if stop_state is not None:
             stop_state.deadline = deadline
         interrupted = _supervise(
-            func, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
-            backend=backend, stop_state=stop_state,
+            function, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
+            backend=backend, log_dir=log_dir_for(cfg, save_dir).resolve(), stop_state=stop_state,
         )
     else:
         logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
-    result = _result(study, storage, cfg, location, started, reports, interrupted)
+    result = _result(study, storage, cfg, location, started, reports, interrupted, log_dir_for(cfg, save_dir))
     if stop_state is not None and not interrupted and result.n_finished < cfg.n_trials:
         result = dataclasses.replace(result, stop_reason=stop_state.summary())
     return result
@@ -274,7 +301,7 @@ def _directions(cfg: SearchConfig) -> list[StudyDirection]:
 
 
 def _supervise(
-    func: Callable[[dict[str, Any]], Any],
+    function: FunctionRef,
     cfg: SearchConfig,
     location: StorageLocation,
     storage: StudyStore,
@@ -286,6 +313,7 @@ def _supervise(
     deadline: float | None = None,
     *,
     backend: Backend,
+    log_dir: Path,
     stop_state: _StopState | None = None,
 ) -> int:
     """Start and watch the worker loops; returns the signal number that stopped us, or 0."""
@@ -303,6 +331,11 @@ def _supervise(
         {signal.SIGTERM: on_sigterm, signal.SIGINT: signal.default_int_handler}
     )
     lease = LauncherLease(storage, study_id, run_id, cfg.heartbeat_interval) if backend.remote else None
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(str(log_dir), f"cannot create the trial log directory ({err.strerror})") from err
+    follower = LogFollower(log_dir, WORKERS_LOG, trials=cfg.trial_output == "terminal")
     deaths = _DeathCount(cfg.max_worker_deaths, n_finished(counts))
     next_index = 0
 
@@ -311,10 +344,11 @@ def _supervise(
         backend.submit([
             WorkerTask(
                 # The location holds absolute paths: a Dask worker's working directory differs.
-                func=func, config=cfg, location=location, run_id=run_id,
+                function=function, config=cfg, location=location, run_id=run_id,
                 launcher_pid=os.getpid(), worker_index=next_index + i,
                 policy=policy, deadline=deadline,
                 lease_interval=cfg.heartbeat_interval if backend.remote else None,
+                log_dir=str(log_dir),
             )
             for i in range(n)
         ])
@@ -352,6 +386,7 @@ def _supervise(
                     logger.warning("%d worker loop(s) stopped before the study was done; starting again", early)
                 if remaining > 0 and news.lost + early:
                     start(min(news.lost + early, max(1, remaining)))
+            follower.poll()
             progress.update(storage, study_id)
             deaths.before = n_finished(storage.count_states(study_id))
         if lease is not None:
@@ -370,6 +405,7 @@ def _supervise(
     finally:
         _install_handlers(previous)
         progress.close()
+        follower.close()
 
 
 class _DeathCount:
@@ -541,6 +577,7 @@ def _result(
     started: float,
     reports: list[WorkerReport],
     interrupted: int,
+    log_dir: Path | None = None,
 ) -> SearchResult:
     counts = storage.count_states(study._study_id)
     best_value = None
@@ -590,6 +627,9 @@ def _result(
         peak_trial_mib=max((r.peak_trial_mib for r in reports), default=0.0),
         directions=tuple(cfg.directions),
         best_trials=best_trials,
+        trial_processes=sum(r.trial_processes for r in reports),
+        threads_per_trial=max((r.threads for r in reports), default=0),
+        log_dir="" if log_dir is None else str(log_dir),
     )
 
 

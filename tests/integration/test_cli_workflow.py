@@ -224,16 +224,16 @@ def test_timeout_stops_starting_trials(proj: Project) -> None:
 
 @pytest.mark.slow
 def test_trials_running_past_the_grace_are_stopped_then_rerun(proj: Project) -> None:
-    """timeout 3 s, stop_grace 2 s, 30 s trials: both stopped near 5 s, FAIL with the reason;
+    """timeout 10 s, stop_grace 2 s, 60 s trials: both stopped near 12 s, FAIL with the reason;
     the next run re-runs them and the study finishes exactly."""
-    config(proj, n_trials=2, extra="sleep: 30\ntimeout: 3\nstop_grace: 2\npruner: none\n")
+    config(proj, n_trials=2, extra="sleep: 60\ntimeout: 10\nstop_grace: 2\npruner: none\n")
     done = proj.run(timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     db = proj.db("exp_t")
     assert states(db) == {"FAIL": 2}
     reasons = {r["user_attrs"]["failure_reason"] for r in trials(db)}
     assert reasons == {
-        ("stopped: still running stop_grace (2 s) after the search stopped (timeout: 3 s passed, so no new "
+        ("stopped: still running stop_grace (2 s) after the search stopped (timeout: 10 s passed, so no new "
         "trial started); not counted, the next run re-runs it")
     }
     assert "2 trial(s) still running after stop_grace (2 s) were stopped" in done.stdout
