@@ -510,18 +510,22 @@ def best_json(data: StudyData) -> str:
 
 
 def format_table(columns: list[str], rows: list[list[Any]], reason_width: int = 60) -> str:
-    """The trials table as aligned text (``hparam-joblib trials``): short values, long reasons cut."""
+    """The trials table as aligned text (``hparam-joblib trials``): short values, long reasons cut,
+    no datetimes or log paths (``--csv`` has every column)."""
     def cell(column: str, value: Any) -> str:
         if value is None:
             return ""
         if column == "duration_s" and isinstance(value, float):
             return f"{value:.2f}"
+        if column == "peak_rss_mib" and isinstance(value, (int, float)):
+            return f"{value:.0f}"
         text = fmt_value(value)
         if column == "failure_reason" and len(text) > reason_width:
             text = text[: reason_width - 3] + "..."
         return text
 
-    keep = [i for i, c in enumerate(columns) if c not in ("datetime_start", "datetime_complete")]
+    # Datetimes and log paths are long: the CSV has them.
+    keep = [i for i, c in enumerate(columns) if c not in ("datetime_start", "datetime_complete", "log_file")]
     head = [columns[i].removeprefix("params_") for i in keep]
     body = [[cell(columns[i], row[i]) for i in keep] for row in rows]
     widths = [max([len(h)] + [len(r[j]) for r in body]) for j, h in enumerate(head)]

@@ -230,7 +230,7 @@ def test_trials_prints_a_table_by_default(real: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["number", "state", "value", "x", "model.lr", "model.depth", "mode",
-                                "duration_s", "failure_reason"]
+                                "duration_s", "failure_reason", "peak_rss_mib"]
     assert len(lines) == 21
     study = load(real)
     for t in study.trials:
