@@ -164,6 +164,8 @@ class TrialProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self.ready = False
+        #: A message received while waiting for ``ready`` (a load error), for the next trial.
+        self.pending: tuple[Any, ...] | None = None
         self.trials_in_process = 0
         #: Processes started so far (the first one included).
         self.started = 0
@@ -191,8 +193,31 @@ class TrialProcess:
         self.conn = Connection(ours.detach())
         self.conn.send(("init", self.ref, self.process_log))
         self.ready = False
+        self.pending = None
         self.trials_in_process = 0
         self.started += 1
+
+    def wait_ready(self, should_stop: Callable[[], bool], timeout: float = LOAD_TIMEOUT_FLOOR) -> bool:
+        """Wait until the process has loaded the script (True), or failed to, died, or we must stop.
+
+        A worker calls it before it takes its first trial, so that no trial sits RUNNING (holding
+        a slot of the budget) while the script's imports and module-level code run.
+        """
+        deadline = time.monotonic() + timeout
+        while self.conn is not None and not self.ready and time.monotonic() < deadline:
+            if self.conn.poll(_POLL_SECONDS):
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    return False
+                if message[0] == "ready":
+                    self.ready = True
+                else:  # a load error: the next run() reports it as the trial's outcome
+                    self.pending = message
+                    return False
+            elif not self.alive() or should_stop():
+                return False
+        return self.ready
 
     @property
     def pid(self) -> int | None:
@@ -258,6 +283,10 @@ class TrialProcess:
             should_stop: polled while waiting; True kills the process (launcher gone, shutdown).
             on_report: called for each ``report(value, step)``; returns True to prune.
         """
+        if self.pending is not None and self.proc is not None:
+            failed_load = self.pending
+            self.pending = None
+            return self._finished(failed_load, log_path, self.proc.pid)
         if not self.alive():
             self.start()
         assert self.proc is not None and self.conn is not None
