@@ -145,6 +145,14 @@ def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, float | None]:
     return proc.returncode, None
 
 
+#: Start a trial process in its own process group, so that a timeout kills what the trial
+#: started too (a data loader's workers). A group, not a session (``setsid``): with the
+#: scheduler's autogroups each session gets its own share of the CPU, which would favour the
+#: trials over everything else on the machine. Python 3.10's subprocess cannot do it without
+#: ``preexec_fn`` (unsafe in a process with threads): there the process shares the worker's group.
+_OWN_PROCESS_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {}
+
+
 class TrialProcess:
     """One warm trial process of a worker (see the module doc). Not thread-safe; one per worker.
 
@@ -184,9 +192,7 @@ class TrialProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", BOOTSTRAP, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                # Its own process group: a timeout kills what the trial started too (data
-                # loader workers), and Ctrl-C in the terminal reaches only the launcher.
-                start_new_session=True,
+                **_OWN_PROCESS_GROUP,
             )
         finally:
             theirs.close()
@@ -249,6 +255,8 @@ class TrialProcess:
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:
         try:
+            if not _OWN_PROCESS_GROUP:
+                raise ProcessLookupError  # it shares the worker's group: kill it alone
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             try:
