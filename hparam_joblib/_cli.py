@@ -28,6 +28,8 @@ class ScriptArgs:
     tune_seconds: float = 20.0
     tune_ladder: tuple[int, ...] = ()
     tune_plot: str | None = None
+    best: bool = False
+    verbosity: str | None = None
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -49,6 +51,16 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--dry-run", action="store_true",
         help="print the resolved config and search space; touch no database",
     )
+    p.add_argument(
+        "--best", action="store_true",
+        help="run the function once, in this process, on the best trial's config of the study "
+        "(--set values of fixed parameters on top) and print the value; nothing is written",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const="quiet",
+                     help="no progress bar and no per-trial lines: warnings, errors and the summary only")
+    out.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const="verbose",
+                     help="every pruned trial, debug lines, and storage latency in the summary")
     tune = p.add_argument_group("tuning n_jobs")
     tune.add_argument(
         "--tune-n-jobs", action="store_true",
@@ -75,6 +87,7 @@ def parse_args(argv: list[str], prog: str | None = None) -> ScriptArgs:
     return ScriptArgs(
         overrides=overrides, config=ns.config, dry_run=ns.dry_run, tune_n_jobs=ns.tune_n_jobs,
         tune_seconds=ns.tune_seconds, tune_ladder=ns.tune_ladder, tune_plot=ns.tune_plot,
+        best=ns.best, verbosity=ns.verbosity,
     )
 
 

@@ -21,9 +21,9 @@ import yaml
 
 from hparam_joblib import _algorithms
 from hparam_joblib._algorithms import AlgorithmSpec
-from hparam_joblib._errors import ConfigError
+from hparam_joblib._errors import ConfigError, OverrideError
 from hparam_joblib._gpus import detect_gpus
-from hparam_joblib._overrides import Override, apply_overrides
+from hparam_joblib._overrides import SWEEP_KEY, Override, apply_overrides, resolve_path
 from hparam_joblib._yaml import load_yaml
 from hparam_joblib.storage._location import StorageSpec, parse_storage, redact_url
 
@@ -49,10 +49,17 @@ STUDY_KEYS: tuple[str, ...] = (
     "gpus",
     "max_worker_deaths",
     "heartbeat_interval",
+    "timeout",
+    "stop_grace",
+    "stop_no_improvement",
+    "stop_at_value",
+    "verbosity",
     "trials_per_process",
     "threads_per_trial",
     "trial_output",
 )
+#: ``verbosity:`` values (``--quiet`` / ``--verbose`` win over the file).
+VERBOSITIES: tuple[str, ...] = ("quiet", "normal", "verbose")
 #: Where a trial's stdout and stderr go: its log file only, or also the terminal (prefixed).
 TRIAL_OUTPUTS: tuple[str, ...] = ("file", "terminal")
 BACKENDS: tuple[str, ...] = ("loky", "dask")
@@ -148,6 +155,32 @@ def _among(value: Any, values: tuple[Any, ...]) -> bool:
 
 
 @dataclass(frozen=True)
+class StopRules:
+    """When a run stops before the study holds ``n_trials`` finished trials (each rule counts
+    from the start of this run, so running the same command again continues the search).
+
+    Attributes:
+        timeout: seconds after the run started when no new trial starts; None: no limit.
+        grace: seconds trials still running at a stop may take to finish; then they are
+            stopped and marked FAIL (not counted, re-run by the next run).
+        no_improvement: stop once this many trials finished in a row in this run without
+            beating the best value (the study's best when the run started counts); None: off.
+        at_value: stop once a trial of this run completes with a value at least this good
+            (>= when maximizing, <= when minimizing); None: off.
+    """
+
+    timeout: float | None = None
+    grace: float = 60.0
+    no_improvement: int | None = None
+    at_value: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """True when any rule is set."""
+        return self.timeout is not None or self.no_improvement is not None or self.at_value is not None
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """The validated configuration of one search."""
 
@@ -181,6 +214,10 @@ class SearchConfig:
     #: Seconds between liveness records of a running trial (database servers only); a RUNNING
     #: trial silent for 3 intervals is failed and re-run.
     heartbeat_interval: float = 10.0
+    #: Stop rules (see :class:`StopRules`): none set by default.
+    stop: StopRules = field(default_factory=StopRules)
+    #: ``quiet``, ``normal`` or ``verbose`` (the ``verbosity`` key; ``--quiet``/``--verbose``).
+    verbosity: Literal["quiet", "normal", "verbose"] = "normal"
     #: Trials a warm trial process runs before it is replaced (None: it is kept until it dies).
     trials_per_process: int | None = None
     #: Threads per trial for OpenMP/BLAS/numexpr/PyTorch; None: cores // trials running at once.
@@ -287,10 +324,16 @@ def load_config(
         ConfigError: anything wrong in the file or the overrides.
     """
     raw = read_raw(path)
-    resolved, created = apply_overrides(raw, overrides)
+    pins, rest = split_pins(raw, overrides)
+    check_new_key_typos(raw, rest, path)
+    resolved, created = apply_overrides(raw, rest)
+    # Documented settings (and anything under them) are never "new keys", in the file or not.
     notes = [
-        f"--set {key}: not in {path.name}; added it as a new key" for key in created
+        f"--set {key}: not in {path.name}; added it as a new key"
+        for key in created if key.split(".")[0] not in RESERVED_KEYS
     ]
+    resolved, pin_notes = apply_pins(resolved, pins, _Checker(str(path), tuple(overrides)))
+    notes += pin_notes
     notes += _typo_notes(resolved, path)
     cfg = validate(resolved, str(path), cpu_count, tuple(overrides))
     if cfg.sampler.type == "grid":
@@ -301,6 +344,124 @@ def load_config(
                 f"the last {cfg.n_trials - points} trials repeat grid points"
             )
     return cfg, notes
+
+
+def split_pins(raw: Mapping[str, Any], overrides: list[Override]) -> tuple[list[Override], list[Override]]:
+    """The ``--set`` items that name a sweep parameter of the file (``model.solver=sgd`` with
+    ``model.solver`` swept): they pin it for this run. Returns (pins, the other items)."""
+    sweep = raw.get(SWEEP_KEY)
+    names = {str(k) for k in sweep} if isinstance(sweep, dict) else set()
+    pins = [o for o in overrides if o.path[0] != SWEEP_KEY and ".".join(o.path) in names]
+    return pins, [o for o in overrides if o not in pins]
+
+
+def apply_pins(
+    raw: dict[str, Any], pins: list[Override], check: _Checker
+) -> tuple[dict[str, Any], list[str]]:
+    """Fix each pinned sweep parameter: out of ``sweep_parameters`` (and the ``enqueue``
+    entries), its value at its dotted path among the fixed values, so every trial's config
+    has it. A parameter whose condition names a pinned one keeps the condition's other parts
+    when the pinned value meets it, and leaves the space when it does not (it would never be
+    sampled). Returns the new mapping and one note per change."""
+    if not pins:
+        return raw, []
+    out = copy.deepcopy(raw)
+    sweep = out.get(SWEEP_KEY)
+    notes = []
+    pinned: dict[str, Any] = {}
+    for item in pins:
+        name = ".".join(item.path)
+        if isinstance(sweep, dict):
+            sweep.pop(name, None)
+        pinned[name] = item.value
+        node = out
+        parts = name.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part not in node or node[part] is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise check.fail(
+                    name, f"{'.'.join(parts[: i + 1])} is a fixed value ({node[part]!r}), not a mapping, so "
+                    f"sweep parameter {name} cannot be pinned inside it",
+                )
+            node = node[part]
+        node[parts[-1]] = copy.deepcopy(item.value)
+        notes.append(
+            f"--set {item.text}: pins sweep parameter {name} to {item.value!r} for this run "
+            "(not searched; every trial's config has this value)"
+        )
+    if isinstance(sweep, dict):
+        changed = True
+        while changed:  # dropping one parameter can leave another's condition unmet
+            changed = False
+            for other, spec in list(sweep.items()):
+                when = spec.get("when") if isinstance(spec, dict) else None
+                if not isinstance(when, dict):
+                    continue
+                kept = {}
+                met = True
+                for cond, accepted in when.items():
+                    cond = str(cond)
+                    if cond in pinned:
+                        values = accepted if isinstance(accepted, list) else [accepted]
+                        met = met and _among(pinned[cond], tuple(values))
+                    else:
+                        kept[cond] = accepted
+                if not met:
+                    del sweep[other]
+                    pinned[str(other)] = _MISSING
+                    notes.append(
+                        f"sweep parameter {other} is not searched in this run: its condition "
+                        f"({', '.join(f'{c}={v!r}' for c, v in when.items())}) is false for the pinned value(s)"
+                    )
+                    changed = True
+                elif len(kept) != len(when):
+                    if kept:
+                        spec["when"] = kept
+                    else:
+                        del spec["when"]
+    if isinstance(out.get("enqueue"), list):
+        entries = [_without(entry, set(pinned)) for entry in out["enqueue"]]
+        out["enqueue"] = [e for e in entries if e != {}] or None
+    return out, notes
+
+
+def _without(entry: Any, names: set[str], prefix: str = "") -> Any:
+    """An ``enqueue`` entry without the pinned names (dotted keys or nested mappings)."""
+    if not isinstance(entry, dict):
+        return entry
+    out = {}
+    for key, value in entry.items():
+        name = f"{prefix}{key}"
+        if name in names:
+            continue
+        if isinstance(value, dict) and any(n.startswith(name + ".") for n in names):
+            value = _without(value, names, name + ".")
+            if value == {}:
+                continue
+        out[key] = value
+    return out
+
+
+def check_new_key_typos(raw: Mapping[str, Any], overrides: list[Override], path: Path) -> None:
+    """A ``--set`` key that is not in the file and one edit from a study setting is a typo.
+
+    Raises:
+        OverrideError: naming the item and the setting it was probably meant to be.
+    """
+    for item in overrides:
+        top = resolve_path(dict(raw), item.path)[0]
+        if top in raw or top in RESERVED_KEYS:
+            continue
+        close = [r for r in RESERVED_KEYS if _edit_distance(top, r) == 1]
+        if close:
+            rest = item.text.partition("=")[2]
+            raise OverrideError(
+                item.text,
+                f"{top} is not in {path.name} and is not a setting; did you mean {close[0]!r} "
+                f"(--set {'.'.join((close[0], *item.path[1:]))}={rest.strip()})? To pass a new fixed "
+                f"parameter named {top}, add it to {path.name}",
+            )
 
 
 def _typo_notes(raw: Mapping[str, Any], path: Path) -> list[str]:
@@ -449,7 +610,7 @@ def validate(
 
     n_trials = check.integer(raw, "n_trials", None, 1)
     n_startup_trials = check.integer(raw, "n_startup_trials", 10, 0)
-    seed = None if raw.get("seed") is None else check.integer(raw, "seed", None, 0)
+    raw, seed = _base_seed(raw, check)
 
     trial_timeout: float | None = None
     if raw.get("trial_timeout") is not None:
@@ -494,7 +655,11 @@ def validate(
     sampler = _validate_sampler(raw, params, n_startup_trials, directions, check)
     pruner = _validate_pruner(raw.get("pruner"), directions, check)
     enqueue = _validate_enqueue(raw.get("enqueue"), params, sampler, check)
+    stop = _validate_stop_rules(raw, directions, check)
+    verbosity = _validate_verbosity(raw.get("verbosity"), check)
     return SearchConfig(
+        stop=stop,
+        verbosity=verbosity,  # type: ignore[arg-type]
         source=source,
         experiment_name=experiment_name,
         tag=tag,
@@ -522,6 +687,66 @@ def validate(
         threads_per_trial=threads_per_trial,
         trial_output=trial_output,  # type: ignore[arg-type]
     )
+
+
+def _base_seed(raw: Mapping[str, Any], check: _Checker) -> tuple[Mapping[str, Any], int | None]:
+    """The base seed: the top-level ``seed``, or Optuna's own ``sampler: {seed: N}`` (same
+    meaning: worker i samples with N + i); both set and different is an error. Returns the
+    mapping without ``sampler.seed`` (the sampler is built with each worker's seed)."""
+    top = None if raw.get("seed") is None else check.integer(raw, "seed", None, 0)
+    sampler = raw.get("sampler")
+    if not isinstance(sampler, dict) or "seed" not in sampler:
+        return raw, top
+    inner = None if sampler["seed"] is None else _as_int(sampler["seed"])
+    if sampler["seed"] is not None and (inner is None or inner < 0):
+        raise check.fail("sampler.seed", f"must be an integer >= 0, got {sampler['seed']!r}")
+    if inner is not None and top is not None and top != inner:
+        raise check.fail(
+            "sampler.seed", f"is {inner} but the top-level seed is {top}; they mean the same (the base "
+            "seed: worker i samples with seed + i): set one of them", ("seed",),
+        )
+    out = dict(raw)
+    out["sampler"] = {k: v for k, v in sampler.items() if k != "seed"}
+    if top is None and inner is not None:
+        out["seed"] = inner  # stored and shown as the one base seed
+    return out, top if top is not None else inner
+
+
+def _seconds(raw: Mapping[str, Any], key: str, check: _Checker) -> float | None:
+    if raw.get(key) is None:
+        return None
+    value = check.number(raw[key], key)
+    if value <= 0:
+        raise check.fail(key, f"must be a number of seconds > 0, got {raw[key]!r}")
+    return value
+
+
+def _validate_stop_rules(raw: Mapping[str, Any], directions: tuple[str, ...], check: _Checker) -> StopRules:
+    """``timeout``, ``stop_grace``, ``stop_no_improvement``, ``stop_at_value``."""
+    timeout = _seconds(raw, "timeout", check)
+    grace = _seconds(raw, "stop_grace", check)
+    no_improvement = None
+    if raw.get("stop_no_improvement") is not None:
+        no_improvement = check.integer(raw, "stop_no_improvement", None, 1)
+    at_value = None if raw.get("stop_at_value") is None else check.number(raw["stop_at_value"], "stop_at_value")
+    if len(directions) > 1:
+        for key, value in (("stop_no_improvement", no_improvement), ("stop_at_value", at_value)):
+            if value is not None:
+                raise check.fail(
+                    key, f"needs one objective (there is no single best value); directions has {len(directions)}",
+                    ("directions",),
+                )
+    return StopRules(
+        timeout=timeout, grace=60.0 if grace is None else grace, no_improvement=no_improvement, at_value=at_value
+    )
+
+
+def _validate_verbosity(value: Any, check: _Checker) -> str:
+    if value is None:
+        return "normal"
+    if not isinstance(value, str) or value.strip().lower() not in VERBOSITIES:
+        raise check.fail("verbosity", f"must be one of {list(VERBOSITIES)}, got {value!r}")
+    return value.strip().lower()
 
 
 def _redacted(raw: Mapping[str, Any], storage: StorageSpec) -> dict[str, Any]:
@@ -776,7 +1001,8 @@ def _validate_param(name: str, spec: Any, check: _Checker) -> ParamSpec:
     if not name or any(not part for part in name.split(".")):
         raise check.fail(key, "parameter names must be non-empty, dotted names")
     if not isinstance(spec, dict):
-        raise check.fail(key, f"must be a mapping with a 'type' ({', '.join(PARAM_TYPES)}), got {spec!r}")
+        pin = f"; to fix its value for this run instead: --set {name}=VALUE" if spec is None else ""
+        raise check.fail(key, f"must be a mapping with a 'type' ({', '.join(PARAM_TYPES)}), got {spec!r}{pin}")
     if "type" not in spec:
         raise check.fail(f"{key}.type", f"is missing; expected one of {list(PARAM_TYPES)}")
     kind = spec["type"]

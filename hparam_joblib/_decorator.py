@@ -7,6 +7,7 @@ launches a search.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hparam_joblib._errors import ConfigError, HparamError, UsageError
 from hparam_joblib._funcref import WRAPPED_ATTR
+from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._result import SearchResult
 from hparam_joblib._trial_process import IN_TRIAL_PROCESS_ENV
@@ -75,11 +77,25 @@ def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
         "# search space (in sampling order):" if any(p.when for p in cfg.params) else "# search space:",
         *[f"#   {line}" for line in describe_space(cfg.params)],
     ]
+    if cfg.stop.active:
+        lines.append(f"# stop:    {_stop_text(cfg)}")
     if cfg.enqueue:
         lines.append(f"# enqueue: {len(cfg.enqueue)} trial(s) first, unless an earlier run queued them:")
         lines += [f"#   {dict(entry)}" for entry in cfg.enqueue]
     lines.append(dump_yaml(dict(cfg.resolved)).rstrip())
     return "\n".join(lines)
+
+
+def _stop_text(cfg: SearchConfig) -> str:
+    rules = cfg.stop
+    parts = []
+    if rules.timeout is not None:
+        parts.append(f"timeout {rules.timeout:g} s")
+    if rules.no_improvement is not None:
+        parts.append(f"after {rules.no_improvement} finished trials without improvement")
+    if rules.at_value is not None:
+        parts.append(f"at value {'>=' if cfg.direction == 'maximize' else '<='} {rules.at_value:g}")
+    return ", ".join(parts) + f" (running trials then get stop_grace {rules.grace:g} s)"
 
 
 def _recycle_text(cfg: SearchConfig) -> str:
@@ -193,12 +209,20 @@ def _launch(
     for note in notes:
         logger.warning("note: %s", note)
     _check_signature(func, str(path))
+    if args.verbosity is not None:  # the flag wins over the file's verbosity
+        cfg = dataclasses.replace(cfg, verbosity=args.verbosity)  # type: ignore[arg-type]
+    set_verbosity(cfg.verbosity)
+    if args.best:
+        from hparam_joblib._retrain import retrain
+
+        retrain(func, cfg, save_dir, args.overrides)
+        return None
     if args.dry_run:
         print(_dry_run_text(cfg, save_dir))
         return None
     if args.tune_n_jobs:
         _tune(func, cfg, args)
         return None
-    result = run_search(func, cfg, save_dir)
-    print(format_summary(result))
+    result = run_search(func, cfg, save_dir, show_progress=cfg.verbosity != "quiet")
+    print(format_summary(result, verbose=cfg.verbosity == "verbose"))
     return result

@@ -30,3 +30,13 @@ def setup(prefix: str) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+#: Log level of each ``verbosity`` (``quiet``: warnings and errors; ``verbose``: debug lines too,
+#: e.g. one line per trial the pruner stopped).
+LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
+
+
+def set_verbosity(verbosity: str) -> None:
+    """Set the package logger's level for ``quiet`` / ``normal`` / ``verbose``."""
+    logger.setLevel(LEVELS.get(verbosity, logging.INFO))

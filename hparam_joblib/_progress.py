@@ -72,10 +72,10 @@ def dashboard_command(db_path: str) -> str:
     return f"optuna-dashboard sqlite:///{dashboard_db(db_path)}"
 
 
-def format_summary(result: SearchResult) -> str:
-    """The multi-line summary printed when a search ends."""
+def format_summary(result: SearchResult, verbose: bool = False) -> str:
+    """The multi-line summary printed when a search ends (storage latency only when ``verbose``)."""
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "no trials"
-    status = "interrupted" if result.interrupted else "done"
+    status = "interrupted" if result.interrupted else "stopped" if result.stop_reason else "done"
     lines = [
         (
             f"hparam_joblib: study {result.study_name} {status}: "
@@ -87,15 +87,12 @@ def format_summary(result: SearchResult) -> str:
     elif result.best_value is not None:
         lines.append(f"  best value:   {result.best_value:.6g} (trial {result.best_trial_number})")
         params = ", ".join(f"{k}={v!r}" for k, v in result.best_params.items())
-        lines.append(f"  best params:  {params}")
+        lines.append(f"  best params:  {params or '(none: no sweep parameters)'}")
     else:
         lines.append("  best value:   none yet (no trial completed)")
-    ops = result.storage_ops
-    latency = (
-        f" (workers' storage calls: {int(ops['count'])}, p50 {ops['p50_ms']:.1f} ms, p99 {ops['p99_ms']:.1f} ms)"
-        if ops else ""
-    )
-    lines.append(f"  lock retries: {result.lock_retries}{latency}")
+    if result.stop_reason:
+        lines.insert(1, f"  stopped by:   {result.stop_reason}; the same command continues the search")
+    lines.extend(_storage_lines(result, verbose))
     if result.trial_processes:
         threads = (
             f"{result.threads_per_trial} thread{'s' if result.threads_per_trial != 1 else ''} each"
@@ -107,6 +104,18 @@ def format_summary(result: SearchResult) -> str:
     lines.append(f"  database:     {result.db_path}")
     lines.append(f"  dashboard:    {_dashboard_for(result)}")
     return "\n".join(lines)
+
+
+def _storage_lines(result: SearchResult, verbose: bool) -> list[str]:
+    """Lock retries and, at --verbose, the workers' storage latency."""
+    ops = result.storage_ops
+    if verbose:
+        latency = (
+            f" (workers' storage calls: {int(ops['count'])}, p50 {ops['p50_ms']:.1f} ms, p99 {ops['p99_ms']:.1f} ms)"
+            if ops else ""
+        )
+        return [f"  lock retries: {result.lock_retries}{latency}"]
+    return [f"  lock retries: {result.lock_retries}"]
 
 
 def _dashboard_for(result: SearchResult) -> str:

@@ -1,11 +1,14 @@
 """``report()`` and ``current_trial_number()``: what a training function may call during a search.
 
 Both talk to the trial's child-process context (``_trial_process.CURRENT``), which exists only in
-the trial process while ``@hparam_search`` runs the training function.
+the trial process while ``@hparam_search`` runs the training function. Outside a search (``train(config)``
+called directly, ``python train.py --best``) they do nothing: ``report()`` returns, and
+``current_trial_number()`` returns None, each after one debug log line.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from typing import Any
@@ -13,17 +16,20 @@ from typing import Any
 from hparam_joblib import _trial_process
 from hparam_joblib._errors import HparamError
 
+logger = logging.getLogger("hparam_joblib")
+_SAID: set[str] = set()
+
 
 class OutsideSearchError(HparamError, RuntimeError):
-    """``report()`` or ``current_trial_number()`` was called outside a search."""
+    """Kept for code that catches it: ``report()`` and ``current_trial_number()`` no longer raise
+    it outside a search (they do nothing there)."""
 
 
-def _context(name: str) -> _trial_process.TrialContext:
+def _context(name: str) -> _trial_process.TrialContext | None:
     ctx = _trial_process.CURRENT
-    if ctx is None:
-        raise OutsideSearchError(
-            f"{name}() only works inside a training function run by @hparam_search"
-        )
+    if ctx is None and name not in _SAID:
+        _SAID.add(name)
+        logger.debug("%s() called outside a search: ignored", name)
     return ctx
 
 
@@ -40,12 +46,16 @@ def report(value: float, step: int) -> None:
         value: the intermediate objective value (a finite or NaN real number).
         step: the step it belongs to (an integer >= 0, e.g. the epoch).
 
+    Outside a search (the function called directly, e.g. to retrain the best config) it does
+    nothing.
+
     Raises:
-        OutsideSearchError: called outside a training function run by ``@hparam_search``.
         TypeError: ``value`` is not a real number or ``step`` is not an integer.
         ValueError: ``step`` is negative or ``value`` is infinite.
     """
     ctx = _context("report")
+    if ctx is None:
+        return
     number = _as_float(value)
     if math.isinf(number):
         raise ValueError(f"report(value, step): value must be finite, got {number}")
@@ -56,16 +66,14 @@ def report(value: float, step: int) -> None:
     ctx.report(number, int(step))
 
 
-def current_trial_number() -> int:
+def current_trial_number() -> int | None:
     """The number of the Optuna trial this training call belongs to.
 
     Returns:
-        The trial number (0, 1, ... within the study).
-
-    Raises:
-        OutsideSearchError: called outside a training function run by ``@hparam_search``.
+        The trial number (0, 1, ... within the study), or None outside a search.
     """
-    return _context("current_trial_number").trial_number
+    ctx = _context("current_trial_number")
+    return None if ctx is None else ctx.trial_number
 
 
 def _as_float(value: Any) -> float:

@@ -56,6 +56,8 @@ class SearchResult:
         threads_per_trial: the OpenMP/BLAS thread cap each trial process had (0: not capped,
             the user exported the variables).
         log_dir: where the trial logs are (``trial_00042.log``); '' when no trial ran.
+        stop_reason: why a stop rule (``timeout``, ``stop_no_improvement``, ``stop_at_value``)
+            ended this run before ``n_trials`` finished; empty otherwise.
     """
 
     study_name: str
@@ -80,6 +82,7 @@ class SearchResult:
     trial_processes: int = 0
     threads_per_trial: int = 0
     log_dir: str = ""
+    stop_reason: str = ""
 
     @property
     def n_finished(self) -> int:

@@ -162,6 +162,50 @@ def throughput(trials: Iterable[FrozenTrial]) -> Throughput:
     )
 
 
+def runs(trials: Iterable[FrozenTrial]) -> list[list[FrozenTrial]]:
+    """The trials grouped by the launch that ran them (owner ``run`` id), oldest run first;
+    trials without an owner record (plain Optuna) form one group."""
+    groups: dict[Any, list[FrozenTrial]] = {}
+    for t in trials:
+        owner = t.system_attrs.get(OWNER_KEY)
+        run = owner.get("run") if isinstance(owner, Mapping) else None
+        groups.setdefault(run, []).append(t)
+
+    def first_start(group: list[FrozenTrial]) -> datetime:
+        starts = [t.datetime_start for t in group if t.datetime_start is not None]
+        return min(starts) if starts else datetime.max
+
+    return sorted(groups.values(), key=first_start)
+
+
+def _rate_text(tp: Throughput) -> str:
+    if tp.per_minute is None or tp.first_start is None or tp.last_complete is None:
+        return f"n/a ({tp.finished} finished)"
+    return (
+        f"{fmt_rate(tp.per_minute)} finished trials/min ({tp.finished} in "
+        f"{fmt_seconds(tp.span_seconds)}, {tp.first_start:%Y-%m-%d %H:%M:%S} to "
+        f"{tp.last_complete:%Y-%m-%d %H:%M:%S})"
+    )
+
+
+#: Runs listed by ``status`` (the latest ones).
+RUNS_SHOWN = 5
+
+
+def throughput_lines(trials: Iterable[FrozenTrial]) -> list[str]:
+    """Throughput of each run (a launch of the search), not across the idle gap between runs."""
+    groups = runs(trials)
+    if len(groups) <= 1:
+        return [f"throughput: {_rate_text(throughput(groups[0] if groups else []))}"]
+    lines = [f"throughput: by run ({len(groups)} runs; the idle time between runs is left out)"]
+    shown = groups[-RUNS_SHOWN:]
+    if len(groups) > len(shown):
+        lines.append(f"  ... {len(groups) - len(shown)} earlier run(s)")
+    first = len(groups) - len(shown) + 1
+    lines += [f"  run {first + i}: {_rate_text(throughput(g))}" for i, g in enumerate(shown)]
+    return lines
+
+
 @dataclass(frozen=True)
 class RunningTrial:
     """A RUNNING trial: when it started and who runs it."""
@@ -383,15 +427,7 @@ def format_status(
         if len(running) > LIST_LIMIT:
             lines.append(f"  ... and {len(running) - LIST_LIMIT} more")
 
-    tp = throughput(data.trials)
-    if tp.per_minute is None or tp.first_start is None or tp.last_complete is None:
-        lines.append(f"throughput: n/a ({tp.finished} finished)")
-    else:
-        lines.append(
-            f"throughput: {fmt_rate(tp.per_minute)} finished trials/min ({tp.finished} in "
-            f"{fmt_seconds(tp.span_seconds)}, {tp.first_start:%Y-%m-%d %H:%M:%S} to "
-            f"{tp.last_complete:%Y-%m-%d %H:%M:%S})"
-        )
+    lines.extend(throughput_lines(data.trials))
 
     groups, more = failure_groups(data.trials)
     n_failed = counts.get("PRUNED", 0) + counts.get("FAIL", 0)
@@ -426,13 +462,38 @@ def best_yaml(data: StudyData, db_path: str) -> str:
     if not data.multi_objective:
         trial = data.best[0]
         config, rebuilt = trial_config(data, trial)
-        return "\n".join(_header_lines(data, trial, rebuilt, db_path)) + "\n" + dump_yaml(config)
+        runnable = runnable_config(data, config)
+        return (
+            "\n".join(_header_lines(data, trial, rebuilt, db_path)) + "\n"
+            + "# the config the function received, plus the settings of a one-trial study, so it is\n"
+            + "# also a --config file: python your_script.py --config best.yaml runs it once as study "
+            + f"{runnable['experiment_name']}_{runnable['tag']}\n"
+            + "# (or in-process, no database: python your_script.py --best, or train(yaml.safe_load(...)))\n"
+            + dump_yaml(runnable)
+        )
     docs = []
     for trial in data.best:
         config, rebuilt = trial_config(data, trial)
         header = "\n".join(_header_lines(data, trial, rebuilt, db_path))
         docs.append(f"---\n{header}\n{dump_yaml(config)}")
     return "".join(docs)
+
+
+def runnable_config(data: StudyData, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` plus what makes it a valid ``--config`` file of its own: one trial on one
+    worker in its own study (``<tag>_best``, so the searched study is never touched), with the
+    study's direction and ``trial_timeout``; no search space, so the function gets ``config``."""
+    out = copy.deepcopy(dict(config))
+    tag = out.get("tag") or (data.config or {}).get("tag") or "default"
+    out["tag"] = f"{tag}_best"
+    out.setdefault("experiment_name", (data.config or {}).get("experiment_name") or data.name)
+    out["direction"] = data.directions[0]
+    out["n_trials"] = 1
+    out["n_jobs"] = 1
+    timeout = (data.config or {}).get("trial_timeout")
+    if timeout is not None:
+        out["trial_timeout"] = timeout
+    return out
 
 
 def best_json(data: StudyData) -> str:
@@ -446,6 +507,43 @@ def best_json(data: StudyData) -> str:
         ],
         indent=2,
     )
+
+
+def format_table(columns: list[str], rows: list[list[Any]], reason_width: int = 60) -> str:
+    """The trials table as aligned text (``hparam-joblib trials``): short values, long reasons cut,
+    no datetimes or log paths (``--csv`` has every column)."""
+    def cell(column: str, value: Any) -> str:
+        if value is None:
+            return ""
+        if column == "duration_s" and isinstance(value, float):
+            return f"{value:.2f}"
+        if column == "peak_rss_mib" and isinstance(value, (int, float)):
+            return f"{value:.0f}"
+        text = fmt_value(value)
+        if column == "failure_reason" and len(text) > reason_width:
+            text = text[: reason_width - 3] + "..."
+        return text
+
+    # Datetimes and log paths are long: the CSV has them.
+    keep = [i for i, c in enumerate(columns) if c not in ("datetime_start", "datetime_complete", "log_file")]
+    head = [columns[i].removeprefix("params_") for i in keep]
+    body = [[cell(columns[i], row[i]) for i in keep] for row in rows]
+    widths = [max([len(h)] + [len(r[j]) for r in body]) for j, h in enumerate(head)]
+    numeric = [all(_is_number(r[j]) for r in body if r[j]) for j in range(len(head))]
+
+    def line(cells: list[str]) -> str:
+        parts = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(head), *(line(r) for r in body)])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def csv_cell(value: Any) -> Any:

@@ -4,7 +4,7 @@
 
     hparam-joblib status    DB [--study NAME]
     hparam-joblib best      DB [--study NAME] [--format yaml|json]
-    hparam-joblib trials    DB [--study NAME] --csv FILE
+    hparam-joblib trials    DB [--study NAME] [--csv FILE|-]
     hparam-joblib plot      DB [--study NAME] --out DIR
     hparam-joblib dashboard DB [--port N] [--host HOST]
 
@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("best", "the best trial's config, as YAML ready to reuse (or JSON)")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default yaml)")
     p.set_defaults(func=cmd_best)
-    p = add("trials", "write one CSV row per trial (state, values, params, duration, failure reason)")
-    p.add_argument("--csv", metavar="FILE", required=True, help="the CSV file to write")
+    p = add("trials", "one row per trial (state, values, params, duration, failure reason): a table "
+            "on stdout, or CSV with --csv")
+    p.add_argument("--csv", metavar="FILE", help="write CSV to FILE instead ('-': CSV on stdout)")
     p.set_defaults(func=cmd_trials)
     p = add("plot", "write PNG plots (history, importances, parallel coordinates, timeline)")
     p.add_argument("--out", metavar="DIR", required=True, help="directory for the PNG files (created)")
@@ -377,11 +378,19 @@ def cmd_best(ns: argparse.Namespace) -> int:
 
 
 def cmd_trials(ns: argparse.Namespace) -> int:
-    """Write the trials table to ``--csv`` and say how many rows."""
-    from hparam_joblib._results import csv_cell, trials_table
+    """Print the trials table, or write it as CSV to ``--csv`` (``-``: stdout)."""
+    from hparam_joblib._results import csv_cell, format_table, trials_table
 
     _, _, data = read_study(ns)
     columns, rows = trials_table(data)
+    if ns.csv is None:
+        print(format_table(columns, rows))
+        return 0
+    if ns.csv == "-":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([csv_cell(c) for c in row] for row in rows)
+        return 0
     target = Path(ns.csv)
     try:
         with open(target, "w", newline="", encoding="utf-8") as handle:

@@ -9,6 +9,7 @@ Which engine runs the loops is decided in ``_backend`` only.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -30,12 +32,13 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from hparam_joblib._backend import Backend, Death, make_backend
-from hparam_joblib._config import SearchConfig
+from hparam_joblib._config import SearchConfig, StopRules
 from hparam_joblib._errors import HparamError, StorageError, UsageError
 from hparam_joblib._funcref import FunctionRef, make_ref
 from hparam_joblib._isolation import THREAD_VARS
 from hparam_joblib._progress import Progress
 from hparam_joblib._result import BestTrial, SearchResult
+from hparam_joblib._stop import read_stop
 from hparam_joblib._tail import LogFollower
 from hparam_joblib._worker import WORKERS_LOG, LauncherLease, WorkerReport, WorkerTask, trial_threads
 from hparam_joblib.storage import (
@@ -169,16 +172,82 @@ def _run_search(
     run_id = uuid.uuid4().hex[:12]
     reports: list[WorkerReport] = []
     interrupted = 0
+    stop_state = None
+    if time_limit is None and cfg.stop.active:  # the search's own stop rules (not --tune-n-jobs)
+        time_limit = cfg.stop.timeout
+        stop_state = _StopState(run_id, cfg.stop, None if time_limit is None else time.time() + time_limit)
     if n_finished(storage.count_states(study_id)) < cfg.n_trials:
         deadline = None if time_limit is None else time.time() + time_limit
+        if stop_state is not None:
+            stop_state.deadline = deadline
         interrupted = _supervise(
             function, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
-            backend=backend, log_dir=log_dir_for(cfg, save_dir).resolve(),
+            backend=backend, log_dir=log_dir_for(cfg, save_dir).resolve(), stop_state=stop_state,
         )
     else:
         logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
     result = _result(study, storage, cfg, location, started, reports, interrupted, log_dir_for(cfg, save_dir))
+    if stop_state is not None and not interrupted and result.n_finished < cfg.n_trials:
+        result = dataclasses.replace(result, stop_reason=stop_state.summary())
     return result
+
+
+@dataclass
+class _StopState:
+    """The launcher's view of this run's stop rules (see ``_stop``): has one fired, and when
+    does the grace for the trials still running end."""
+
+    run_id: str
+    rules: StopRules
+    deadline: float | None
+    why: str = ""
+    #: ``time.time()`` when the rule fired; running trials get ``rules.grace`` seconds from it.
+    since: float | None = None
+    #: Trials still running at the end of the grace, stopped and marked FAIL.
+    grace_stopped: int = 0
+    checked: float = -math.inf
+
+    def check(self, storage: StudyStore, study_id: int, force: bool = False) -> bool:
+        """True once a rule fired (reads the study's stop record at most once a second, or now
+        with ``force``: a loop just ended)."""
+        if self.why:
+            return True
+        now = time.time()
+        if self.deadline is not None and now >= self.deadline:
+            self.why = f"timeout: {self.rules.timeout:g} s passed, so no new trial started"
+            self.since = self.deadline
+        elif (self.rules.no_improvement is not None or self.rules.at_value is not None) and (
+            force or now - self.checked >= 1.0
+        ):
+            self.checked = now
+            record = read_stop(storage.get_study_system_attrs(study_id), self.run_id)
+            if record is not None:
+                self.why = str(record["why"])
+                self.since = float(record.get("at") or now)
+        return bool(self.why)
+
+    def grace_over(self) -> bool:
+        """True once the trials still running have had their ``stop_grace``."""
+        return self.since is not None and time.time() >= self.since + self.rules.grace
+
+    def reason(self) -> str:
+        """The ``failure_reason`` of a trial stopped at the end of the grace."""
+        return (
+            f"stopped: still running stop_grace ({self.rules.grace:g} s) after the search stopped "
+            f"({self.why}); not counted, the next run re-runs it"
+        )
+
+    def summary(self) -> str:
+        """Why the run stopped, for the summary."""
+        if not self.why:  # e.g. every loop ended at the deadline before the launcher looked
+            self.why = f"timeout: {self.rules.timeout:g} s passed, so no new trial started"
+        text = self.why
+        if self.grace_stopped:
+            text += (
+                f"; {self.grace_stopped} trial(s) still running after stop_grace ({self.rules.grace:g} s) "
+                "were stopped (FAIL, re-run by the next run)"
+            )
+        return text
 
 
 def enqueue_keys(entries: tuple[Mapping[str, Any], ...]) -> list[str]:
@@ -239,6 +308,7 @@ def _supervise(
     *,
     backend: Backend,
     log_dir: Path,
+    stop_state: _StopState | None = None,
 ) -> int:
     """Start and watch the worker loops; returns the signal number that stopped us, or 0."""
     counts = storage.count_states(study_id)
@@ -293,11 +363,19 @@ def _supervise(
                 # On Dask a worker may die and its loop be re-run elsewhere between two polls:
                 # also look for trials of this launch whose process is gone (this host).
                 _on_deaths(news.deaths, storage, study_id, run_id, deaths)
+            stopping = stop_state is not None and stop_state.check(storage, study_id, force=bool(news.reports))
+            if stop_state is not None and stopping and stop_state.grace_over():
+                stop_state.grace_stopped = sum(o.get("run") == run_id for _, _, o in storage.running_owners(study_id))
+                if stop_state.grace_stopped:
+                    logger.warning("stop_grace passed: stopping %d running trial(s)", stop_state.grace_stopped)
+                    _stop(backend, lease, storage, study_id, run_id, stop_state.reason())
+                    break
             if news.lost or (news.reports and deadline is None):
                 remaining = cfg.n_trials - n_finished(storage.count_states(study_id))
                 # A loop ends by itself only once the study is done, or when the launcher looked
-                # gone to it (its lease lapsed while this process was stalled): start it again.
-                early = len(news.reports) if deadline is None and remaining > 0 else 0
+                # gone to it (its lease lapsed while this process was stalled), or a stop rule
+                # fired: start it again in the first two cases.
+                early = len(news.reports) if deadline is None and remaining > 0 and not stopping else 0
                 if early:
                     logger.warning("%d worker loop(s) stopped before the study was done; starting again", early)
                 if remaining > 0 and news.lost + early:

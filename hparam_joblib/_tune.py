@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 
-from hparam_joblib._config import SearchConfig
+from hparam_joblib._config import SearchConfig, StopRules
 from hparam_joblib._runner import run_search
 from hparam_joblib.storage import StorageLocation, driver_url, load_study_readonly, location_for
 
@@ -102,6 +102,7 @@ def run_ladder(
         for n_jobs in sorted(set(ladder), reverse=True):  # high to low: warm caches hurt no rung
             rung_cfg = dataclasses.replace(
                 cfg, n_jobs=n_jobs, n_trials=10**9, tag=f"{cfg.tag}_tune{n_jobs}{suffix}", storage=storage,
+                stop=StopRules(),  # a rung is timed by --tune-seconds, not by the search's stop rules
             )
             logger.info("tune: n_jobs=%d for %.0f s", n_jobs, seconds)
             result = run_search(func, rung_cfg, scratch, time_limit=seconds, show_progress=False)

@@ -41,8 +41,10 @@ from hparam_joblib._errors import HparamError
 from hparam_joblib._funcref import FunctionRef
 from hparam_joblib._gpus import DeviceLease, lease_device, lease_key
 from hparam_joblib._isolation import Outcome, TrialProcess, thread_env
+from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._space import build_config, suggest_all
+from hparam_joblib._stop import read_stop, result_rule_met, stop_key, stop_record
 from hparam_joblib.storage import (
     OWNER_KEY,
     BudgetExhausted,
@@ -276,7 +278,7 @@ class _Objective:
             reason = f"pruned by the pruner at step {outcome.step}"
             trial.set_user_attr("failure_reason", reason)
             trial.set_user_attr("pruned_step", outcome.step)
-            logger.info("Trial %d %s", trial.number, reason)
+            logger.debug("Trial %d %s", trial.number, reason)  # counted in the bar; one line each at --verbose
             raise optuna.TrialPruned(reason)
         _record_failure(trial, outcome)
         last = outcome.output_tail.splitlines()[-1:] if outcome.output_tail else []
@@ -375,20 +377,27 @@ def _start_trial_process(task: WorkerTask, device: str | None) -> tuple[TrialPro
     return trials, threads if capped else 0
 
 
-def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None = None) -> None:
+def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None = None) -> bool:
     """``study.optimize`` until the budget is spent, surfacing our own errors.
 
     When storage fails inside Optuna's ``tell``, Optuna raises ``AssertionError('Should not
     reach.')`` from its ``finally`` block; the real cause (e.g. StorageBusyError) is in the
     exception's context, so we re-raise that.
+
+    Returns:
+        True when this run must start no more trials: ``deadline`` passed or a stop rule fired
+        (``_stop``); no trial is started then.
     """
+    rules = _ResultRules(objective) if _has_result_rules(objective) else None
+    if _past(deadline) or (rules is not None and rules.recorded(study)):
+        return True
     try:
         # Any callback makes Optuna re-read the finished trial: only the ones needed. On Dask the
         # launcher's lease is checked between trials (no empty trial once it is gone); a loky
         # worker checks its parent pid at the start of each trial instead.
         callbacks = ([_stop_when_gone(objective)] if objective.task.lease_interval is not None else []) + (
             [] if deadline is None else [_stop_after(deadline)]
-        )
+        ) + ([] if rules is None else [rules])
         study.optimize(objective, n_trials=None, catch=(), callbacks=callbacks or None)
         if objective.launcher_gone():
             raise _LauncherGone(objective.watch.why)
@@ -403,6 +412,43 @@ def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None
                 raise cause from None
             cause = cause.__cause__ or cause.__context__
         raise
+    return _past(deadline) or (rules is not None and rules.stopped)
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
+
+
+def _has_result_rules(objective: _Objective) -> bool:
+    rules = objective.task.config.stop
+    return rules.no_improvement is not None or rules.at_value is not None
+
+
+class _ResultRules:
+    """The callback of ``stop_no_improvement`` / ``stop_at_value`` (see ``_stop``): after each
+    trial, stop when another loop recorded a stop for this run, or when a rule is met now
+    (then record it, for the other loops and the launcher)."""
+
+    def __init__(self, objective: _Objective) -> None:
+        self.objective = objective
+        self.stopped = False
+
+    def recorded(self, study: optuna.Study) -> bool:
+        attrs = self.objective.storage.get_study_system_attrs(study._study_id)
+        self.stopped = self.stopped or read_stop(attrs, self.objective.task.run_id) is not None
+        return self.stopped
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        task = self.objective.task
+        if not self.recorded(study):
+            why = result_rule_met(
+                study.get_trials(deepcopy=False), task.run_id, task.config.direction == "maximize", task.config.stop
+            )
+            if why is not None:
+                self.objective.storage.set_study_system_attr(study._study_id, stop_key(task.run_id), stop_record(why))
+                self.stopped = True
+        if self.stopped:
+            study.stop()
 
 
 def _stop_when_gone(objective: _Objective) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -504,11 +550,11 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
 
 def _loop(task: WorkerTask, storage: StudyStore, study: optuna.Study, objective: _Objective) -> None:
     cfg = task.config
+    set_verbosity(cfg.verbosity)
     try:
         while True:
             try:
-                _optimize(study, objective, task.deadline)
-                if task.deadline is not None and time.time() >= task.deadline:
+                if _optimize(study, objective, task.deadline):  # deadline passed / a stop rule fired
                     break
             except BudgetExhausted:
                 # Every slot is taken; some may be RUNNING elsewhere (a sibling, another launch,

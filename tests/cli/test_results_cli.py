@@ -215,12 +215,45 @@ def test_best_yaml_reloads_to_the_best_trials_config(real: Path) -> None:
     best = study.best_trial
     done = cli("best", str(real))
     assert done.returncode == 0, done.stderr
-    assert yaml.safe_load(done.stdout) == best.user_attrs["config"]
+    config = dict(best.user_attrs["config"])
+    # plus the settings of a one-trial study of its own (a valid --config file, issue 12)
+    assert yaml.safe_load(done.stdout) == {**config, "tag": "t_best", "direction": "minimize", "n_trials": 1, "n_jobs": 1}
+    assert "python your_script.py --config best.yaml runs it once as study cli_t_best" in done.stdout
     header = done.stdout.splitlines()[0]
     assert header.startswith("#") and "cli_t" in header and f"trial {best.number}" in header
     assert repr(best.value) in header
     assert "sweep_parameters" not in done.stdout
     assert yaml.safe_load(done.stdout)["model"]["width"] == 8
+
+
+def test_trials_prints_a_table_by_default(real: Path, tmp_path: Path) -> None:
+    """`trials DB` prints an aligned table (one row per trial) on stdout and writes no file."""
+    done = cli("trials", str(real), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["number", "state", "value", "x", "model.lr", "model.depth", "mode",
+                                "duration_s", "failure_reason", "peak_rss_mib"]
+    assert len(lines) == 21
+    study = load(real)
+    for t in study.trials:
+        assert lines[1 + t.number].split()[:2] == [str(t.number), t.state.name]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trials_csv_dash_writes_csv_to_stdout(real: Path, tmp_path: Path) -> None:
+    """`--csv -` is CSV on stdout, never a file named '-'."""
+    done = cli("trials", str(real), "--csv", "-", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(done.stdout.splitlines()))
+    assert len(rows) == 20 and rows[0]["number"] == "0"
+    assert not (tmp_path / "-").exists()
+
+
+def test_trials_dataframe_works_with_the_plots_extra(real: Path) -> None:
+    """study.trials_dataframe() needs pandas, which the plots extra installs."""
+    pytest.importorskip("pandas")
+    frame = load(real).trials_dataframe()
+    assert len(frame) == 20 and "params_x" in frame.columns
 
 
 def test_best_json_prints_the_same_mapping(real: Path) -> None:
@@ -337,6 +370,7 @@ def test_best_rebuilds_config_from_study_config_when_trial_has_none(odd: Path) -
     expected = {k: v for k, v in STUDY_CONFIG.items() if k != "sweep_parameters"}
     expected["opt"] = {"momentum": 0.9, "lr": 0.2}
     expected["layers"] = 1
+    expected.update(tag="t_best", n_trials=1, n_jobs=1)
     assert yaml.safe_load(done.stdout) == expected
     assert "rebuilt from the study config" in done.stdout
 
@@ -432,7 +466,7 @@ def test_bad_database_is_one_line_error(
         (("status",), "DB"),
         (("status", "{db}", "--bogus"), "unrecognized arguments: --bogus"),
         (("best", "{db}", "--format", "xml"), "invalid choice: 'xml'"),
-        (("trials", "{db}"), "--csv"),
+        (("trials", "{db}", "--csv"), "--csv"),
         (("plot", "{db}"), "--out"),
         (("dashboard", "{db}", "--port", "99999"), "--port"),
         (("trials", "{db}", "--study", "odd", "--csv", "/nonexistent/dir/t.csv"), "cannot write the file"),

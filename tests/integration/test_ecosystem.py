@@ -226,7 +226,7 @@ sweep_parameters:
   x: {type: float, low: 0.0, high: 1.0}
   mode: {type: categorical, choices: [curve, swallow, swallow_all, raise]}
 """)
-    done = _run_ok(eco)
+    done = _run_ok(eco, "--verbose")  # one line per pruned trial only at --verbose (issue 12)
     study = _study(eco.db("exp_t"))
     assert len(study.trials) == 8
     for t in study.trials:

@@ -100,3 +100,26 @@ def test_override_keeps_raw_text() -> None:
     """Each parsed item keeps the raw text for error messages, also in the --set=... form."""
     args = parse_args(["--set=lr=1e-3", "--set", "tag=second_sweep", "model.bias=False"])
     assert [o.text for o in args.overrides] == ["lr=1e-3", "tag=second_sweep", "model.bias=False"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "best", "verbosity"),
+    [
+        ([], False, None),
+        (["--best"], True, None),
+        (["--quiet"], False, "quiet"),
+        (["-q"], False, "quiet"),
+        (["--verbose"], False, "verbose"),
+        (["-v", "--best", "--set", "data.epochs=3"], True, "verbose"),
+    ],
+)
+def test_best_quiet_verbose_flags(argv: list[str], best: bool, verbosity: str | None) -> None:
+    """--best retrains; --quiet / --verbose set the verbosity (None: the file's)."""
+    args = parse_args(argv)
+    assert (args.best, args.verbosity) == (best, verbosity)
+
+
+def test_quiet_and_verbose_together_is_a_usage_error() -> None:
+    """--quiet and --verbose contradict each other: one line."""
+    with pytest.raises(UsageError, match="not allowed with argument"):
+        parse_args(["--quiet", "--verbose"])

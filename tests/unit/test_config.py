@@ -790,15 +790,11 @@ def test_ordinary_keys_are_not_noted(tmp_path: Path, key: str) -> None:
     assert notes == []
 
 
-def test_typo_created_by_set_gets_both_notes(tmp_path: Path) -> None:
-    """A mistyped --set key is reported as created and as a likely typo."""
+def test_typo_created_by_set_is_an_error(tmp_path: Path) -> None:
+    """A --set key absent from the file and one edit from a setting stops the run (issue 12)."""
     path = write(tmp_path, "n_trials: 3\n")
-    _, notes = load_config(path, [parse_override("n_trails=5")], cpu_count=2)
-    assert notes == [
-        "--set n_trails: not in config.yaml; added it as a new key",
-        "config.yaml: n_trails: not a reserved key, so it is passed to the function as a fixed parameter; "
-        "did you mean 'n_trials'?",
-    ]
+    with pytest.raises(OverrideError, match=r"did you mean 'n_trials' \(--set n_trials=5\)\?"):
+        load_config(path, [parse_override("n_trails=5")], cpu_count=2)
 
 
 def test_load_config_does_not_create_files(tmp_path: Path) -> None:

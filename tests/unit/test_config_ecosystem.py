@@ -11,10 +11,10 @@ from typing import Any
 import optuna
 import pytest
 
-from hparam_joblib import OutsideSearchError, current_trial_number, report
+from hparam_joblib import current_trial_number, report
 from hparam_joblib._algorithms import AlgorithmSpec, build, settable, worker_seed
 from hparam_joblib._config import ParamSpec, SearchConfig, load_config, validate
-from hparam_joblib._errors import ConfigError, HparamError
+from hparam_joblib._errors import ConfigError
 from hparam_joblib._progress import format_summary
 from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib._runner import enqueue_keys
@@ -84,7 +84,7 @@ def test_top_level_n_startup_trials_reaches_tpe_and_samplers_that_take_it() -> N
         ({"type": "random", "population_size": 3}, r"sampler\.population_size: unknown setting for the random sampler; valid: $|valid: none$"),
         ({"type": "tpe", "gamma": 0.1}, r"sampler\.gamma: takes a Python object, which a YAML file cannot give"),
         ({"type": "nsgaii", "mutation": "x"}, r"sampler\.mutation: takes a Python object"),
-        ({"type": "tpe", "seed": 1}, r"sampler\.seed: cannot be set here: set the top-level seed"),
+        ({"type": "tpe", "seed": -1}, r"sampler\.seed: must be an integer >= 0, got -1"),
         ({"type": "tpe", "n_startup_trials": "3"}, r"sampler\.n_startup_trials: must be int, got '3'"),
         ({"type": "tpe", "multivariate": 1}, r"sampler\.multivariate: must be NoneType or bool, got 1"),
         ({"type": "nsgaii", "population_size": 1}, r"sampler: the nsgaii sampler rejects these settings: .*population_size"),
@@ -427,13 +427,23 @@ def test_new_keys_are_study_settings_not_fixed_values() -> None:
 # --- report() outside a search ------------------------------------------------------------------
 
 
-def test_report_and_trial_number_outside_a_search_are_clear_errors() -> None:
-    """Called outside a function run by @hparam_search: one-line HparamError/RuntimeError."""
-    for call, name in ((lambda: report(0.5, 1), "report"), (current_trial_number, "current_trial_number")):
-        with pytest.raises(OutsideSearchError) as info:
-            call()
-        assert isinstance(info.value, HparamError) and isinstance(info.value, RuntimeError)
-        assert str(info.value) == f"{name}() only works inside a training function run by @hparam_search"
+def test_report_and_trial_number_outside_a_search_are_harmless(caplog: pytest.LogCaptureFixture) -> None:
+    """Outside a search (retraining the best config): report() does nothing, the trial number
+    is None, one debug line each (issue 12)."""
+    import logging
+
+    from hparam_joblib import _report
+
+    _report._SAID.clear()
+    with caplog.at_level(logging.DEBUG, logger="hparam_joblib"):
+        for epoch in range(3):
+            assert report(0.5, epoch) is None
+            assert current_trial_number() is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "report() called outside a search: ignored",
+        "current_trial_number() called outside a search: ignored",
+    ]
 
 
 def test_param_spec_defaults_unchanged() -> None:
