@@ -80,7 +80,7 @@ def in_notebook() -> bool:
     if shell_module is None:
         return False
     try:
-        shell = shell_module.get_ipython()  # type: ignore[attr-defined]
+        shell = shell_module.get_ipython()
     except Exception:  # noqa: BLE001 - an odd IPython: not a notebook
         return False
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -48,6 +48,7 @@ from hparam_joblib._storage import (
 )
 from hparam_joblib._storage_factory import location_for, open_storage, preflight, prepare
 from hparam_joblib._tail import LogFollower
+from hparam_joblib._tracking import TrackingTarget, finish_parent, start_parent
 from hparam_joblib._worker import WORKERS_LOG, LauncherLease, WorkerReport, WorkerTask, trial_threads
 
 logger = logging.getLogger("hparam_joblib")
@@ -175,15 +176,20 @@ def _run_search(
     run_id = uuid.uuid4().hex[:12]
     reports: list[WorkerReport] = []
     interrupted = 0
+    tracking = None
     if n_finished(storage.count_states(study_id)) < cfg.n_trials:
+        if cfg.mlflow is not None:
+            tracking = start_parent(cfg.mlflow, cfg.study_name, storage, study_id, cfg.n_trials)
         deadline = None if time_limit is None else time.time() + time_limit
         interrupted = _supervise(
             function, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
-            backend=backend, log_dir=log_dir_for(cfg, save_dir).resolve(),
+            backend=backend, log_dir=log_dir_for(cfg, save_dir).resolve(), tracking=tracking,
         )
     else:
         logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
     result = _result(study, storage, cfg, location, started, reports, interrupted, log_dir_for(cfg, save_dir))
+    if tracking is not None:
+        finish_parent(tracking, dict(result.counts), result.best_value, result.interrupted)
     return result
 
 
@@ -245,6 +251,7 @@ def _supervise(
     *,
     backend: Backend,
     log_dir: Path,
+    tracking: TrackingTarget | None = None,
 ) -> int:
     """Start and watch the worker loops; returns the signal number that stopped us, or 0."""
     counts = storage.count_states(study_id)
@@ -278,7 +285,7 @@ def _supervise(
                 launcher_pid=os.getpid(), worker_index=next_index + i,
                 policy=policy, deadline=deadline,
                 lease_interval=cfg.heartbeat_interval if backend.remote else None,
-                log_dir=str(log_dir),
+                log_dir=str(log_dir), tracking=tracking,
             )
             for i in range(n)
         ])

@@ -55,6 +55,7 @@ from hparam_joblib._storage import (
     reap_dead_owners,
 )
 from hparam_joblib._storage_factory import open_storage
+from hparam_joblib._tracking import TrackingTarget, TrialLogger
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -85,6 +86,8 @@ class WorkerTask:
     lease_interval: float | None = None
     #: Where the trial logs go (``<save_db_directory>/<study>/``, absolute), or None: no logs.
     log_dir: str | None = None
+    #: Where this worker writes its trials' MLflow runs (``tracking.mlflow``), or None.
+    tracking: TrackingTarget | None = None
 
 
 #: The file in the log directory where loky workers' own messages go (the launcher shows them).
@@ -211,6 +214,8 @@ class _Objective:
         self.trials_run = 0
         self.warned_multi_report = False
         self.watch = LauncherWatch(task, storage)  # its study_id is set once the study is loaded
+        #: Writes each finished trial's MLflow run in the background (``tracking.mlflow``), or None.
+        self.tracker: TrialLogger | None = None
 
     def launcher_gone(self) -> bool:
         return self.watch.gone()
@@ -388,7 +393,7 @@ def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None
         # worker checks its parent pid at the start of each trial instead.
         callbacks = ([_stop_when_gone(objective)] if objective.task.lease_interval is not None else []) + (
             [] if deadline is None else [_stop_after(deadline)]
-        )
+        ) + ([] if objective.tracker is None else [_track(objective.tracker)])
         study.optimize(objective, n_trials=None, catch=(), callbacks=callbacks or None)
         if objective.launcher_gone():
             raise _LauncherGone(objective.watch.why)
@@ -411,6 +416,15 @@ def _stop_when_gone(objective: _Objective) -> Callable[[optuna.Study, optuna.tri
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if objective.launcher_gone():
             study.stop()
+
+    return callback
+
+
+def _track(tracker: TrialLogger) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Hand each finished trial (its final state, values, reports, attrs) to the MLflow writer."""
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        tracker.submit(trial)
 
     return callback
 
@@ -467,6 +481,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     cfg = task.config
     lease: DeviceLease | None = None
     trials: TrialProcess | None = None
+    tracker: TrialLogger | None = None
     threads = 0
     if not cfg.gpus:  # the trial process warms up while the storage and the study load
         trials, threads = _start_trial_process(task, None)
@@ -491,12 +506,16 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         assert trials is not None
         objective = _Objective(task, storage, trials, device=None if lease is None else lease.device)
         objective.watch = watch
+        if task.tracking is not None:
+            tracker = objective.tracker = TrialLogger(task.tracking)
         _loop(task, storage, study, objective)
         trials.close()
         return _report(task, storage, objective.trials_run, trials, threads)
     finally:
         if trials is not None:
             trials.close()
+        if tracker is not None:
+            tracker.close()
         if lease is not None:
             lease.release()
 
