@@ -180,11 +180,12 @@ class TrialLogger:
         self.thread.join(timeout)
         if self.thread.is_alive():
             self.abandon.set()  # a reused loky worker must not retry forever
-            left = self.pending.qsize()  # the records not started (the sentinel not counted)...
+            # Queued: the records not started and the end sentinel; the one being retried makes up for it.
+            left = self.pending.qsize()
             logger.warning(
                 "tracking.mlflow: %d trial run(s) of this worker not written to %s (unreachable for "
                 "another %.0f s at the end); the Optuna study has every trial",
-                left, self.target.tracking_uri, timeout,  # ...plus the one being retried, minus it
+                left, self.target.tracking_uri, timeout,
             )
 
     def _run(self) -> None:
@@ -201,6 +202,7 @@ class TrialLogger:
                     self.written += 1
                     break
                 except Exception as err:  # noqa: BLE001 - the server is down or slow: retry later
+                    client = None  # a fresh client (and HTTP session) for the retry
                     if not self.warned:
                         self.warned = True
                         logger.warning(
