@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +90,7 @@ def _runs(tracking_uri: str) -> list[Any]:
     return list(mlflow.search_runs(experiment_names=["hj-test"], output_format="list", max_results=1000))
 
 
-def _check_runs(tracking_uri: str, project: Path, n_trials: int) -> tuple[Any, list[Any]]:
+def _check_runs(tracking_uri: str, project: Path, n_trials: int, n_runs: int | None = None) -> tuple[Any, list[Any]]:
     """One parent, one nested run per finished trial with its params, value, steps and state."""
     runs = _runs(tracking_uri)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -99,7 +99,8 @@ def _check_runs(tracking_uri: str, project: Path, n_trials: int) -> tuple[Any, l
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(runs) == 1 + len(nested)
     db = _db_trials(project)
-    assert len(nested) == n_trials == len(db), (len(nested), len(db))
+    assert len(db) == n_trials and len(nested) == (n_trials if n_runs is None else n_runs), (len(nested), len(db))
+    assert len({r.data.tags["optuna.trial_number"] for r in nested}) == len(nested)  # no duplicates
     assert parent.data.tags["optuna.study_name"] == "track_t"
     client = mlflow.tracking.MlflowClient(tracking_uri)
     for run in nested:
@@ -224,16 +225,18 @@ def test_server_stopped_mid_search_costs_no_trial(tmp_path: Path, server: _Serve
         at_stop = finished()
         wait_for(lambda: finished() >= at_stop + 2, 300)  # trials go on while the server is down
         server.start()  # same port, same backend store
-        back_at = finished()
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
     states = {t["state"] for t in _db_trials(project).values()}
-    assert back_at < 24, "the search ended before the server was back: nothing to retry then"
     assert len(_db_trials(project)) == 24 and states <= {"COMPLETE", "PRUNED"}, states
     warnings = [line for line in err.splitlines() if "tracking.mlflow: cannot write trial" in line]
     assert 1 <= len(warnings) <= 2, err[-3000:]  # at most one per worker
     assert "runs are kept and retried every 5 s (the trials go on)" in warnings[0]
-    _check_runs(server.url, project, 24)
+    # Every trial is in MLflow but those a worker counted as dropped (the server came back too
+    # late for them): retried writes resumed after the restart, none twice.
+    dropped = sum(int(m) for m in re.findall(r"(\d+) trial run\(s\) of this worker not written", err))
+    _check_runs(server.url, project, 24, n_runs=24 - dropped)
+    assert dropped < 24 - at_stop, (dropped, at_stop)  # some of those kept during the outage were written
