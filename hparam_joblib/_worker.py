@@ -508,6 +508,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         objective.watch = watch
         if task.tracking is not None:
             tracker = objective.tracker = TrialLogger(task.tracking)
+        trials.wait_ready(watch.gone)  # no trial holds a budget slot while the script loads
         _loop(task, storage, study, objective)
         trials.close()
         return _report(task, storage, objective.trials_run, trials, threads)
