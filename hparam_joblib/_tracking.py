@@ -34,7 +34,10 @@ FLUSH_SECONDS = 30.0
 #: The launcher's bound on reaching the server at the start (it then runs untracked).
 START_SECONDS = 30.0
 #: MLflow's own HTTP timeout and retries (its defaults retry for minutes); ours win over none.
-_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+_CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # no "View run" line per trial above the bar
+}
 _TAG_LIMIT = 5000
 
 
