@@ -24,6 +24,7 @@ from hparam_joblib._algorithms import AlgorithmSpec
 from hparam_joblib._errors import ConfigError, OverrideError
 from hparam_joblib._gpus import detect_gpus
 from hparam_joblib._overrides import SWEEP_KEY, Override, apply_overrides, resolve_path
+from hparam_joblib._tracking import MlflowSpec
 from hparam_joblib._yaml import load_yaml
 from hparam_joblib.storage._location import StorageSpec, parse_storage, redact_url
 
@@ -57,6 +58,7 @@ STUDY_KEYS: tuple[str, ...] = (
     "trials_per_process",
     "threads_per_trial",
     "trial_output",
+    "tracking",
 )
 #: ``verbosity:`` values (``--quiet`` / ``--verbose`` win over the file).
 VERBOSITIES: tuple[str, ...] = ("quiet", "normal", "verbose")
@@ -224,6 +226,8 @@ class SearchConfig:
     threads_per_trial: int | None = None
     #: ``file``: each trial's output goes to its log file; ``terminal``: also shown, prefixed.
     trial_output: Literal["file", "terminal"] = "file"
+    #: ``tracking.mlflow``: where each trial is logged as a nested MLflow run, or None.
+    mlflow: MlflowSpec | None = None
 
     @property
     def multi_objective(self) -> bool:
@@ -648,6 +652,8 @@ def validate(
     if trial_output not in TRIAL_OUTPUTS:
         raise check.fail("trial_output", f"must be one of {list(TRIAL_OUTPUTS)}, got {raw['trial_output']!r}")
 
+    mlflow = _validate_tracking(raw.get("tracking"), check)
+
     fixed = {k: copy.deepcopy(v) for k, v in raw.items() if k not in STUDY_KEYS}
     fixed["experiment_name"] = experiment_name
     fixed["tag"] = tag
@@ -686,6 +692,7 @@ def validate(
         trials_per_process=trials_per_process,
         threads_per_trial=threads_per_trial,
         trial_output=trial_output,  # type: ignore[arg-type]
+        mlflow=mlflow,
     )
 
 
@@ -747,6 +754,37 @@ def _validate_verbosity(value: Any, check: _Checker) -> str:
     if not isinstance(value, str) or value.strip().lower() not in VERBOSITIES:
         raise check.fail("verbosity", f"must be one of {list(VERBOSITIES)}, got {value!r}")
     return value.strip().lower()
+def _validate_tracking(value: Any, check: _Checker) -> MlflowSpec | None:
+    """``tracking: {mlflow: {tracking_uri: ..., experiment_name: ...}}`` (or absent / null)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) - {"mlflow"}:
+        raise check.fail("tracking", f"must be a mapping with the key mlflow, got {value!r}")
+    spec = value.get("mlflow")
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise check.fail("tracking.mlflow", f"must be a mapping (tracking_uri, experiment_name), got {spec!r}")
+    unknown = sorted(set(spec) - {"tracking_uri", "experiment_name"})
+    if unknown:
+        raise check.fail(f"tracking.mlflow.{unknown[0]}", "unknown key; expected tracking_uri or experiment_name")
+    uri = spec.get("tracking_uri")
+    if not isinstance(uri, str) or not uri.strip():
+        raise check.fail(
+            "tracking.mlflow.tracking_uri",
+            f"is required: a tracking server URL (http://host:5000) or sqlite:///FILE, got {uri!r}",
+        )
+    uri = uri.strip()
+    if "://" not in uri and not uri.startswith(("databricks", "file:")):
+        raise check.fail(
+            "tracking.mlflow.tracking_uri", f"must be a URL such as http://127.0.0.1:5000 or sqlite:///mlflow.db, got {uri!r}"
+        )
+    name = spec.get("experiment_name", "")
+    if name is None:
+        name = ""
+    if not isinstance(name, str):
+        raise check.fail("tracking.mlflow.experiment_name", f"must be a string, got {name!r}")
+    return MlflowSpec(tracking_uri=uri, experiment_name=name.strip())
 
 
 def _redacted(raw: Mapping[str, Any], storage: StorageSpec) -> dict[str, Any]:

@@ -102,7 +102,8 @@ def make_ref(func: Callable[..., Any]) -> FunctionRef:
         raise TypeError(
             f"the training function {qualname or func!r} cannot be sent to the trial processes: it is "
             f"not importable by name and cloudpickle cannot ship it ({type(err).__name__}: {err}); "
-            "define it at the top level of a script or module"
+            "create such objects (locks, open files, connections, clients) inside the function, or "
+            "define the function at the top level of a script or module"
         ) from err
     return FunctionRef("pickled", qualname=qualname, module=module_name, sys_path=sys_path,
                        argv=argv, payload=payload)

@@ -29,6 +29,13 @@ class Progress:
         self.show_best = show_best  # False for several objectives: there is no single best
         self.bar: Any = None
         if enabled:
+            notebook_bar = _notebook_tqdm()
+            if notebook_bar is not None:  # a widget in the cell's output, redrawn in place
+                self.interactive = True
+                self.bar = notebook_bar(
+                    total=total, initial=min(initial, total), unit="trial", desc="trials", mininterval=0.5,
+                )
+                return
             # On a terminal the bar redraws in place; in a log file (CI, nohup, a scheduler) each
             # redraw is kept, so redraw at most every 30 s there.
             interactive = sys.stderr.isatty()
@@ -65,6 +72,30 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (ipykernel's shell), False in a terminal, a script or IPython."""
+    shell_module = sys.modules.get("IPython")
+    if shell_module is None:
+        return False
+    try:
+        shell = shell_module.get_ipython()
+    except Exception:  # noqa: BLE001 - an odd IPython: not a notebook
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _notebook_tqdm() -> Any:
+    """tqdm's notebook bar in a Jupyter kernel with ipywidgets, else None (the text bar is used)."""
+    if not in_notebook():
+        return None
+    try:
+        import ipywidgets  # noqa: F401  (tqdm.notebook needs it, or it prints a plain repr)
+        from tqdm.notebook import tqdm as notebook_tqdm
+    except ImportError:
+        return None
+    return notebook_tqdm
 
 
 def dashboard_command(db_path: str) -> str:

@@ -40,6 +40,7 @@ from hparam_joblib._progress import Progress
 from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib._stop import read_stop
 from hparam_joblib._tail import LogFollower
+from hparam_joblib._tracking import TrackingTarget, finish_parent, start_parent
 from hparam_joblib._worker import WORKERS_LOG, LauncherLease, WorkerReport, WorkerTask, trial_threads
 from hparam_joblib.storage import (
     BudgetExhausted,
@@ -176,19 +177,25 @@ def _run_search(
     if time_limit is None and cfg.stop.active:  # the search's own stop rules (not --tune-n-jobs)
         time_limit = cfg.stop.timeout
         stop_state = _StopState(run_id, cfg.stop, None if time_limit is None else time.time() + time_limit)
+    tracking = None
     if n_finished(storage.count_states(study_id)) < cfg.n_trials:
+        if cfg.mlflow is not None:
+            tracking = start_parent(cfg.mlflow, cfg.study_name, storage, study_id, cfg.n_trials)
         deadline = None if time_limit is None else time.time() + time_limit
         if stop_state is not None:
             stop_state.deadline = deadline
         interrupted = _supervise(
             function, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
             backend=backend, log_dir=log_dir_for(cfg, save_dir).resolve(), stop_state=stop_state,
+            tracking=tracking,
         )
     else:
         logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
     result = _result(study, storage, cfg, location, started, reports, interrupted, log_dir_for(cfg, save_dir))
     if stop_state is not None and not interrupted and result.n_finished < cfg.n_trials:
         result = dataclasses.replace(result, stop_reason=stop_state.summary())
+    if tracking is not None:
+        finish_parent(tracking, dict(result.counts), result.best_value, result.interrupted)
     return result
 
 
@@ -309,6 +316,7 @@ def _supervise(
     backend: Backend,
     log_dir: Path,
     stop_state: _StopState | None = None,
+    tracking: TrackingTarget | None = None,
 ) -> int:
     """Start and watch the worker loops; returns the signal number that stopped us, or 0."""
     counts = storage.count_states(study_id)
@@ -342,7 +350,7 @@ def _supervise(
                 launcher_pid=os.getpid(), worker_index=next_index + i,
                 policy=policy, deadline=deadline,
                 lease_interval=cfg.heartbeat_interval if backend.remote else None,
-                log_dir=str(log_dir),
+                log_dir=str(log_dir), tracking=tracking,
             )
             for i in range(n)
         ])

@@ -45,6 +45,7 @@ from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._space import build_config, suggest_all
 from hparam_joblib._stop import read_stop, result_rule_met, stop_key, stop_record
+from hparam_joblib._tracking import TrackingTarget, TrialLogger
 from hparam_joblib.storage import (
     OWNER_KEY,
     BudgetExhausted,
@@ -87,6 +88,8 @@ class WorkerTask:
     lease_interval: float | None = None
     #: Where the trial logs go (``<save_db_directory>/<study>/``, absolute), or None: no logs.
     log_dir: str | None = None
+    #: Where this worker writes its trials' MLflow runs (``tracking.mlflow``), or None.
+    tracking: TrackingTarget | None = None
 
 
 #: The file in the log directory where loky workers' own messages go (the launcher shows them).
@@ -213,6 +216,8 @@ class _Objective:
         self.trials_run = 0
         self.warned_multi_report = False
         self.watch = LauncherWatch(task, storage)  # its study_id is set once the study is loaded
+        #: Writes each finished trial's MLflow run in the background (``tracking.mlflow``), or None.
+        self.tracker: TrialLogger | None = None
 
     def launcher_gone(self) -> bool:
         return self.watch.gone()
@@ -397,7 +402,7 @@ def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None
         # worker checks its parent pid at the start of each trial instead.
         callbacks = ([_stop_when_gone(objective)] if objective.task.lease_interval is not None else []) + (
             [] if deadline is None else [_stop_after(deadline)]
-        ) + ([] if rules is None else [rules])
+        ) + ([] if rules is None else [rules]) + ([] if objective.tracker is None else [_track(objective.tracker)])
         study.optimize(objective, n_trials=None, catch=(), callbacks=callbacks or None)
         if objective.launcher_gone():
             raise _LauncherGone(objective.watch.why)
@@ -461,6 +466,15 @@ def _stop_when_gone(objective: _Objective) -> Callable[[optuna.Study, optuna.tri
     return callback
 
 
+def _track(tracker: TrialLogger) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Hand each finished trial (its final state, values, reports, attrs) to the MLflow writer."""
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        tracker.submit(trial)
+
+    return callback
+
+
 def _stop_after(deadline: float) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if time.time() >= deadline:
@@ -513,6 +527,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     cfg = task.config
     lease: DeviceLease | None = None
     trials: TrialProcess | None = None
+    tracker: TrialLogger | None = None
     threads = 0
     if not cfg.gpus:  # the trial process warms up while the storage and the study load
         trials, threads = _start_trial_process(task, None)
@@ -537,6 +552,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         assert trials is not None
         objective = _Objective(task, storage, trials, device=None if lease is None else lease.device)
         objective.watch = watch
+        if task.tracking is not None:
+            tracker = objective.tracker = TrialLogger(task.tracking)
         trials.wait_ready(watch.gone)  # no trial holds a budget slot while the script loads
         _loop(task, storage, study, objective)
         trials.close()
@@ -544,6 +561,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     finally:
         if trials is not None:
             trials.close()
+        if tracker is not None:
+            tracker.close()
         if lease is not None:
             lease.release()
 

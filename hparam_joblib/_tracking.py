@@ -1,0 +1,267 @@
+"""MLflow tracking (``tracking: {mlflow: {...}}``): one parent run per search, one nested run per trial.
+
+The launcher only finds (or creates) the experiment and the search's parent run, whose id is kept
+in the study's system attrs (:data:`PARENT_KEY`), so a resumed search adds to the same run. Each
+worker writes the nested runs of the trials it ran, from a background thread, after Optuna has
+recorded the trial: a slow or unreachable tracking server never delays, fails or stops a trial.
+
+What happens when the server is unreachable: a trial's run is kept in the worker's memory and
+retried every :data:`RETRY_SECONDS` (one warning per worker when the first write fails); when the
+worker ends it waits at most :data:`FLUSH_SECONDS` for the server, then drops what is left with
+one warning that counts the runs not written (the Optuna study always has every trial). A launcher
+that cannot reach the server at the start says so once and the search runs untracked.
+
+``mlflow`` is imported only when a search is tracked (``pip install "hparam_joblib[mlflow]"``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger("hparam_joblib")
+
+#: Study system attr: ``{"<tracking_uri> <experiment>": parent run id}``.
+PARENT_KEY = "hparam_joblib:mlflow_parent_run"
+RETRY_SECONDS = 5.0
+FLUSH_SECONDS = 30.0
+#: The launcher's bound on reaching the server at the start (it then runs untracked).
+START_SECONDS = 30.0
+#: MLflow's own HTTP timeout and retries (its defaults retry for minutes); ours win over none.
+_CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # no "View run" line per trial above the bar
+}
+_TAG_LIMIT = 5000
+
+
+@dataclass(frozen=True)
+class MlflowSpec:
+    """``tracking.mlflow`` from the YAML."""
+
+    tracking_uri: str
+    #: The MLflow experiment; empty: the study name.
+    experiment_name: str = ""
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where a worker writes its trials' runs (plain data)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    study_name: str
+
+
+def _client(uri: str) -> Any:
+    for key, value in _CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_parent(spec: MlflowSpec, study_name: str, storage: Any, study_id: int,
+                 n_trials: int) -> TrackingTarget | None:
+    """Find or create the experiment and the search's parent run (launcher side, bounded).
+
+    Returns None (after one warning) when mlflow is missing or the server cannot be reached.
+    """
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        logger.warning('tracking.mlflow: mlflow is not installed (pip install "hparam_joblib[mlflow]"); '
+                       "this search is not tracked")
+        return None
+    experiment = spec.experiment_name or study_name
+    key = f"{spec.tracking_uri} {experiment}"
+    known = dict(storage.get_study_system_attrs(study_id).get(PARENT_KEY) or {})
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            client = _client(spec.tracking_uri)
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+            parent = known.get(key)
+            if parent:
+                client.update_run(parent, status="RUNNING")
+            else:
+                parent = client.create_run(
+                    experiment_id, run_name=study_name,
+                    tags={"optuna.study_name": study_name, "hparam_joblib.n_trials": str(n_trials)},
+                ).info.run_id
+            box["target"] = TrackingTarget(spec.tracking_uri, experiment_id, parent, study_name)
+        except Exception as err:  # noqa: BLE001 - tracking never stops a search
+            box["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+    thread = threading.Thread(target=work, name="hparam_joblib-mlflow-start", daemon=True)
+    thread.start()
+    thread.join(START_SECONDS)
+    target: TrackingTarget | None = box.get("target")
+    if target is None:
+        why = box.get("error") or f"no answer in {START_SECONDS:.0f} s"
+        logger.warning("tracking.mlflow: cannot reach %s (%s); this search is not tracked in MLflow",
+                       spec.tracking_uri, why)
+        return None
+    if known.get(key) != target.parent_run_id:
+        known[key] = target.parent_run_id
+        storage.set_study_system_attr(study_id, PARENT_KEY, known)
+    logger.info("MLflow: experiment %s, parent run %s", experiment, target.parent_run_id)
+    return target
+
+
+def finish_parent(target: TrackingTarget, counts: dict[str, int], best: float | None,
+                  interrupted: bool) -> None:
+    """Record the search's counts and best value on the parent run and end it (bounded, best effort)."""
+
+    def work() -> None:
+        try:
+            from mlflow.entities import Metric
+
+            client = _client(target.tracking_uri)
+            now = int(time.time() * 1000)
+            metrics = [Metric(f"trials_{state.lower()}", float(n), now, 0) for state, n in counts.items()]
+            if best is not None:
+                metrics.append(Metric("best_value", float(best), now, 0))
+            client.log_batch(target.parent_run_id, metrics=metrics)
+            client.set_terminated(target.parent_run_id, "KILLED" if interrupted else "FINISHED")
+        except Exception as err:  # noqa: BLE001
+            logger.warning("tracking.mlflow: could not end the parent run (%s: %s)", type(err).__name__, err)
+
+    thread = threading.Thread(target=work, name="hparam_joblib-mlflow-end", daemon=True)
+    thread.start()
+    thread.join(START_SECONDS)
+
+
+@dataclass
+class _Record:
+    """One finished trial to write, and how far its writing got (so a retry never duplicates)."""
+
+    trial: Any
+    run_id: str | None = None
+    done: set[str] = field(default_factory=set)
+
+
+def _outcome(trial: Any) -> tuple[str, str, str]:
+    """(state tag, MLflow status, reason) of a finished Optuna trial."""
+    state = trial.state.name
+    reason = str(trial.user_attrs.get("failure_reason") or "")
+    if state == "COMPLETE":
+        return state, "FINISHED", reason
+    if state == "PRUNED" and "pruned_step" in trial.user_attrs:
+        return state, "KILLED", reason
+    return state, "FAILED", reason  # hparam_joblib records a failed run as PRUNED with its reason
+
+
+class TrialLogger:
+    """The worker's side: :meth:`submit` a finished trial; a thread writes its nested run."""
+
+    def __init__(self, target: TrackingTarget) -> None:
+        self.target = target
+        self.pending: queue.Queue[_Record | None] = queue.Queue()
+        self.written = 0
+        self.warned = False
+        self.abandon = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="hparam_joblib-mlflow", daemon=True)
+        self.thread.start()
+
+    def submit(self, trial: Any) -> None:
+        """Queue a finished trial (``FrozenTrial``); never blocks, never raises."""
+        self.pending.put(_Record(trial))
+
+    def close(self, timeout: float = FLUSH_SECONDS) -> None:
+        """Write what is queued, waiting at most ``timeout`` s for the server; drop the rest."""
+        self.pending.put(None)
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.abandon.set()  # a reused loky worker must not retry forever
+            # Queued: the records not started and the end sentinel; the one being retried makes up for it.
+            left = self.pending.qsize()
+            logger.warning(
+                "tracking.mlflow: %d trial run(s) of this worker not written to %s (unreachable for "
+                "another %.0f s at the end); the Optuna study has every trial",
+                left, self.target.tracking_uri, timeout,
+            )
+
+    def _run(self) -> None:
+        client = None
+        while True:
+            record = self.pending.get()
+            if record is None:
+                return
+            while not self.abandon.is_set():
+                try:
+                    if client is None:
+                        client = _client(self.target.tracking_uri)
+                    self._write(client, record)
+                    self.written += 1
+                    break
+                except Exception as err:  # noqa: BLE001 - the server is down or slow: retry later
+                    client = None  # a fresh client (and HTTP session) for the retry
+                    if not self.warned:
+                        self.warned = True
+                        logger.warning(
+                            "tracking.mlflow: cannot write trial %d's run to %s (%s: %s); runs are kept "
+                            "and retried every %.0f s (the trials go on)", record.trial.number,
+                            self.target.tracking_uri, type(err).__name__,
+                            str(err).splitlines()[0][:200] if str(err) else "", RETRY_SECONDS,
+                        )
+                    self.abandon.wait(RETRY_SECONDS)
+            if self.abandon.is_set():
+                return
+
+    def _write(self, client: Any, record: _Record) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        trial, target = record.trial, self.target
+        state, status, reason = _outcome(trial)
+        start = int(trial.datetime_start.timestamp() * 1000) if trial.datetime_start else None
+        end = int(trial.datetime_complete.timestamp() * 1000) if trial.datetime_complete else None
+        if record.run_id is None:
+            record.run_id = client.create_run(
+                target.experiment_id, start_time=start, run_name=f"trial_{trial.number:05d}",
+                tags={"mlflow.parentRunId": target.parent_run_id},
+            ).info.run_id
+        run_id = record.run_id
+        if "batch" not in record.done:
+            tags = {
+                "optuna.study_name": target.study_name, "optuna.trial_number": str(trial.number),
+                "state": state, "hparam_joblib.worker_pid": str(os.getpid()),
+            }
+            if reason:
+                tags["failure_reason" if status == "FAILED" else "pruning_reason"] = reason[:_TAG_LIMIT]
+            for attr in ("pruned_step", "failure_type", "peak_rss_mib", "trial_pid", "gpu"):
+                if attr in trial.user_attrs:
+                    tags[attr] = str(trial.user_attrs[attr])
+            stamp = end or int(time.time() * 1000)
+            metrics = [Metric("intermediate_value", float(v), stamp, int(step))
+                       for step, v in sorted(trial.intermediate_values.items())]
+            values = trial.values or []
+            if len(values) == 1:
+                metrics.append(Metric("value", float(values[0]), stamp, 0))
+            else:
+                metrics += [Metric(f"value_{i}", float(v), stamp, 0) for i, v in enumerate(values)]
+            params = [Param(k, str(v)[:6000]) for k, v in trial.params.items()]
+            tag_list = [RunTag(k, v) for k, v in tags.items()]
+            for i in range(0, max(len(metrics), len(params), 1), 100):
+                client.log_batch(run_id, metrics=metrics[i:i + 100], params=params[i:i + 100],
+                                 tags=tag_list if i == 0 else [])
+            record.done.add("batch")
+        if "config" not in record.done:
+            client.log_text(run_id, json.dumps(trial.user_attrs.get("config", {}), indent=2, default=str),
+                            "config.json")
+            record.done.add("config")
+        log_file = trial.user_attrs.get("log_file")
+        if "log" not in record.done:
+            if log_file and os.path.exists(log_file):
+                client.log_artifact(run_id, log_file)
+            record.done.add("log")
+        client.set_terminated(run_id, status, end_time=end)
