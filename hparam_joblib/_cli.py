@@ -28,6 +28,7 @@ class ScriptArgs:
     tune_seconds: float = 20.0
     tune_ladder: tuple[int, ...] = ()
     tune_plot: str | None = None
+    retry_failed: bool = False
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -48,6 +49,11 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true",
         help="print the resolved config and search space; touch no database",
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true",
+        help="after fixing the code: re-run the trials that failed by an error (they stay in the "
+        "study as PRUNED, no longer counted), so the study ends with n_trials trials of the fixed code",
     )
     tune = p.add_argument_group("tuning n_jobs")
     tune.add_argument(
@@ -75,6 +81,7 @@ def parse_args(argv: list[str], prog: str | None = None) -> ScriptArgs:
     return ScriptArgs(
         overrides=overrides, config=ns.config, dry_run=ns.dry_run, tune_n_jobs=ns.tune_n_jobs,
         tune_seconds=ns.tune_seconds, tune_ladder=ns.tune_ladder, tune_plot=ns.tune_plot,
+        retry_failed=ns.retry_failed,
     )
 
 

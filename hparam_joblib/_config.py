@@ -49,6 +49,7 @@ STUDY_KEYS: tuple[str, ...] = (
     "gpus",
     "max_worker_deaths",
     "heartbeat_interval",
+    "max_trial_errors",
 )
 BACKENDS: tuple[str, ...] = ("loky", "dask")
 _SCHEDULER_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
@@ -176,6 +177,9 @@ class SearchConfig:
     #: Seconds between liveness records of a running trial (database servers only); a RUNNING
     #: trial silent for 3 intervals is failed and re-run.
     heartbeat_interval: float = 10.0
+    #: The search stops (exit 1) when the first this-many trials a run finishes all failed by
+    #: an error, none completing (broken code); 0 turns the rule off.
+    max_trial_errors: int = 5
 
     @property
     def multi_objective(self) -> bool:
@@ -458,6 +462,7 @@ def validate(
     if isinstance(storage, str):
         raise check.fail("storage", storage)
     max_worker_deaths = check.integer(raw, "max_worker_deaths", 3, 1)
+    max_trial_errors = check.integer(raw, "max_trial_errors", 5, 0)
     heartbeat_interval = 10.0
     if raw.get("heartbeat_interval") is not None:
         heartbeat_interval = check.number(raw["heartbeat_interval"], "heartbeat_interval")
@@ -497,6 +502,7 @@ def validate(
         gpus=gpus,
         max_worker_deaths=max_worker_deaths,
         heartbeat_interval=heartbeat_interval,
+        max_trial_errors=max_trial_errors,
     )
 
 

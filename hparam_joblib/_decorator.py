@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -20,6 +21,7 @@ from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._progress import format_summary
 from hparam_joblib._result import SearchResult
 from hparam_joblib._runner import run_search, storage_display
+from hparam_joblib._savedir import resolve_save_dir
 from hparam_joblib._space import describe_space
 from hparam_joblib._yaml import dump_yaml
 
@@ -44,7 +46,7 @@ def _check_signature(func: Callable[..., Any], source: str) -> None:
         pass
 
 
-def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
+def _dry_run_text(cfg: SearchConfig, save_dir: Path, why: str = "") -> str:
     direction = (
         f"directions: {list(cfg.directions)}" if cfg.multi_objective else f"direction: {cfg.direction}"
     )
@@ -52,6 +54,7 @@ def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
     lines = [
         f"# config: {cfg.source}",
         f"# study:  {cfg.study_name} -> {storage_display(cfg, save_dir)} (not touched: --dry-run)",
+        *([f"#         ({why})"] if why and cfg.storage.kind != "postgresql" else []),
         (
             f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, {direction}, "
             f"n_startup_trials: {cfg.n_startup_trials}{seeds}"
@@ -109,7 +112,7 @@ def hparam_search(
                 if not cli:
                     raise
                 print(f"error: {err}", file=sys.stderr)
-                raise SystemExit(2) from None
+                raise SystemExit(err.exit_status) from None
             except KeyboardInterrupt:  # Ctrl-C before the workers started: nothing is running
                 if not cli:
                     raise
@@ -130,7 +133,9 @@ def _tune(func: Callable[[dict[str, Any]], Any], cfg: SearchConfig, args: Script
     ladder = list(args.tune_ladder) or tune.default_ladder(joblib.cpu_count(), cfg.n_jobs)
     print(
         f"tuning n_jobs for {cfg.study_name}: ladder {ladder}, {args.tune_seconds:g} s each, "
-        f"in a throwaway study (the real study is not touched)",
+        f"in a throwaway study (the real study is not touched)"
+        + (f"; the {cfg.pruner.type} pruner is off while measuring (pruned trials are shorter, "
+           "so rungs that prune differently would not compare)" if cfg.pruner.type != "none" else ""),
         flush=True,
     )
     rungs = tune.run_ladder(func, cfg, ladder, args.tune_seconds)
@@ -157,12 +162,15 @@ def _launch(
     for note in notes:
         logger.warning("note: %s", note)
     _check_signature(func, str(path))
+    save_dir, why = resolve_save_dir(save_dir, path)
     if args.dry_run:
-        print(_dry_run_text(cfg, save_dir))
+        print(_dry_run_text(cfg, save_dir, why))
         return None
     if args.tune_n_jobs:
         _tune(func, cfg, args)
         return None
-    result = run_search(func, cfg, save_dir)
+    result = run_search(func, cfg, save_dir, retry_failed=args.retry_failed)
+    if cfg.storage.kind != "postgresql":
+        result = dataclasses.replace(result, db_reason=why)
     print(format_summary(result))
     return result

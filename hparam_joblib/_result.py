@@ -51,6 +51,11 @@ class SearchResult:
         directions: ``"minimize"``/``"maximize"``, one per objective.
         best_trials: the best trial (one objective) or the Pareto front (several), by number;
             empty when no trial completed.
+        kinds: PRUNED and FAIL trials by kind (``error``, ``pruner``, ``timeout``,
+            ``worker_died``, ``interrupted``: see ``_failures``).
+        retired: trials that failed by an error and were retired by ``--retry-failed`` (still
+            PRUNED in the study, not counted toward ``n_trials``).
+        db_reason: why the database is where it is (how ``save_db_directory`` was resolved).
     """
 
     study_name: str
@@ -72,11 +77,14 @@ class SearchResult:
     peak_trial_mib: float = 0.0
     directions: tuple[str, ...] = ("minimize",)
     best_trials: tuple[BestTrial, ...] = ()
+    kinds: dict[str, int] = field(default_factory=dict)
+    retired: int = 0
+    db_reason: str = ""
 
     @property
     def n_finished(self) -> int:
-        """COMPLETE + PRUNED: the trials that count toward ``n_trials``."""
-        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+        """COMPLETE + PRUNED, less the retired trials: the trials that count toward ``n_trials``."""
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0) - self.retired
 
     @property
     def multi_objective(self) -> bool:

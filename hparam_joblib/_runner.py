@@ -9,6 +9,7 @@ Which engine runs the loops is decided in ``_backend`` only.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,6 +33,22 @@ from optuna.trial import FrozenTrial
 from hparam_joblib._backend import Backend, Death, make_backend
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError, StorageError
+from hparam_joblib._failures import (
+    ErrorStop,
+    broken_code_error,
+    count_errors,
+    kind_counts,
+    retire_errors,
+    retired,
+)
+from hparam_joblib._history import (
+    append_run,
+    changes_note,
+    check_space,
+    previous_run,
+    run_entry,
+    settings_changes,
+)
 from hparam_joblib._progress import Progress
 from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib._storage import (
@@ -89,20 +106,27 @@ def run_search(
     policy: RetryPolicy | None = None,
     show_progress: bool = True,
     time_limit: float | None = None,
+    retry_failed: bool = False,
 ) -> SearchResult:
     """Run (or resume) the search until the study holds ``cfg.n_trials`` finished trials.
+
+    With ``retry_failed``, the trials that failed by an error are retired first (kept PRUNED
+    with their reason, no longer counted: see ``_failures``), so the run replaces them.
 
     Raises:
         StorageError: the database cannot be used (checked before anything is written).
         BackendError: the Dask scheduler is unreachable (checked before anything is created),
             or the cluster has no worker for too long.
         WorkerCrashError: ``max_worker_deaths`` workers died in a row without a finished trial.
+        ConfigError: the search space conflicts with the trials the study holds.
+        TrainingCodeError: the first ``max_trial_errors`` trials of the run failed by an error.
     """
     backend = make_backend(cfg)
     backend.open()
     try:
         return _run_search(
-            func, cfg, save_dir, backend, policy=policy, show_progress=show_progress, time_limit=time_limit
+            func, cfg, save_dir, backend, policy=policy, show_progress=show_progress, time_limit=time_limit,
+            retry_failed=retry_failed,
         )
     finally:
         backend.close()
@@ -117,6 +141,7 @@ def _run_search(
     policy: RetryPolicy | None = None,
     show_progress: bool = True,
     time_limit: float | None = None,
+    retry_failed: bool = False,
 ) -> SearchResult:
     started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -137,26 +162,50 @@ def _run_search(
     study = optuna.create_study(
         storage=cast(BaseStorage, storage), study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
     )
-    study.set_user_attr("config", _jsonable(cfg.resolved))
     study_id = study._study_id
+    # Config changes between runs: a conflicting space stops here, before anything is written.
+    previous = previous_run(storage.get_study_user_attrs(study_id))
+    held = storage.get_all_trials(study_id, deepcopy=False)
+    check_space(cfg, held, previous, location.display)
+    changes = settings_changes(previous, cfg)
+    if changes:
+        logger.warning("note: %s", changes_note(changes, cfg.study_name))
     reaped = reap_dead_owners(storage, study_id)
     if reaped:
         logger.info("marked %d trial(s) left RUNNING by a dead process as FAIL: %s", len(reaped), reaped)
-    if cfg.enqueue:
-        _enqueue(study, storage, cfg)
-
+    retried = retire_errors(storage, study_id) if retry_failed else []
+    if retry_failed:
+        logger.info(
+            "--retry-failed: %s", f"{len(retried)} trial(s) that failed by an error kept as they are "
+            f"(PRUNED, with their reason) and no longer counted; new trials replace them: {retried}"
+            if retried else "no trial failed by an error; nothing to re-run",
+        )
+    # Retired trials stay in the study (PRUNED) but do not count: the workers' budget grows by them.
+    n_retired = len(retired(storage, study_id))
+    work = dataclasses.replace(cfg, n_trials=cfg.n_trials + n_retired) if n_retired else cfg
     run_id = uuid.uuid4().hex[:12]
+    append_run(storage, study_id, run_entry(cfg, run_id, len(held), changes, retried))
+    if cfg.enqueue:
+        _enqueue(study, storage, work)
+
     reports: list[WorkerReport] = []
     interrupted = 0
-    if n_finished(storage.count_states(study_id)) < cfg.n_trials:
+    if n_finished(storage.count_states(study_id)) < work.n_trials:
         deadline = None if time_limit is None else time.time() + time_limit
         interrupted = _supervise(
-            func, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
-            backend=backend,
+            func, work, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
+            backend=backend, retired=n_retired,
         )
     else:
-        logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
-    result = _result(study, storage, cfg, location, started, reports, interrupted)
+        errors = count_errors(storage, study_id, exclude=retired(storage, study_id))
+        hint = (
+            f"; {errors} of them failed by an error: after fixing the code, run the same command "
+            "with --retry-failed to re-run those" if errors else ""
+        )
+        logger.info(
+            "study %s already holds %d finished trials; nothing to run%s", cfg.study_name, cfg.n_trials, hint
+        )
+    result = _result(study, storage, cfg, location, started, reports, interrupted, n_retired)
     return result
 
 
@@ -217,13 +266,18 @@ def _supervise(
     deadline: float | None = None,
     *,
     backend: Backend,
+    retired: int = 0,
 ) -> int:
-    """Start and watch the worker loops; returns the signal number that stopped us, or 0."""
+    """Start and watch the worker loops; returns the signal number that stopped us, or 0.
+
+    ``cfg.n_trials`` is the workers' budget: the user's n_trials plus the ``retired`` trials.
+    """
     counts = storage.count_states(study_id)
     progress = Progress(
-        cfg.n_trials, n_finished(counts), cfg.direction, enabled=show_progress,
-        show_best=not cfg.multi_objective,
+        cfg.n_trials - retired, n_finished(counts) - retired, cfg.direction, enabled=show_progress,
+        show_best=not cfg.multi_objective, offset=retired,
     )
+    errors = ErrorStop(cfg.max_trial_errors, run_id, counts)
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise _Terminated()
 
@@ -238,6 +292,8 @@ def _supervise(
 
     def start(n: int) -> None:
         nonlocal next_index
+        now = storage.count_states(study_id)
+        trials_before = sum(v for k, v in now.items() if k != "WAITING")  # mixed into the seeds
         backend.submit([
             WorkerTask(
                 # The location holds absolute paths: a Dask worker's working directory differs.
@@ -245,6 +301,7 @@ def _supervise(
                 launcher_pid=os.getpid(), worker_index=next_index + i,
                 policy=policy, deadline=deadline,
                 lease_interval=cfg.heartbeat_interval if backend.remote else None,
+                trials_before=trials_before, error_stop=errors if errors.armed else None,
             )
             for i in range(n)
         ])
@@ -259,6 +316,7 @@ def _supervise(
         while backend.active:
             news = backend.poll(_POLL_SECONDS)
             reports.extend(news.reports)
+            _check_errors(errors, storage, study_id, cfg, location, func)  # before loops are restarted
             if lease is not None:
                 lease.renew()
             if news.deaths or backend.remote:
@@ -438,6 +496,47 @@ def _wait_for_run_trials(storage: StudyStore, study_id: int, run_id: str, timeou
         time.sleep(0.2)
 
 
+def _check_errors(
+    errors: ErrorStop, storage: StudyStore, study_id: int, cfg: SearchConfig, location: StorageLocation,
+    func: Callable[..., Any],
+) -> None:
+    """Raise the stop-fast error when the run's first ``max_trial_errors`` trials all failed.
+
+    Raises:
+        TrainingCodeError: they did (the one line names the error, the user's file and line,
+            and where the full traceback is).
+    """
+    if not errors.armed:
+        return
+    first = errors.check(storage, study_id, storage.count_states(study_id))
+    if first:
+        raise broken_code_error(
+            first, cfg.max_trial_errors, cfg.study_name, location.display,
+            _write_traceback(location, cfg.study_name, first[-1]),
+            main_file=getattr(getattr(func, "__code__", None), "co_filename", None),
+        )
+
+
+def _write_traceback(location: StorageLocation, study_name: str, trial: FrozenTrial) -> Path | None:
+    """Write a failed trial's full traceback beside a file storage; returns the file (None on a
+    server, or when it cannot be written: the trial's ``failure_traceback`` attr holds it)."""
+    text = trial.user_attrs.get("failure_traceback")
+    if location.is_server or not location.path or not text:
+        return None
+    path = Path(location.path).parent / f"{study_name}_trial{trial.number}_traceback.txt"
+    try:
+        path.write_text(f"# trial {trial.number} of study {study_name}: {trial.user_attrs.get('failure_reason')}\n{text}")
+    except OSError:
+        return None
+    return dashboard_relative(path)
+
+
+def dashboard_relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it is under it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else Path(rel)
+
+
 def _install_handlers(handlers: dict[Any, Any]) -> dict[Any, Any]:
     """Install signal handlers (main thread only); returns the previous ones."""
     if threading.current_thread() is not threading.main_thread():
@@ -450,7 +549,7 @@ def _fail_run_trials(storage: StudyStore, study_id: int, run_id: str, reason: st
     try:
         for trial_id, _number, owner in storage.running_owners(study_id):
             if owner.get("run") == run_id:
-                fail_trial(storage, trial_id, reason)
+                fail_trial(storage, trial_id, reason, kind="interrupted")
     except HparamError as err:  # the next launch reaps them (their owners are dead)
         logger.warning("could not mark this run's trials FAIL now (%s); the next run will", err)
 
@@ -463,6 +562,7 @@ def _result(
     started: float,
     reports: list[WorkerReport],
     interrupted: int,
+    n_retired: int = 0,
 ) -> SearchResult:
     counts = storage.count_states(study._study_id)
     best_value = None
@@ -512,6 +612,8 @@ def _result(
         peak_trial_mib=max((r.peak_trial_mib for r in reports), default=0.0),
         directions=tuple(cfg.directions),
         best_trials=best_trials,
+        kinds=kind_counts(storage, study._study_id),
+        retired=n_retired,
     )
 
 

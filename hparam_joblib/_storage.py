@@ -1123,6 +1123,27 @@ class SearchStorage(RDBStorage):
 
         return self._retry(query)
 
+    def failure_attrs(self, study_id: int, keys: Sequence[str]) -> list[tuple[int, str, dict[str, Any]]]:
+        """``(number, state name, {key: value})`` of every PRUNED or FAIL trial, only the user
+        attrs ``keys`` (what ``_failures`` needs to tell an error from a pruner decision)."""
+        stmt = (
+            select(_T.c.number, _T.c.state, _UA.c.key, _UA.c.value_json)
+            .select_from(_T.outerjoin(_UA, (_UA.c.trial_id == _T.c.trial_id) & _UA.c.key.in_(list(keys))))
+            .where(_T.c.study_id == study_id, _T.c.state.in_([TrialState.PRUNED, TrialState.FAIL]))
+        )
+
+        def query() -> list[tuple[int, str, dict[str, Any]]]:
+            out: dict[int, tuple[str, dict[str, Any]]] = {}
+            with self.engine.connect() as conn:
+                for number, state, key, text in conn.execute(stmt):
+                    name = state.name if isinstance(state, TrialState) else str(state)
+                    entry = out.setdefault(int(number), (name, {}))
+                    if key is not None:
+                        entry[1][key] = json.loads(text)
+            return [(n, state, attrs) for n, (state, attrs) in out.items()]
+
+        return self._retry(query)
+
 
 def _wrap(name: str) -> Callable[..., Any]:
     base = getattr(RDBStorage, name)
@@ -1160,6 +1181,11 @@ class StudyStore(Protocol):
     def get_trial(self, trial_id: int) -> FrozenTrial: ...
     def get_best_trial(self, study_id: int) -> FrozenTrial: ...
     def get_study_system_attrs(self, study_id: int) -> dict[str, Any]: ...
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]: ...
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None: ...
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]: ...
     def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None: ...
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None: ...
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None: ...
@@ -1169,10 +1195,12 @@ class StudyStore(Protocol):
     ) -> bool: ...
 
 
-def fail_trial(storage: StudyStore, trial_id: int, reason: str) -> bool:
-    """Mark a RUNNING trial FAIL with ``reason``; False if it had already finished."""
+def fail_trial(storage: StudyStore, trial_id: int, reason: str, kind: str = "worker_died") -> bool:
+    """Mark a RUNNING trial FAIL with ``reason`` and ``failure_kind`` (``worker_died`` or
+    ``interrupted``, see ``_failures``); False if it had already finished."""
     try:
         storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        storage.set_trial_user_attr(trial_id, "failure_kind", kind)
         return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
     except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
         return False
