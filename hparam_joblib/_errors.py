@@ -130,3 +130,11 @@ class TrainingCodeError(HparamError):
     """
 
     exit_status = 1
+
+    def __init__(self, message: str, short: str = "") -> None:
+        super().__init__(message)
+        #: A few words for the reason of the trials the stop interrupted.
+        self.short = short or message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TrainingCodeError, (str(self), self.short))

@@ -231,5 +231,6 @@ def broken_code_error(
         f"the first {len(first)} trials of this run all failed by an error and none completed "
         f"(max_trial_errors={limit}): trial {last.number}: {reason}{where}{same}; {full}; "
         f"fix the code, then run the same command with --retry-failed to re-run them "
-        f"(study {study_name})"
+        f"(study {study_name})",
+        short=f"the first {len(first)} trials of this run all failed by an error ({reason})",
     )

@@ -339,7 +339,7 @@ def _supervise(
         return 0
     except HparamError as err:
         progress.close()
-        _stop(backend, lease, storage, study_id, run_id, f"the search stopped: {err}")
+        _stop(backend, lease, storage, study_id, run_id, f"the search stopped: {getattr(err, 'short', err)}")
         raise
     except (KeyboardInterrupt, _Terminated) as stop:
         signum = signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT
