@@ -293,3 +293,23 @@ if __name__ == "__main__":
     rows = re.findall(r"^\s+1\s+(\d+)\s+", done.stdout, re.M)
     assert rows and int(rows[0]) >= 3
     assert len(record.read_text().splitlines()) >= int(rows[0])
+
+
+def test_broken_code_and_retry_failed_on_postgresql(project: Project, pg_url: str) -> None:
+    """The stop-fast rule and --retry-failed on a PostgreSQL study (the kinds are read there by
+    one SQL query): exit 1 within K, then exactly n_trials COMPLETE, the errors kept PRUNED."""
+    project.write_config(
+        HEAD.format(n_jobs=2, n_trials=6) + f"storage: {pg_url}\nmax_trial_errors: 2\nmode: raise\n" + SPACE
+    )
+    done = project.run()
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "the first 2 trials of this run all failed by an error" in done.stderr
+    assert "full traceback: user attr failure_traceback of trial" in done.stderr  # no file on a server
+    fixed = _ok(project.run("--set", "mode=ok", "--retry-failed"))
+    assert "6/6 finished" in fixed.stdout
+    study = optuna.load_study(study_name="exp_t", storage=pg_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    by_state: dict[str, int] = {}
+    for t in study.trials:
+        by_state[t.state.name] = by_state.get(t.state.name, 0) + 1
+    assert by_state.get("COMPLETE") == 6 and 2 <= by_state.get("PRUNED", 0) <= 3
+    assert all(t.user_attrs["failure_kind"] == "error" for t in study.trials if t.state.name == "PRUNED")
