@@ -163,28 +163,8 @@ def _run_search(
         storage=cast(BaseStorage, storage), study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
     )
     study_id = study._study_id
-    # Config changes between runs: a conflicting space stops here, before anything is written.
-    previous = previous_run(storage.get_study_user_attrs(study_id))
-    held = storage.get_all_trials(study_id, deepcopy=False)
-    check_space(cfg, held, previous, location.display)
-    changes = settings_changes(previous, cfg)
-    if changes:
-        logger.warning("note: %s", changes_note(changes, cfg.study_name))
-    reaped = reap_dead_owners(storage, study_id)
-    if reaped:
-        logger.info("marked %d trial(s) left RUNNING by a dead process as FAIL: %s", len(reaped), reaped)
-    retried = retire_errors(storage, study_id) if retry_failed else []
-    if retry_failed:
-        logger.info(
-            "--retry-failed: %s", f"{len(retried)} trial(s) that failed by an error kept as they are "
-            f"(PRUNED, with their reason) and no longer counted; new trials replace them: {retried}"
-            if retried else "no trial failed by an error; nothing to re-run",
-        )
-    # Retired trials stay in the study (PRUNED) but do not count: the workers' budget grows by them.
-    n_retired = len(retired(storage, study_id))
-    work = dataclasses.replace(cfg, n_trials=cfg.n_trials + n_retired) if n_retired else cfg
     run_id = uuid.uuid4().hex[:12]
-    append_run(storage, study_id, run_entry(cfg, run_id, len(held), changes, retried))
+    work, n_retired = _begin_run(cfg, storage, study_id, run_id, location, retry_failed)
     if cfg.enqueue:
         _enqueue(study, storage, work)
 
@@ -207,6 +187,39 @@ def _run_search(
         )
     result = _result(study, storage, cfg, location, started, reports, interrupted, n_retired)
     return result
+
+
+def _begin_run(
+    cfg: SearchConfig, storage: StudyStore, study_id: int, run_id: str, location: StorageLocation,
+    retry_failed: bool,
+) -> tuple[SearchConfig, int]:
+    """Check the config against the study, reap dead trials, retire errors (``--retry-failed``)
+    and record the run; returns the workers' config (budget: n_trials + retired) and the
+    number of retired trials.
+
+    Raises:
+        ConfigError: the search space conflicts with the study's trials (nothing written).
+    """
+    previous = previous_run(storage.get_study_user_attrs(study_id))
+    held = storage.get_all_trials(study_id, deepcopy=False)
+    check_space(cfg, held, previous, location.display)
+    changes = settings_changes(previous, cfg)
+    if changes:
+        logger.warning("note: %s", changes_note(changes, cfg.study_name))
+    reaped = reap_dead_owners(storage, study_id)
+    if reaped:
+        logger.info("marked %d trial(s) left RUNNING by a dead process as FAIL: %s", len(reaped), reaped)
+    retried = retire_errors(storage, study_id) if retry_failed else []
+    if retry_failed:
+        logger.info(
+            "--retry-failed: %s", f"{len(retried)} trial(s) that failed by an error kept as they are "
+            f"(PRUNED, with their reason) and no longer counted; new trials replace them: {retried}"
+            if retried else "no trial failed by an error; nothing to re-run",
+        )
+    # Retired trials stay in the study (PRUNED) but do not count: the workers' budget grows by them.
+    n_retired = len(retired(storage, study_id))
+    append_run(storage, study_id, run_entry(cfg, run_id, len(held), changes, retried))
+    return (dataclasses.replace(cfg, n_trials=cfg.n_trials + n_retired) if n_retired else cfg), n_retired
 
 
 def enqueue_keys(entries: tuple[Mapping[str, Any], ...]) -> list[str]:
