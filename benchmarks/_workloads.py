@@ -9,8 +9,9 @@ plus the sampled ``x0, x1, x2``). ``config["workload"]`` picks what a trial does
 * ``hetero``: sleep for a duration drawn uniformly from ``[hetero_low, hetero_high]``, seeded by
   the trial's sampled parameters (deterministic per parameter set, i.i.d. across trials).
 
-hparam_joblib's workers receive this module by value (cloudpickle), so it must stay
-self-contained: standard library only, no imports from the rest of ``benchmarks/``.
+hparam_joblib's trial processes import this module by name (``benchmarks/`` is on the
+launcher's ``sys.path``, which they inherit); keep it self-contained: standard library only, no
+imports from the rest of ``benchmarks/``.
 """
 
 from __future__ import annotations

@@ -50,7 +50,12 @@ STUDY_KEYS: tuple[str, ...] = (
     "max_worker_deaths",
     "heartbeat_interval",
     "max_trial_errors",
+    "trials_per_process",
+    "threads_per_trial",
+    "trial_output",
 )
+#: Where a trial's stdout and stderr go: its log file only, or also the terminal (prefixed).
+TRIAL_OUTPUTS: tuple[str, ...] = ("file", "terminal")
 BACKENDS: tuple[str, ...] = ("loky", "dask")
 _SCHEDULER_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
 #: Naming keys: reserved (they name the study), and passed to the function like fixed values.
@@ -180,6 +185,12 @@ class SearchConfig:
     #: The search stops (exit 1) when the first this-many trials a run finishes all failed by
     #: an error, none completing (broken code); 0 turns the rule off.
     max_trial_errors: int = 5
+    #: Trials a warm trial process runs before it is replaced (None: it is kept until it dies).
+    trials_per_process: int | None = None
+    #: Threads per trial for OpenMP/BLAS/numexpr/PyTorch; None: cores // trials running at once.
+    threads_per_trial: int | None = None
+    #: ``file``: each trial's output goes to its log file; ``terminal``: also shown, prefixed.
+    trial_output: Literal["file", "terminal"] = "file"
 
     @property
     def multi_objective(self) -> bool:
@@ -471,6 +482,16 @@ def validate(
                 "heartbeat_interval", f"must be a number of seconds > 0, got {raw['heartbeat_interval']!r}"
             )
 
+    trials_per_process = (
+        None if raw.get("trials_per_process") is None else check.integer(raw, "trials_per_process", None, 1)
+    )
+    threads_per_trial = (
+        None if raw.get("threads_per_trial") is None else check.integer(raw, "threads_per_trial", None, 1)
+    )
+    trial_output = str(raw.get("trial_output") or "file").strip().lower()
+    if trial_output not in TRIAL_OUTPUTS:
+        raise check.fail("trial_output", f"must be one of {list(TRIAL_OUTPUTS)}, got {raw['trial_output']!r}")
+
     fixed = {k: copy.deepcopy(v) for k, v in raw.items() if k not in STUDY_KEYS}
     fixed["experiment_name"] = experiment_name
     fixed["tag"] = tag
@@ -503,6 +524,9 @@ def validate(
         max_worker_deaths=max_worker_deaths,
         heartbeat_interval=heartbeat_interval,
         max_trial_errors=max_trial_errors,
+        trials_per_process=trials_per_process,
+        threads_per_trial=threads_per_trial,
+        trial_output=trial_output,  # type: ignore[arg-type]
     )
 
 

@@ -1,4 +1,9 @@
-"""``@hparam_search``: glue from ``sys.argv`` to config to runner, and one-line errors."""
+"""``@hparam_search``: glue from ``sys.argv`` to config to runner, and one-line errors.
+
+Importing this module is cheap (the config, Optuna and the runner are imported when a search
+starts): a trial process imports the user's script, which applies the decorator, but never
+launches a search.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import joblib
-
-from hparam_joblib._cli import ScriptArgs, parse_args
-from hparam_joblib._config import SearchConfig, load_config, resolve_config_path
-from hparam_joblib._errors import ConfigError, HparamError
+from hparam_joblib._errors import ConfigError, HparamError, UsageError
+from hparam_joblib._funcref import WRAPPED_ATTR
 from hparam_joblib._logging import setup as setup_logging
-from hparam_joblib._progress import format_summary
 from hparam_joblib._result import SearchResult
-from hparam_joblib._runner import run_search, storage_display
-from hparam_joblib._savedir import resolve_save_dir
-from hparam_joblib._space import describe_space
-from hparam_joblib._yaml import dump_yaml
+from hparam_joblib._trial_process import IN_TRIAL_PROCESS_ENV
+
+if TYPE_CHECKING:
+    from hparam_joblib._cli import ScriptArgs
+    from hparam_joblib._config import SearchConfig
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -47,6 +49,10 @@ def _check_signature(func: Callable[..., Any], source: str) -> None:
 
 
 def _dry_run_text(cfg: SearchConfig, save_dir: Path, why: str = "") -> str:
+    from hparam_joblib._runner import storage_display, threads_display
+    from hparam_joblib._space import describe_space
+    from hparam_joblib._yaml import dump_yaml
+
     direction = (
         f"directions: {list(cfg.directions)}" if cfg.multi_objective else f"direction: {cfg.direction}"
     )
@@ -59,6 +65,11 @@ def _dry_run_text(cfg: SearchConfig, save_dir: Path, why: str = "") -> str:
             f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, {direction}, "
             f"n_startup_trials: {cfg.n_startup_trials}{seeds}"
         ),
+        (
+            f"# trial processes: one warm process per worker, {threads_display(cfg)}, "
+            f"{_recycle_text(cfg)}"
+        ),
+        f"# trial logs: {save_dir / cfg.study_name}/trial_NNNNN.log (trial_output: {cfg.trial_output})",
         f"# backend: {cfg.backend}" + (f" (scheduler: {cfg.dask_scheduler})" if cfg.backend == "dask" else "")
         + (f", gpus: {list(cfg.gpus)} (one per running trial)" if cfg.gpus else ""),
         f"# sampler: {cfg.sampler.describe()}",
@@ -71,6 +82,12 @@ def _dry_run_text(cfg: SearchConfig, save_dir: Path, why: str = "") -> str:
         lines += [f"#   {dict(entry)}" for entry in cfg.enqueue]
     lines.append(dump_yaml(dict(cfg.resolved)).rstrip())
     return "\n".join(lines)
+
+
+def _recycle_text(cfg: SearchConfig) -> str:
+    if cfg.trials_per_process is None:
+        return "kept for every trial (trials_per_process: null)"
+    return f"replaced every {cfg.trials_per_process} trial(s) (trials_per_process)"
 
 
 def hparam_search(
@@ -104,6 +121,14 @@ def hparam_search(
             if isinstance(argv, dict):
                 return func(argv)  # type: ignore[no-any-return,unused-ignore]
             cli = argv is None
+            if os.environ.get(IN_TRIAL_PROCESS_ENV):
+                # The script calls train() at import time: in a trial process that would start
+                # a search inside the search.
+                raise UsageError(
+                    f"{getattr(func, '__qualname__', 'the training function')}() was called while the "
+                    "script was imported by a trial process: call it under "
+                    "`if __name__ == \"__main__\":` so that importing the script does not start a search"
+                )
             args = sys.argv[1:] if argv is None else list(argv)
             _setup_logging()
             try:
@@ -122,12 +147,15 @@ def hparam_search(
                 raise SystemExit(128 + result.stop_signal)
             return result
 
+        setattr(launcher, WRAPPED_ATTR, func)  # how a trial process finds the undecorated function
         return launcher
 
     return decorate
 
 
 def _tune(func: Callable[[dict[str, Any]], Any], cfg: SearchConfig, args: ScriptArgs) -> None:
+    import joblib
+
     from hparam_joblib import _tune as tune
 
     ladder = list(args.tune_ladder) or tune.default_ladder(joblib.cpu_count(), cfg.n_jobs)
@@ -156,6 +184,14 @@ def _launch(
     save_dir: Path,
     defining_file: str | None,
 ) -> SearchResult | None:
+    import joblib
+
+    from hparam_joblib._cli import parse_args
+    from hparam_joblib._config import load_config, resolve_config_path
+    from hparam_joblib._progress import format_summary
+    from hparam_joblib._runner import run_search
+    from hparam_joblib._savedir import resolve_save_dir
+
     args = parse_args(argv, prog=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None)
     path = resolve_config_path(args.config or config_path, defining_file)
     cfg, notes = load_config(path, args.overrides, joblib.cpu_count())

@@ -1,40 +1,62 @@
-"""Run one call of the training function in a forked child process and report how it ended.
+"""The worker's side of a warm trial process: start it, run trials in it, say how each ended.
 
-Why a child per trial: loky ends every worker when one dies, so a trial that segfaults,
-calls ``os._exit`` or is SIGKILLed inside a worker would take the trials beside it down. Here the
-worker only supervises: the child dies alone, the worker records why and goes on. The same
-supervision gives per-trial timeouts (kill the child) and a way to stop when the launcher dies.
+Why a separate process: loky ends every worker when one dies, so a trial that segfaults, calls
+``os._exit`` or is SIGKILLed inside a worker would take the trials beside it down. The worker
+only supervises: the trial process dies alone, the worker records why, starts a fresh one and
+goes on. The same supervision gives per-trial timeouts (kill the process) and a way to stop
+when the launcher dies.
 
-The pipe protocol (child -> worker): ``("result", payload)``, ``("error", type, message, tb)``,
-``("pruned", step)``, and ``("report", value, step)`` answered by ``("continue",)`` or
-``("prune",)``. After a ``prune`` answer the child ends with ``("pruned", step)`` however the
-user's code reacts (``_ChildContext.pruned_step`` remembers it).
+Why one *warm* process for many trials (not a fork per trial): a fork per trial throws away
+every per-process warm-up (imports, data loaded at module level, JIT and oneDNN kernels, the
+allocator, a CUDA context) at the end of each trial; and forking a process that ran OpenMP or
+CUDA hangs or fails in the child. So the worker starts a fresh interpreter (``subprocess``:
+fork immediately followed by exec, which is fork-safe) before any user code is loaded; that
+process imports the user's script once and runs trial after trial (``_trial_process``). It is
+replaced only when it died, was killed (timeout, shutdown), or ran ``trials_per_process`` trials.
+
+Fork-safety rules kept here: the worker never imports or runs user code (it holds a
+:class:`~hparam_joblib._funcref.FunctionRef`, plain data) and never forks without exec; thread
+caps and the GPU are in the trial process's environment before its interpreter starts.
 """
 
 from __future__ import annotations
 
-import ctypes
-import math
-import multiprocessing
-import numbers
 import os
 import signal
+import socket
+import subprocess
 import sys
-import threading
 import time
-import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Literal
 
+from hparam_joblib._funcref import FunctionRef
+from hparam_joblib._trial_process import BOOTSTRAP, peak_mib
+
 _POLL_SECONDS = 0.2
-#: How long a child may take to exit after it sent its outcome, before it is killed.
+#: How long a trial process may take to exit when asked to, before it is killed.
 _EXIT_GRACE_SECONDS = 5.0
-#: Children that sent their outcome and are still exiting (flushing output, joining threads):
-#: reaped in the background of the next trials instead of waited for (the worker goes on with
-#: the next trial at once), killed past their grace time.
-_EXITING: list[tuple[Any, float]] = []
+#: With ``trial_timeout`` set, a fresh process may take this long (or trial_timeout, if longer)
+#: to load the script before its trial is killed: imports and module-level data loading are
+#: not the trial's own time, but a script that hangs at import must not hang the search.
+LOAD_TIMEOUT_FLOOR = 600.0
+#: Lines of a failed trial's output kept in its failure reason.
+TAIL_LINES = 10
+
+#: Environment variables that size the thread pools of OpenMP, BLAS libraries, numexpr and numba
+#: (joblib's list, ``joblib._parallel_backends.ParallelBackendBase.MAX_NUM_THREADS_VARS``).
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 OutcomeKind = Literal["value", "error", "died", "timeout", "stopped", "pruned"]
 
@@ -50,102 +72,21 @@ class Outcome:
     traceback: str = ""
     exit_code: int | None = None
     step: int | None = None
+    #: Peak resident memory of the trial process during this trial, in MiB (None when unknown).
+    peak_mib: float | None = None
+    #: The last lines the trial printed (stdout and stderr), for a failure's reason.
+    output_tail: str = ""
+    #: The pid of the trial process that ran it.
+    pid: int | None = None
 
 
-class _ChildContext:
-    """What ``report()`` in the child talks to."""
-
-    def __init__(self, conn: Connection, trial_number: int) -> None:
-        self.conn = conn
-        self.trial_number = trial_number
-        #: The step at which the pruner stopped the trial; once set, the trial ends PRUNED
-        #: however the function goes on (even if it catches BaseException).
-        self.pruned_step: int | None = None
-        self._lock = threading.Lock()
-
-    def report(self, value: float, step: int) -> None:
-        """Send one intermediate value; raises ``_PrunedByPruner`` when the pruner says stop."""
-        if self.pruned_step is not None:
-            raise _PrunedByPruner(self.pruned_step)
-        with self._lock:  # one request/answer at a time on the pipe
-            self.conn.send(("report", value, step))
-            answer = self.conn.recv()
-        if answer[0] == "prune":
-            self.pruned_step = step
-            raise _PrunedByPruner(step)
-
-
-#: Set in the child process only; read by the public ``report()`` helper.
-CURRENT: _ChildContext | None = None
-
-
-class _PrunedByPruner(BaseException):
-    """Raised in the child by ``report()`` when the pruner stops the trial."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(step)
-        self.step = step
-
-
-def _die_with_parent(expected_parent: int) -> None:
-    """Ask Linux to SIGKILL this process if the worker dies (PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != expected_parent:
-        os._exit(1)
-
-
-def normalise_return(value: Any) -> tuple[float | list[float] | None, str]:
-    """A finite float (or list of finite floats), or ``None`` and why it is not one."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
-        if math.isfinite(number):
-            return number, ""
-        return None, f"the training function returned {number}, not a finite number"
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # 0-d arrays, tensors
-        return normalise_return(value.item())
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and value:
-        numbers_out: list[float] = []
-        for item in value:
-            one, why = normalise_return(item)
-            if one is None or isinstance(one, list):
-                return None, f"the training function returned {value!r}: {why or 'not a number'}"
-            numbers_out.append(one)
-        return numbers_out, ""
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return None, f"the training function returned {shown} ({type(value).__name__}), not a number"
-
-
-def _child_main(func: Callable[[dict[str, Any]], Any], config: dict[str, Any], conn: Connection,
-                parent: int, trial_number: int, env: Mapping[str, str] | None = None) -> None:
-    global CURRENT
-    _die_with_parent(parent)
-    if env:  # e.g. CUDA_VISIBLE_DEVICES of the leased GPU: set before any user code runs
-        os.environ.update(env)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    CURRENT = _ChildContext(conn, trial_number)
-    try:
-        value = func(config)
-    except _PrunedByPruner as pruned:
-        conn.send(("pruned", pruned.step))
-        return
-    except BaseException as err:  # noqa: BLE001 - everything the user code raises is reported
-        if CURRENT.pruned_step is not None:  # the prune was caught and something else raised
-            conn.send(("pruned", CURRENT.pruned_step))
-            return
-        conn.send(("error", type(err).__name__, str(err), traceback.format_exc()))
-        return
-    if CURRENT.pruned_step is not None:  # the user's code swallowed the prune and returned
-        conn.send(("pruned", CURRENT.pruned_step))
-        return
-    number, why = normalise_return(value)
-    conn.send(("result", number, why))
+def thread_env(threads: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """The thread caps to give a trial process: ``threads`` for each variable the user did not
+    export (an exported one wins), and TBB's inter-process coordination (as joblib does)."""
+    env = {var: str(threads) for var in THREAD_VARS if var not in environ}
+    if "ENABLE_IPC" not in environ:
+        env["ENABLE_IPC"] = "1"
+    return env
 
 
 def signal_name(code: int) -> str:
@@ -156,109 +97,288 @@ def signal_name(code: int) -> str:
         return f"signal {code}"
 
 
-def run_isolated(
-    func: Callable[[dict[str, Any]], Any],
-    config: dict[str, Any],
-    *,
-    trial_number: int,
-    timeout: float | None,
-    should_stop: Callable[[], bool],
-    on_report: Callable[[float, int], bool],
-    env: Mapping[str, str] | None = None,
-) -> Outcome:
-    """Run ``func(config)`` in a forked child; never raises for anything the child does.
+def tail(path: str | None, lines: int = TAIL_LINES, max_bytes: int = 8192) -> str:
+    """The last ``lines`` lines of a text file ('' when there is none)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    kept = [line.rstrip() for line in data.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def _oom_kills() -> int | None:
+    """The cgroup's OOM-kill count (cgroup v2 ``memory.events``), or None when unreadable."""
+    try:
+        rel = Path("/proc/self/cgroup").read_text().strip().split("\n")[0].split(":", 2)[2]
+        for line in Path(f"/sys/fs/cgroup{rel}/memory.events").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, float | None]:
+    """Wait for a dying process (kill it after 10 s); its exit code and peak RSS in MiB (from
+    ``wait4``'s rusage: the high-water mark that the trial reset at its start)."""
+    deadline = time.monotonic() + 10
+    while proc.returncode is None:
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            proc.poll()
+            break
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss / 1024
+        if time.monotonic() > deadline:
+            TrialProcess._kill(proc)
+            break
+        time.sleep(0.02)
+    return proc.returncode, None
+
+
+class TrialProcess:
+    """One warm trial process of a worker (see the module doc). Not thread-safe; one per worker.
 
     Args:
-        func: the user's training function.
-        config: its argument.
-        trial_number: exposed to the child (``current_trial_number()``).
-        timeout: seconds before the child is killed, or None.
-        should_stop: polled while waiting; True kills the child (launcher gone, shutdown).
-        on_report: called for each ``report(value, step)``; returns True to prune.
-        env: environment variables set in the child before ``func`` runs (the leased GPU).
+        ref: where the training function lives.
+        env: environment variables for the process (thread caps, ``CUDA_VISIBLE_DEVICES``).
+        process_log: where the process's output goes between trials (module-level prints).
+        trials_per_process: replace the process after this many trials (None: never).
     """
-    reap_exiting()
-    ctx = multiprocessing.get_context("fork")
-    ours, theirs = ctx.Pipe()
-    child = ctx.Process(
-        target=_child_main, args=(func, config, theirs, os.getpid(), trial_number, env), daemon=True
-    )
-    started = time.monotonic()
-    child.start()
-    theirs.close()
-    try:
-        while True:
-            wait = _POLL_SECONDS
-            if timeout is not None:
-                wait = max(0.0, min(wait, started + timeout - time.monotonic()))
-            message = None
-            if ours.poll(wait):
-                try:
-                    message = ours.recv()
-                except (EOFError, OSError):
-                    return _died(child)
-            if message is not None:
-                tag = message[0]
-                if tag == "report":
-                    prune = on_report(float(message[1]), int(message[2]))
-                    ours.send(("prune",) if prune else ("continue",))
-                    continue
-                if child.is_alive():  # its outcome is in: let it finish exiting on its own
-                    _EXITING.append((child, time.monotonic() + _EXIT_GRACE_SECONDS))
-                if tag == "result":
-                    _, value, why = message
-                    if value is None:
-                        return Outcome("error", reason=why, error_type="InvalidReturn")
-                    return Outcome("value", value=value)
-                if tag == "pruned":
-                    return Outcome("pruned", reason=f"pruner at step {message[1]}", step=message[1])
-                _, etype, text, tb = message
-                return Outcome("error", reason=f"{etype}: {text}" if text else etype,
-                               error_type=etype, traceback=tb)
-            if not child.is_alive() and not ours.poll(0):
-                return _died(child)
-            if timeout is not None and time.monotonic() - started >= timeout:
-                _kill(child)
-                return Outcome("timeout", reason=f"timeout (trial ran longer than {timeout:g} s)")
-            if should_stop():
-                _kill(child)
-                return Outcome("stopped", reason="stopped: the search was shut down while the trial ran")
-    finally:
-        if child.is_alive() and not any(c is child for c, _ in _EXITING):
-            _kill(child)
-        ours.close()
 
+    def __init__(self, ref: FunctionRef, env: Mapping[str, str], process_log: str | None,
+                 trials_per_process: int | None = None) -> None:
+        self.ref = ref
+        self.env = dict(env)
+        self.process_log = process_log
+        self.trials_per_process = trials_per_process
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conn: Connection | None = None
+        self.ready = False
+        self.trials_in_process = 0
+        #: Processes started so far (the first one included).
+        self.started = 0
+        #: The largest peak RSS seen of any trial, in MiB.
+        self.peak_mib = 0.0
 
-def reap_exiting(wait: bool = False) -> None:
-    """Collect children that have exited; kill those past their grace time (or all, ``wait``:
-    each gets what is left of its grace time first)."""
-    now = time.monotonic()
-    still: list[tuple[Any, float]] = []
-    for child, deadline in _EXITING:
-        if wait:
-            child.join(max(0.0, deadline - now))
-        if not child.is_alive():
-            child.join(0)
-        elif wait or now >= deadline:
-            _kill(child)
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start a fresh process now (it loads the function while the worker does other work)."""
+        self.close()
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env.update(self.env)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", BOOTSTRAP, str(theirs.fileno()), str(os.getpid())],
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                # Its own process group: a timeout kills what the trial started too (data
+                # loader workers), and Ctrl-C in the terminal reaches only the launcher.
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send(("init", self.ref, self.process_log))
+        self.ready = False
+        self.trials_in_process = 0
+        self.started += 1
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self, grace: float = _EXIT_GRACE_SECONDS) -> None:
+        """Ask the process to exit; kill it past ``grace`` seconds (also when it is busy)."""
+        proc, conn = self.proc, self.conn
+        self.proc, self.conn, self.ready = None, None, False
+        if proc is None:
+            return
+        if not self.ready:  # still loading the script (no trial needed it): no need to wait
+            grace = 0.0
+        elif conn is not None:
+            try:
+                conn.send(("exit",))
+            except OSError:
+                grace = 0.0
+        try:
+            proc.wait(grace) if grace else self._kill(proc)
+        except subprocess.TimeoutExpired:
+            self._kill(proc)
+        if conn is not None:
+            conn.close()
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            try:
+                proc.kill()
+            except OSError:
+                pass
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    # -- one trial -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        config: dict[str, Any],
+        *,
+        trial_number: int,
+        log_path: str | None,
+        timeout: float | None,
+        should_stop: Callable[[], bool],
+        on_report: Callable[[float, int], bool],
+    ) -> Outcome:
+        """Run ``func(config)`` in the warm process; never raises for anything the trial does.
+
+        Args:
+            config: the training function's argument.
+            trial_number: exposed to the trial (``current_trial_number()``).
+            log_path: the trial's log file (its stdout and stderr), or None.
+            timeout: seconds before the trial is killed, or None; a fresh process loading the
+                script gets ``max(timeout, LOAD_TIMEOUT_FLOOR)`` before the trial's clock starts.
+            should_stop: polled while waiting; True kills the process (launcher gone, shutdown).
+            on_report: called for each ``report(value, step)``; returns True to prune.
+        """
+        if not self.alive():
+            self.start()
+        assert self.proc is not None and self.conn is not None
+        started = time.monotonic()
+        oom_before = _oom_kills()
+        pid = self.proc.pid
+        seen_peak: float | None = None
+        sent = False
+        eof = False
+        try:
+            while True:
+                if self.ready and not sent:
+                    self.conn.send(("run", trial_number, config, log_path))
+                    sent = True
+                    started = time.monotonic()  # loading the script had its own trial_timeout
+                limit = timeout if timeout is None or sent else max(timeout, LOAD_TIMEOUT_FLOOR)
+                wait = _POLL_SECONDS
+                if limit is not None:
+                    wait = max(0.0, min(wait, started + limit - time.monotonic()))
+                message = None
+                if self.conn.poll(wait):
+                    try:
+                        message = self.conn.recv()
+                    except (EOFError, OSError):  # the process is gone (``_died`` reaps it)
+                        eof = True
+                if message is not None:
+                    tag = message[0]
+                    if tag == "ready":
+                        self.ready = True
+                        continue
+                    if tag == "report":
+                        prune = on_report(float(message[1]), int(message[2]))
+                        self.conn.send(("prune",) if prune else ("continue",))
+                        continue
+                    return self._finished(message, log_path, pid)
+                if sent:
+                    sample = peak_mib(pid)
+                    if sample is not None:
+                        seen_peak = max(seen_peak or 0.0, sample)
+                if eof or (not self.alive() and not self.conn.poll(0)):
+                    return self._died(log_path, pid, seen_peak, oom_before, loading=not sent)
+                if limit is not None and time.monotonic() - started >= limit:
+                    self._discard()
+                    what = "trial ran" if sent else "training script was still loading,"
+                    return self._outcome("timeout", f"timeout (the {what} longer than {limit:g} s)",
+                                         log_path, pid, seen_peak)
+                if should_stop():
+                    self._discard()
+                    return self._outcome("stopped", "stopped: the search was shut down while the trial ran",
+                                         log_path, pid, seen_peak)
+        finally:
+            if self.proc is not None and self.proc.pid == pid:
+                self._after_trial()
+
+    def _after_trial(self) -> None:
+        """Count the trial; retire the process when it has run its share (the next trial starts
+        a fresh one: no process is started that no trial needs)."""
+        self.trials_in_process += 1
+        if self.trials_per_process is not None and self.trials_in_process >= self.trials_per_process:
+            self.close()
+
+    def _discard(self) -> None:
+        """Kill the process (timeout, shutdown): the next trial gets a fresh one."""
+        proc, conn = self.proc, self.conn
+        self.proc, self.conn, self.ready = None, None, False
+        if proc is not None:
+            self._kill(proc)
+        if conn is not None:
+            conn.close()
+
+    def _outcome(self, kind: OutcomeKind, reason: str, log_path: str | None, pid: int,
+                 peak: float | None, **extra: Any) -> Outcome:
+        if peak is not None:
+            self.peak_mib = max(self.peak_mib, peak)
+        return Outcome(kind, reason=reason, peak_mib=peak, output_tail=tail(log_path or self.process_log),
+                       pid=pid, **extra)
+
+    def _finished(self, message: tuple[Any, ...], log_path: str | None, pid: int) -> Outcome:
+        tag = message[0]
+        if tag == "load_error":
+            _, etype, text, tb = message
+            self._discard()
+            reason = f"the training script failed to load: {etype}: {text}" if text else \
+                f"the training script failed to load: {etype}"
+            return self._outcome("error", reason, self.process_log, pid, None, error_type=etype, traceback=tb)
+        peak = message[-1]
+        if peak is not None:
+            self.peak_mib = max(self.peak_mib, peak)
+        if tag == "result":
+            _, value, why, _ = message
+            if value is None:
+                return Outcome("error", reason=why, error_type="InvalidReturn", peak_mib=peak,
+                               output_tail=tail(log_path), pid=pid)
+            return Outcome("value", value=value, peak_mib=peak, pid=pid)
+        if tag == "pruned":
+            return Outcome("pruned", reason=f"pruner at step {message[1]}", step=message[1], peak_mib=peak, pid=pid)
+        _, etype, text, tb, _ = message
+        return Outcome("error", reason=f"{etype}: {text}" if text else etype, error_type=etype,
+                       traceback=tb, peak_mib=peak, output_tail=tail(log_path), pid=pid)
+
+    def _died(self, log_path: str | None, pid: int, peak: float | None, oom_before: int | None,
+              loading: bool) -> Outcome:
+        proc = self.proc
+        self.proc, self.ready = None, False
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        code = None
+        if proc is not None:
+            code, lifetime_peak = _reap(proc)
+            if lifetime_peak is not None:  # the kernel's peak RSS since the trial reset it
+                peak = max(peak or 0.0, lifetime_peak)
+        when = "while loading the training script" if loading else "before returning"
+        memory = f"; peak memory {peak:.0f} MiB" if peak else ""
+        if code is not None and code < 0:
+            name = signal_name(-code)
+            oom_after = _oom_kills()
+            if -code == signal.SIGKILL and oom_before is not None and oom_after is not None and oom_after > oom_before:
+                name += " (out of memory: the kernel's OOM killer)"
+            reason = f"the trial's process was killed by {name} {when}{memory}"
         else:
-            still.append((child, deadline))
-    _EXITING[:] = still
-
-
-def _kill(child: Any) -> None:
-    try:
-        child.kill()
-    except (OSError, AttributeError):
-        pass
-    child.join(5)
-
-
-def _died(child: Any) -> Outcome:
-    child.join(5)
-    code = child.exitcode
-    if code is not None and code < 0:
-        name = signal_name(-code)
-        return Outcome("died", reason=f"the trial's process was killed by {name}", exit_code=code)
-    return Outcome("died", reason=f"the trial's process exited with status {code} before returning",
-                   exit_code=code)
+            reason = f"the trial's process exited with status {code} {when}{memory}"
+        return self._outcome("died", reason, log_path if not loading else self.process_log, pid, peak,
+                             exit_code=code)

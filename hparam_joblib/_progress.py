@@ -113,6 +113,14 @@ def format_summary(result: SearchResult) -> str:
         if ops else ""
     )
     lines.append(f"  lock retries: {result.lock_retries}{latency}")
+    if result.trial_processes:
+        threads = (
+            f"{result.threads_per_trial} thread{'s' if result.threads_per_trial != 1 else ''} each"
+            if result.threads_per_trial else "threads as exported"
+        )
+        lines.append(f"  trial procs:  {result.trial_processes} ({threads})")
+    if result.log_dir and result.trials_run:
+        lines.append(f"  trial logs:   {dashboard_db(result.log_dir)}/trial_NNNNN.log")
     lines.append(f"  database:     {result.db_path}" + (f" ({result.db_reason})" if result.db_reason else ""))
     lines.append(f"  dashboard:    {_dashboard_for(result)}")
     return "\n".join(lines)

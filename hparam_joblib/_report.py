@@ -1,7 +1,7 @@
 """``report()`` and ``current_trial_number()``: what a training function may call during a search.
 
-Both talk to the trial's child-process context (``_isolation.CURRENT``), which exists only in
-the process where ``@hparam_search`` runs the training function.
+Both talk to the trial's child-process context (``_trial_process.CURRENT``), which exists only in
+the trial process while ``@hparam_search`` runs the training function.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 import numbers
 from typing import Any
 
-from hparam_joblib import _isolation
+from hparam_joblib import _trial_process
 from hparam_joblib._errors import HparamError
 
 
@@ -18,8 +18,8 @@ class OutsideSearchError(HparamError, RuntimeError):
     """``report()`` or ``current_trial_number()`` was called outside a search."""
 
 
-def _context(name: str) -> _isolation._ChildContext:
-    ctx = _isolation.CURRENT
+def _context(name: str) -> _trial_process.TrialContext:
+    ctx = _trial_process.CURRENT
     if ctx is None:
         raise OutsideSearchError(
             f"{name}() only works inside a training function run by @hparam_search"

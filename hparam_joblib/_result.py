@@ -56,6 +56,11 @@ class SearchResult:
         retired: trials that failed by an error and were retired by ``--retry-failed`` (still
             PRUNED in the study, not counted toward ``n_trials``).
         db_reason: why the database is where it is (how ``save_db_directory`` was resolved).
+        trial_processes: warm trial processes started (one per worker, plus one for each that
+            died, timed out or was recycled by ``trials_per_process``).
+        threads_per_trial: the OpenMP/BLAS thread cap each trial process had (0: not capped,
+            the user exported the variables).
+        log_dir: where the trial logs are (``trial_00042.log``); '' when no trial ran.
     """
 
     study_name: str
@@ -80,6 +85,9 @@ class SearchResult:
     kinds: dict[str, int] = field(default_factory=dict)
     retired: int = 0
     db_reason: str = ""
+    trial_processes: int = 0
+    threads_per_trial: int = 0
+    log_dir: str = ""
 
     @property
     def n_finished(self) -> int:

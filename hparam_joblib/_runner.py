@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial
 
 from hparam_joblib._backend import Backend, Death, make_backend
 from hparam_joblib._config import SearchConfig
-from hparam_joblib._errors import HparamError, StorageError
+from hparam_joblib._errors import HparamError, StorageError, UsageError
 from hparam_joblib._failures import (
     ErrorStop,
     broken_code_error,
@@ -41,6 +41,7 @@ from hparam_joblib._failures import (
     retire_errors,
     retired,
 )
+from hparam_joblib._funcref import FunctionRef, make_ref
 from hparam_joblib._history import (
     append_run,
     changes_note,
@@ -49,6 +50,7 @@ from hparam_joblib._history import (
     run_entry,
     settings_changes,
 )
+from hparam_joblib._isolation import THREAD_VARS
 from hparam_joblib._progress import Progress
 from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib._storage import (
@@ -62,7 +64,8 @@ from hparam_joblib._storage import (
     reap_dead_owners,
 )
 from hparam_joblib._storage_factory import location_for, open_storage, preflight, prepare
-from hparam_joblib._worker import LauncherLease, WorkerReport, WorkerTask
+from hparam_joblib._tail import LogFollower
+from hparam_joblib._worker import WORKERS_LOG, LauncherLease, WorkerReport, WorkerTask, trial_threads
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -96,6 +99,26 @@ def storage_display(cfg: SearchConfig, save_dir: Path) -> str:
         return str(db_path_for(cfg, save_dir))
     location = location_for(cfg, save_dir)
     return f"journal:{location.path}" if location.kind == "journal" else location.display
+
+
+def log_dir_for(cfg: SearchConfig, save_dir: Path) -> Path:
+    """``<save_db_directory>/<study>/``: the trial logs (``trial_00042.log``) and workers' messages."""
+    return save_dir / cfg.study_name
+
+
+def threads_display(cfg: SearchConfig, cores: int | None = None) -> str:
+    """How many threads each trial's OpenMP/BLAS pools get, and why (for --dry-run and the summary)."""
+    if cores is None:
+        import joblib
+
+        cores = joblib.cpu_count()
+    threads = trial_threads(cfg, cfg.n_jobs, cores)
+    why = "threads_per_trial" if cfg.threads_per_trial is not None else f"{cores} cores // n_jobs {cfg.n_jobs}"
+    exported = [f"{var}={os.environ[var]}" for var in THREAD_VARS if var in os.environ]
+    text = f"{threads} thread{'s' if threads != 1 else ''} per trial ({why})"
+    if exported:
+        text += f"; exported, so kept: {', '.join(exported)}"
+    return text
 
 
 def run_search(
@@ -144,6 +167,10 @@ def _run_search(
     retry_failed: bool = False,
 ) -> SearchResult:
     started = time.monotonic()
+    try:
+        function = make_ref(func)
+    except TypeError as err:
+        raise UsageError(str(err)) from err
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     policy = policy or RetryPolicy(deadline=cfg.lock_timeout, busy_timeout=min(10.0, cfg.lock_timeout / 2))
     location = location_for(cfg, save_dir)
@@ -173,8 +200,8 @@ def _run_search(
     if n_finished(storage.count_states(study_id)) < work.n_trials:
         deadline = None if time_limit is None else time.time() + time_limit
         interrupted = _supervise(
-            func, work, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
-            backend=backend, retired=n_retired,
+            function, work, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
+            backend=backend, retired=n_retired, log_dir=log_dir_for(cfg, save_dir).resolve(),
         )
     else:
         errors = count_errors(storage, study_id, exclude=retired(storage, study_id))
@@ -185,7 +212,9 @@ def _run_search(
         logger.info(
             "study %s already holds %d finished trials; nothing to run%s", cfg.study_name, cfg.n_trials, hint
         )
-    result = _result(study, storage, cfg, location, started, reports, interrupted, n_retired)
+    result = _result(
+        study, storage, cfg, location, started, reports, interrupted, n_retired, log_dir_for(cfg, save_dir)
+    )
     return result
 
 
@@ -267,7 +296,7 @@ def _directions(cfg: SearchConfig) -> list[StudyDirection]:
 
 
 def _supervise(
-    func: Callable[[dict[str, Any]], Any],
+    function: FunctionRef,
     cfg: SearchConfig,
     location: StorageLocation,
     storage: StudyStore,
@@ -280,6 +309,7 @@ def _supervise(
     *,
     backend: Backend,
     retired: int = 0,
+    log_dir: Path,
 ) -> int:
     """Start and watch the worker loops; returns the signal number that stopped us, or 0.
 
@@ -300,6 +330,11 @@ def _supervise(
         {signal.SIGTERM: on_sigterm, signal.SIGINT: signal.default_int_handler}
     )
     lease = LauncherLease(storage, study_id, run_id, cfg.heartbeat_interval) if backend.remote else None
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(str(log_dir), f"cannot create the trial log directory ({err.strerror})") from err
+    follower = LogFollower(log_dir, WORKERS_LOG, trials=cfg.trial_output == "terminal")
     deaths = _DeathCount(cfg.max_worker_deaths, n_finished(counts))
     next_index = 0
 
@@ -310,11 +345,12 @@ def _supervise(
         backend.submit([
             WorkerTask(
                 # The location holds absolute paths: a Dask worker's working directory differs.
-                func=func, config=cfg, location=location, run_id=run_id,
+                function=function, config=cfg, location=location, run_id=run_id,
                 launcher_pid=os.getpid(), worker_index=next_index + i,
                 policy=policy, deadline=deadline,
                 lease_interval=cfg.heartbeat_interval if backend.remote else None,
                 trials_before=trials_before, error_stop=errors if errors.armed else None,
+                log_dir=str(log_dir),
             )
             for i in range(n)
         ])
@@ -329,7 +365,7 @@ def _supervise(
         while backend.active:
             news = backend.poll(_POLL_SECONDS)
             reports.extend(news.reports)
-            _check_errors(errors, storage, study_id, cfg, location, func)  # before loops are restarted
+            _check_errors(errors, storage, study_id, cfg, location, function, log_dir)  # before loops restart
             if lease is not None:
                 lease.renew()
             if news.deaths or backend.remote:
@@ -345,6 +381,7 @@ def _supervise(
                     logger.warning("%d worker loop(s) stopped before the study was done; starting again", early)
                 if remaining > 0 and news.lost + early:
                     start(min(news.lost + early, max(1, remaining)))
+            follower.poll()
             progress.update(storage, study_id)
             deaths.before = n_finished(storage.count_states(study_id))
         if lease is not None:
@@ -363,6 +400,7 @@ def _supervise(
     finally:
         _install_handlers(previous)
         progress.close()
+        follower.close()
 
 
 class _DeathCount:
@@ -511,7 +549,7 @@ def _wait_for_run_trials(storage: StudyStore, study_id: int, run_id: str, timeou
 
 def _check_errors(
     errors: ErrorStop, storage: StudyStore, study_id: int, cfg: SearchConfig, location: StorageLocation,
-    func: Callable[..., Any],
+    function: FunctionRef, log_dir: Path,
 ) -> None:
     """Raise the stop-fast error when the run's first ``max_trial_errors`` trials all failed.
 
@@ -525,20 +563,23 @@ def _check_errors(
     if first:
         raise broken_code_error(
             first, cfg.max_trial_errors, cfg.study_name, location.display,
-            _write_traceback(location, cfg.study_name, first[-1]),
-            main_file=getattr(getattr(func, "__code__", None), "co_filename", None),
+            _write_traceback(log_dir, cfg.study_name, first[-1]),
+            main_file=function.path or None,
         )
 
 
-def _write_traceback(location: StorageLocation, study_name: str, trial: FrozenTrial) -> Path | None:
-    """Write a failed trial's full traceback beside a file storage; returns the file (None on a
-    server, or when it cannot be written: the trial's ``failure_traceback`` attr holds it)."""
+def _write_traceback(log_dir: Path, study_name: str, trial: FrozenTrial) -> Path | None:
+    """Write a failed trial's full traceback beside its log (``trial_00004.traceback.txt`` in the
+    study's log directory); returns the file, or None when it cannot be written (the trial's
+    ``failure_traceback`` attr holds it)."""
     text = trial.user_attrs.get("failure_traceback")
-    if location.is_server or not location.path or not text:
+    if not text:
         return None
-    path = Path(location.path).parent / f"{study_name}_trial{trial.number}_traceback.txt"
+    path = log_dir / f"trial_{trial.number:05d}.traceback.txt"
+    reason = str(trial.user_attrs.get("failure_reason") or "").splitlines()[0:1]
     try:
-        path.write_text(f"# trial {trial.number} of study {study_name}: {trial.user_attrs.get('failure_reason')}\n{text}")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# trial {trial.number} of study {study_name}: {''.join(reason)}\n{text}")
     except OSError:
         return None
     return dashboard_relative(path)
@@ -576,6 +617,7 @@ def _result(
     reports: list[WorkerReport],
     interrupted: int,
     n_retired: int = 0,
+    log_dir: Path | None = None,
 ) -> SearchResult:
     counts = storage.count_states(study._study_id)
     best_value = None
@@ -627,6 +669,9 @@ def _result(
         best_trials=best_trials,
         kinds=kind_counts(storage, study._study_id),
         retired=n_retired,
+        trial_processes=sum(r.trial_processes for r in reports),
+        threads_per_trial=max((r.threads for r in reports), default=0),
+        log_dir="" if log_dir is None else str(log_dir),
     )
 
 

@@ -1,10 +1,12 @@
 """What runs inside one worker process (loky or Dask): a ``study.optimize`` loop on the shared study.
 
-The worker reopens the storage from its path (no schema creation: the launcher did it), builds
-its own sampler (with its derived seed) and pruner from the config, takes trials until the
-shared budget is spent, runs each training call in a forked child (``_isolation``) whose
-``report()`` calls it answers with the pruner's decision, and records failures as PRUNED with
-their reason (and pruner decisions as PRUNED with ``pruned_step``).
+The worker first starts its warm trial process (``_isolation.TrialProcess``: a fresh interpreter
+that loads the user's function once, with the thread caps and the GPU in its environment), then
+reopens the storage from its path (no schema creation: the launcher did it), builds its own
+sampler (with its derived seed) and pruner from the config, takes trials until the shared
+budget is spent, runs each one in the trial process (answering its ``report()`` calls with the
+pruner's decision), and records failures as PRUNED with their reason (and pruner decisions as
+PRUNED with ``pruned_step``). The worker itself never imports or runs user code.
 
 Launcher liveness: a loky worker is the launcher's child and watches ``getppid()``. A Dask worker's
 parent is its nanny, possibly on another machine, so there the launcher keeps a *lease* in the
@@ -19,15 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
 import os
-import resource
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,8 +39,9 @@ from hparam_joblib._algorithms import build, worker_seed
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError
 from hparam_joblib._failures import ErrorStop
-from hparam_joblib._gpus import lease_device, lease_key
-from hparam_joblib._isolation import Outcome, reap_exiting, run_isolated
+from hparam_joblib._funcref import FunctionRef
+from hparam_joblib._gpus import DeviceLease, lease_device, lease_key
+from hparam_joblib._isolation import Outcome, TrialProcess, thread_env
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._space import build_config, suggest_all
 from hparam_joblib._storage import (
@@ -66,9 +68,10 @@ LEASE_MISSES = 3
 
 @dataclass(frozen=True)
 class WorkerTask:
-    """Everything a worker needs; small and picklable (the function travels by cloudpickle)."""
+    """Everything a worker needs; small and picklable (plain data: no user object)."""
 
-    func: Callable[[dict[str, Any]], Any]
+    #: Where the training function lives (loaded by the trial process only).
+    function: FunctionRef
     config: SearchConfig
     #: Where the study lives (a server URL with its password: never printed; repr hides it).
     location: StorageLocation
@@ -87,6 +90,17 @@ class WorkerTask:
     #: The launcher's stop-fast rule (``max_trial_errors``), while it is armed: after each trial
     #: the loop checks it and, once it fires, starts no new trial (the launcher stops the search).
     error_stop: ErrorStop | None = None
+    #: Where the trial logs go (``<save_db_directory>/<study>/``, absolute), or None: no logs.
+    log_dir: str | None = None
+
+
+#: The file in the log directory where loky workers' own messages go (the launcher shows them).
+WORKERS_LOG = "workers.log"
+
+
+def trial_log_name(number: int) -> str:
+    """``trial_00042.log``."""
+    return f"trial_{number:05d}.log"
 
 
 @dataclass(frozen=True)
@@ -98,8 +112,12 @@ class WorkerReport:
     lock_retries: int
     lock_wait_seconds: float
     op_seconds: tuple[float, ...] = ()
-    #: Peak resident memory of this worker's trial processes, in MiB (ru_maxrss of children).
+    #: Peak resident memory of this worker's trial processes, in MiB.
     peak_trial_mib: float = 0.0
+    #: Trial processes this worker started (1 unless one died, timed out or was recycled).
+    trial_processes: int = 0
+    #: Threads each trial process was capped at (0: not capped: the user exported all the variables).
+    threads: int = 0
 
 
 class _LauncherGone(Exception):
@@ -190,35 +208,19 @@ def _jsonable(value: Any) -> Any:
 class _Objective:
     """The function handed to ``study.optimize``: sample, run isolated, translate the outcome."""
 
-    def __init__(self, task: WorkerTask, storage: StudyStore) -> None:
+    def __init__(self, task: WorkerTask, storage: StudyStore, trials: TrialProcess,
+                 device: str | None = None) -> None:
         self.task = task
         self.storage = storage
+        self.trials = trials
+        #: The GPU this worker's trial process is pinned to (for its whole life), or None.
+        self.device = device
         self.trials_run = 0
         self.warned_multi_report = False
         self.watch = LauncherWatch(task, storage)  # its study_id is set once the study is loaded
-        # Leases are per study (and per host: the lock files are local).
-        self.gpu_key = lease_key(task.config.study_name)
 
     def launcher_gone(self) -> bool:
         return self.watch.gone()
-
-    def run_leased(self, trial: optuna.Trial, *args: Any, **kwargs: Any) -> Outcome:
-        """``run_isolated``, on a GPU leased for this trial when ``gpus`` is set.
-
-        The device is leased on this host before the child forks and freed after it ended; the
-        child sees it as ``CUDA_VISIBLE_DEVICES`` and the trial records it as user attr ``gpu``.
-        """
-        gpus = self.task.config.gpus
-        if not gpus:
-            return run_isolated(*args, **kwargs)
-        lease = lease_device(gpus, self.gpu_key, self.launcher_gone, first=self.task.worker_index)
-        if lease is None:
-            raise self.gone(trial)
-        try:
-            trial.set_user_attr("gpu", lease.device)
-            return run_isolated(*args, env={"CUDA_VISIBLE_DEVICES": lease.device}, **kwargs)
-        finally:
-            lease.release()
 
     def gone(self, trial: optuna.Trial) -> _LauncherGone:
         """The exception that ends this loop, after giving ``trial`` (FAIL) its reason."""
@@ -236,6 +238,12 @@ class _Objective:
         sampled = suggest_all(trial, cfg.params)
         config = build_config(cfg.fixed, sampled)
         trial.set_user_attr("config", _jsonable(config))
+        log_path = None
+        if self.task.log_dir:
+            log_path = os.path.join(self.task.log_dir, trial_log_name(trial.number))
+            trial.set_user_attr("log_file", log_path)
+        if self.device is not None:
+            trial.set_user_attr("gpu", self.device)
         # Params, sampler attrs and the config in one write, before the trial runs: other
         # workers' samplers see a running trial's params, and the dashboard its config.
         self.storage.flush_trial(trial._trial_id)
@@ -250,15 +258,18 @@ class _Objective:
             trial.report(value, step)
             return trial.should_prune()
 
-        outcome = self.run_leased(
-            trial,
-            self.task.func,
+        outcome = self.trials.run(
             config,
             trial_number=trial.number,
+            log_path=log_path,
             timeout=cfg.trial_timeout,
             should_stop=self.launcher_gone,
             on_report=on_report,
         )
+        if outcome.peak_mib is not None:
+            trial.set_user_attr("peak_rss_mib", round(outcome.peak_mib, 1))
+        if outcome.pid is not None:
+            trial.set_user_attr("trial_pid", outcome.pid)
         if outcome.kind == "value" and outcome.value is not None:
             values, why = _fit_directions(outcome.value, len(cfg.directions))
             if values is not None:
@@ -276,7 +287,9 @@ class _Objective:
             logger.info("Trial %d %s", trial.number, reason)
             raise optuna.TrialPruned(reason)
         _record_failure(trial, outcome)
-        logger.warning("Trial %d pruned: %s", trial.number, outcome.reason)
+        last = outcome.output_tail.splitlines()[-1:] if outcome.output_tail else []
+        logger.warning("Trial %d pruned: %s%s", trial.number, outcome.reason,
+                       f" | last output: {last[0][:200]}" if last else "")
         raise optuna.TrialPruned(outcome.reason)
 
 
@@ -290,7 +303,12 @@ def _fit_directions(value: float | list[float], n: int) -> tuple[float | list[fl
 
 
 def _record_failure(trial: optuna.Trial, outcome: Outcome) -> None:
-    trial.set_user_attr("failure_reason", outcome.reason)
+    # The first line is the reason (what `hparam-joblib status` groups by); the trial's last
+    # output lines follow, so that the dashboard shows why without opening the log.
+    reason = outcome.reason
+    if outcome.output_tail:
+        reason += "\nlast output lines:\n" + outcome.output_tail
+    trial.set_user_attr("failure_reason", reason)
     trial.set_user_attr("failure_kind", "timeout" if outcome.kind == "timeout" else "error")
     if outcome.error_type:
         trial.set_user_attr("failure_type", outcome.error_type)
@@ -300,9 +318,70 @@ def _record_failure(trial: optuna.Trial, outcome: Outcome) -> None:
         trial.set_user_attr("failure_exit_code", outcome.exit_code)
 
 
-def _setup_worker_logging() -> None:
+def _setup_worker_logging(task: WorkerTask) -> None:
+    """Workers log to stderr; a loky worker's stderr (and stdout) goes to ``workers.log`` in the
+    log directory, which the launcher shows above its progress bar (so the bar stays intact)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if task.log_dir and task.lease_interval is None:
+        try:
+            Path(task.log_dir).mkdir(parents=True, exist_ok=True)
+            fd = os.open(os.path.join(task.log_dir, WORKERS_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            pass
+        else:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
     setup_logging("[hparam_joblib]")
+
+
+def trial_threads(cfg: SearchConfig, loops_here: int, cores: int) -> int:
+    """Threads per trial: ``threads_per_trial``, else the cores // the trials running at once here."""
+    if cfg.threads_per_trial is not None:
+        return cfg.threads_per_trial
+    return max(1, cores // max(1, loops_here))
+
+
+def _loops_on_this_host(task: WorkerTask) -> int:
+    """How many loops of this search may run on this machine at once (for the thread cap)."""
+    n_jobs = task.config.n_jobs
+    if task.lease_interval is None:  # loky: all on this machine
+        return n_jobs
+    try:  # Dask: the worker threads of this host, at most n_jobs
+        from distributed import get_worker
+
+        worker = get_worker()
+        host = worker.address.rsplit(":", 1)[0]
+        info = worker.client.scheduler_info(n_workers=-1)
+        here = sum(w.get("nthreads", 1) for addr, w in info.get("workers", {}).items()
+                   if addr.rsplit(":", 1)[0] == host)
+        return max(1, min(n_jobs, here))
+    except Exception:  # noqa: BLE001 - best effort; fall back to n_jobs
+        return n_jobs
+
+
+def _start_trial_process(task: WorkerTask, device: str | None) -> tuple[TrialProcess, int]:
+    """The worker's warm trial process, started now (it loads the user's function meanwhile)."""
+    from loky import cpu_count
+
+    threads = trial_threads(task.config, _loops_on_this_host(task), cpu_count())
+    env = thread_env(threads, os.environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    process_log = None
+    if task.log_dir:
+        try:  # on another machine of a Dask cluster the directory may not be creatable
+            Path(task.log_dir).mkdir(parents=True, exist_ok=True)
+            process_log = os.path.join(task.log_dir, f"process_w{task.worker_index:03d}.log")
+        except OSError as err:
+            logger.warning("no trial logs on this machine: cannot create %s (%s)", task.log_dir, err.strerror)
+            task = replace(task, log_dir=None)
+    trials = TrialProcess(task.function, env, process_log, task.config.trials_per_process)
+    trials.start()
+    capped = any(var in env for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
+    return trials, threads if capped else 0
 
 
 def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None = None) -> None:
@@ -411,36 +490,49 @@ def worker_main(task: WorkerTask) -> WorkerReport:
         profiler.dump_stats(str(Path(profile_dir) / f"worker-{os.getpid()}.prof"))
 
 
-def _allow_trial_processes() -> None:
-    """Let this process fork its trial children.
-
-    Dask's nanny starts worker processes as daemons, and ``multiprocessing`` refuses to start a
-    child from a daemon ("daemonic processes are not allowed to have children"). The rule exists
-    so that orphans are not left behind; ours are joined or killed by ``run_isolated`` and die
-    with their parent (``PR_SET_PDEATHSIG``), so lifting the flag is safe.
-    """
-    current = multiprocessing.current_process()
-    if current.daemon:
-        current._config["daemon"] = False  # type: ignore[attr-defined]
-
-
 def _worker_main(task: WorkerTask) -> WorkerReport:
     if threading.current_thread() is threading.main_thread():  # loky; Dask runs tasks in threads
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C and stops us
-    _allow_trial_processes()
-    _setup_worker_logging()
+    _setup_worker_logging(task)
     cfg = task.config
-    storage = open_storage(
-        task.location, budget=cfg.n_trials, run_id=task.run_id, policy=task.policy,
-        heartbeat_interval=cfg.heartbeat_interval,
-    )
-    storage.family = task.launcher_pid
-    study = optuna.load_study(
-        study_name=cfg.study_name, storage=cast(BaseStorage, storage), sampler=_sampler(cfg, task.worker_index, task.trials_before),
-        pruner=build(cfg.pruner),
-    )
-    objective = _Objective(task, storage)
-    objective.watch.study_id = study._study_id
+    lease: DeviceLease | None = None
+    trials: TrialProcess | None = None
+    threads = 0
+    if not cfg.gpus:  # the trial process warms up while the storage and the study load
+        trials, threads = _start_trial_process(task, None)
+    try:
+        storage = open_storage(
+            task.location, budget=cfg.n_trials, run_id=task.run_id, policy=task.policy,
+            heartbeat_interval=cfg.heartbeat_interval,
+        )
+        storage.family = task.launcher_pid
+        study = optuna.load_study(
+            study_name=cfg.study_name, storage=cast(BaseStorage, storage),
+            sampler=_sampler(cfg, task.worker_index, task.trials_before), pruner=build(cfg.pruner),
+        )
+        watch = LauncherWatch(task, storage, study._study_id)
+        if cfg.gpus:
+            # The device is leased on this host for the trial process's whole life (its CUDA
+            # context is reused across trials); no two running trial processes share one.
+            lease = lease_device(cfg.gpus, lease_key(cfg.study_name), watch.gone, first=task.worker_index)
+            if lease is None:
+                return _report(task, storage, 0, None, 0)
+            trials, threads = _start_trial_process(task, lease.device)
+        assert trials is not None
+        objective = _Objective(task, storage, trials, device=None if lease is None else lease.device)
+        objective.watch = watch
+        _loop(task, storage, study, objective)
+        trials.close()
+        return _report(task, storage, objective.trials_run, trials, threads)
+    finally:
+        if trials is not None:
+            trials.close()
+        if lease is not None:
+            lease.release()
+
+
+def _loop(task: WorkerTask, storage: StudyStore, study: optuna.Study, objective: _Objective) -> None:
+    cfg = task.config
     try:
         while True:
             try:
@@ -456,17 +548,23 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     except _LauncherGone:
         if task.lease_interval is None:  # an orphaned loky worker: nobody will reuse this process
             logger.warning("launcher is gone; worker %d stops", os.getpid())
+            objective.trials.close(grace=1.0)
             os._exit(0)
         # A Dask worker belongs to the cluster: end this loop only, keep the process.
         logger.warning("%s; the search loop in worker %d stops", objective.watch.why, os.getpid())
-    reap_exiting(wait=True)  # the last trial's process, so that its peak memory is counted
+
+
+def _report(task: WorkerTask, storage: StudyStore, trials_run: int, trials: TrialProcess | None,
+            threads: int) -> WorkerReport:
     return WorkerReport(
         pid=os.getpid(),
-        trials_run=objective.trials_run,
+        trials_run=trials_run,
         lock_retries=storage.lock_retries,
         lock_wait_seconds=storage.lock_wait_seconds,
         op_seconds=tuple(storage.op_seconds),
-        peak_trial_mib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        peak_trial_mib=0.0 if trials is None else trials.peak_mib,
+        trial_processes=0 if trials is None else trials.started,
+        threads=threads,
     )
 
 

@@ -1,0 +1,234 @@
+"""Real training code (scikit-learn, PyTorch, numpy/BLAS) under hparam_joblib and its peers.
+
+The headline benchmark: the same training function (``benchmarks/_real.py``), the same number of
+trials, the same n_jobs, each framework in a fresh Python process (its start-up is part of its
+time), the frameworks interleaved within each repeat so that machine noise hits them alike:
+
+* ``joblib``: ``joblib.Parallel(n_jobs=k)`` of the function over pre-sampled configs: the floor
+  (no storage, no sampler, no isolation; joblib caps inner threads at cores // k).
+* ``hparam_joblib``: the decorated function, a real SQLite file, random sampler.
+* ``optuna_procs`` / ``optuna_journal``: Optuna's multi-process recipe, k processes each running
+  ``study.optimize`` on one SQLite file / one ``JournalFileBackend`` file (no thread caps: what a
+  user of the recipe gets).
+* ``optuna_threads``: ``study.optimize(n_jobs=k)`` in one process.
+
+Reported per framework: end-to-end seconds (process start to exit), CPU seconds of the whole
+process tree, and the median per-trial duration of the training work itself (measured inside
+the function), against joblib's.
+
+    python benchmarks/real_workloads.py                       # all three workloads, n_jobs=2
+    python benchmarks/real_workloads.py --workloads sklearn --repeats 3 --run-name mybox
+    python benchmarks/real_workloads.py --quick               # a smoke run (~1 minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+FRAMEWORKS = ("joblib", "hparam_joblib", "optuna_procs", "optuna_journal", "optuna_threads")
+#: Trials per workload: 30-60 s of single-threaded training work on this 2-core machine.
+TRIALS = {"sklearn": 24, "torch": 24, "numpy": 24}
+SPACE = {
+    "lr": {"type": "float", "low": 0.02, "high": 0.3, "log": True},
+    "l2": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+}
+#: Fixed parameters per workload (the cost of a trial).
+FIXED = {"sklearn": {"max_iter": 60}, "torch": {"width": 128, "steps": 150}, "numpy": {"solves": 12}}
+
+
+# -- one measured run (a fresh process) --------------------------------------------------------
+
+def _configs(workload: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        config = dict(FIXED[workload])
+        for name, p in SPACE.items():
+            low, high = float(p["low"]), float(p["high"])
+            config[name] = float(10 ** rng.uniform(math.log10(low), math.log10(high)))
+        out.append(config)
+    return out
+
+
+def _objective(workload: str) -> Any:
+    import _real
+
+    def objective(trial: Any) -> float:
+        config = dict(FIXED[workload])
+        for name, p in SPACE.items():
+            config[name] = trial.suggest_float(name, float(p["low"]), float(p["high"]), log=True)
+        return _real.train(config)
+
+    return objective
+
+
+def _one(spec: dict[str, Any]) -> None:
+    sys.path.insert(0, str(HERE))
+    framework, workload, n_jobs, n_trials = spec["framework"], spec["workload"], spec["n_jobs"], spec["n_trials"]
+    work = Path(spec["dir"])
+    if framework == "joblib":
+        import _real
+        from joblib import Parallel, delayed
+
+        Parallel(n_jobs=n_jobs)(delayed(_real.train)(c) for c in _configs(workload, n_trials))
+    elif framework == "hparam_joblib":
+        import _real
+        import yaml
+
+        from hparam_joblib import hparam_search
+
+        config = {"experiment_name": "real", "tag": workload, "direction": "minimize", "n_jobs": n_jobs,
+                  "n_trials": n_trials, "seed": 0, "sampler": {"type": "random"}, **FIXED[workload],
+                  "sweep_parameters": SPACE}
+        (work / "config.yaml").write_text(yaml.safe_dump(config))
+        train = hparam_search(config_path=str(work / "config.yaml"), save_db_directory=str(work))(_real.train)
+        result = train(argv=[])
+        assert result is not None and result.counts.get("COMPLETE") == n_trials, result
+    elif framework == "optuna_threads":
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0),
+                                    storage=f"sqlite:///{work / 'threads.db'}")
+        study.optimize(_objective(workload), n_trials=n_trials, n_jobs=n_jobs)
+    elif framework in ("optuna_procs", "optuna_journal"):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        journal = framework == "optuna_journal"
+        storage = _storage(work, journal)
+        optuna.create_study(study_name="real", storage=storage)
+        per = [n_trials // n_jobs + (1 if i < n_trials % n_jobs else 0) for i in range(n_jobs)]
+        procs = [subprocess.Popen([sys.executable, __file__, "--recipe-worker",
+                                   json.dumps({**spec, "n_trials": k, "seed": i, "journal": journal})])
+                 for i, k in enumerate(per)]
+        if any(p.wait() != 0 for p in procs):
+            raise RuntimeError("a recipe process failed")
+    else:
+        raise ValueError(framework)
+
+
+def _storage(work: Path, journal: bool) -> Any:
+    import optuna
+
+    if journal:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(work / "journal.log")))
+    return f"sqlite:///{work / 'recipe.db'}"
+
+
+def _recipe_worker(spec: dict[str, Any]) -> None:
+    """One process of Optuna's recipe: load the shared study, optimize its share of trials."""
+    sys.path.insert(0, str(HERE))
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="real", storage=_storage(Path(spec["dir"]), spec["journal"]),
+                              sampler=optuna.samplers.RandomSampler(seed=spec["seed"]))
+    study.optimize(_objective(spec["workload"]), n_trials=spec["n_trials"])
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+def measure(framework: str, workload: str, n_jobs: int, n_trials: int) -> dict[str, Any]:
+    """Run one framework once in a fresh process; end-to-end and CPU seconds, per-trial durations."""
+    with tempfile.TemporaryDirectory(prefix=f"hj-real-{framework}-") as tmp:
+        timings = Path(tmp) / "timings.jsonl"
+        env = dict(os.environ, HJ_REAL_WORKLOAD=workload, HJ_REAL_TIMINGS=str(timings))
+        spec = {"framework": framework, "workload": workload, "n_jobs": n_jobs, "n_trials": n_trials, "dir": tmp}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], check=False, env=env, cwd=tmp,
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise RuntimeError(f"{framework} on {workload} failed:\n{done.stderr[-3000:]}")
+        rows = [json.loads(line) for line in timings.read_text().splitlines()]
+    durations = sorted(r["seconds"] for r in rows)
+    return {
+        "framework": framework, "workload": workload, "n_jobs": n_jobs, "n_trials": n_trials,
+        "wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "trials_timed": len(rows), "trial_median_s": statistics.median(durations),
+        "trial_work_s": sum(durations), "processes": len({r["pid"] for r in rows}),
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        mine = [r for r in rows if r["workload"] == workload]
+        floor = {k: statistics.median(r[k] for r in mine if r["framework"] == "joblib")
+                 for k in ("wall_s", "trial_median_s", "cpu_s")}
+        n = mine[0]
+        lines.append(f"\n{workload}: {n['n_trials']} trials, n_jobs={n['n_jobs']} "
+                     f"(median of {sum(r['framework'] == 'joblib' for r in mine)} repeat(s))")
+        lines.append(f"  {'framework':<16}{'end-to-end s':>13}{'vs joblib':>10}{'per trial s':>12}"
+                     f"{'vs joblib':>10}{'CPU s':>8}{'procs':>6}")
+        for framework in FRAMEWORKS:
+            runs = [r for r in mine if r["framework"] == framework]
+            if not runs:
+                continue
+            wall = statistics.median(r["wall_s"] for r in runs)
+            trial = statistics.median(r["trial_median_s"] for r in runs)
+            cpu = statistics.median(r["cpu_s"] for r in runs)
+            lines.append(f"  {framework:<16}{wall:>13.1f}{wall / floor['wall_s']:>10.2f}{trial:>12.3f}"
+                         f"{trial / floor['trial_median_s']:>10.2f}{cpu:>8.1f}{runs[0]['processes']:>6}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workloads", default="sklearn,torch,numpy")
+    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 6 trials per workload")
+    parser.add_argument("--run-name", default="")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--recipe-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        _one(json.loads(args.one))
+        return
+    if args.recipe_worker:
+        _recipe_worker(json.loads(args.recipe_worker))
+        return
+    run_name = args.run_name or ("quick" if args.quick else "full")
+    out = HERE / "results" / run_name
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    frameworks = args.frameworks.split(",")
+    for workload in args.workloads.split(","):
+        n_trials = 6 if args.quick else TRIALS[workload]
+        for repeat in range(args.repeats):
+            # Alternate the order between repeats: drift in the machine's load hits all alike.
+            for framework in (frameworks if repeat % 2 == 0 else frameworks[::-1]):
+                row = measure(framework, workload, args.n_jobs, n_trials)
+                row["repeat"] = repeat
+                rows.append(row)
+                print(f"  {workload:<8} {framework:<16} {row['wall_s']:6.1f} s end to end, "
+                      f"{row['trial_median_s']:.3f} s per trial, {row['cpu_s']:.1f} CPU s", flush=True)
+    meta = {"load_before": os.getloadavg(), "cores": os.cpu_count(), "python": sys.version.split()[0],
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (out / "real_workloads.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(_table(rows))
+    print(f"\nwrote {out / 'real_workloads.json'} (load average at the end: {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()

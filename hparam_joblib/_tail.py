@@ -1,0 +1,89 @@
+"""Show what the workers and (with ``trial_output: terminal``) the trials print, above the bar.
+
+Loky workers write their messages to ``workers.log`` and each trial writes its own log file;
+the launcher, which owns the terminal, follows those files and prints their new complete lines
+through the progress bar (``tqdm.write``), so that the bar is never mangled by other output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+_TRIAL_LOG = re.compile(r"trial_(\d+)\.log$")
+
+
+class _Followed:
+    def __init__(self, path: Path, prefix: str, offset: int) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.offset = offset
+        self.partial = b""
+
+
+class LogFollower:
+    """Follows files in one directory from where they stood when it started (see module doc).
+
+    Args:
+        directory: the log directory of the search.
+        workers_log: the workers' log file name in it (always followed).
+        trials: also follow ``trial_NNNNN.log`` files that appear (``trial_output: terminal``).
+    """
+
+    def __init__(self, directory: Path, workers_log: str, trials: bool) -> None:
+        self.directory = directory
+        self.trials = trials
+        self.files: dict[str, _Followed] = {}
+        #: Trial logs that existed before this run (earlier runs' trials): not shown again.
+        self.old: set[str] = set()
+        workers = directory / workers_log
+        self.files[workers_log] = _Followed(workers, "", _size(workers))
+        if trials and directory.is_dir():
+            self.old = {e.name for e in os.scandir(directory) if _TRIAL_LOG.search(e.name)}
+
+    def poll(self) -> None:
+        """Print the complete lines written since the last poll."""
+        if self.trials and self.directory.is_dir():
+            for entry in os.scandir(self.directory):
+                if entry.name in self.files or entry.name in self.old:
+                    continue
+                match = _TRIAL_LOG.search(entry.name)
+                if match:
+                    self.files[entry.name] = _Followed(Path(entry.path), f"[trial {int(match.group(1))}] ", 0)
+        for followed in self.files.values():
+            for line in _new_lines(followed):
+                tqdm.write(followed.prefix + line, file=sys.stderr)
+
+    def close(self) -> None:
+        """Print what is left (lines without a final newline included)."""
+        self.poll()
+        for followed in self.files.values():
+            if followed.partial:
+                tqdm.write(followed.prefix + followed.partial.decode("utf-8", "replace"), file=sys.stderr)
+                followed.partial = b""
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _new_lines(followed: _Followed) -> list[str]:
+    try:
+        with open(followed.path, "rb") as fh:
+            fh.seek(followed.offset)
+            data = fh.read(1 << 20)
+    except OSError:
+        return []
+    if not data:
+        return []
+    followed.offset += len(data)
+    data = followed.partial + data
+    *lines, followed.partial = data.split(b"\n")
+    return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
