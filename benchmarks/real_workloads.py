@@ -149,6 +149,9 @@ def measure(framework: str, workload: str, n_jobs: int, n_trials: int) -> dict[s
     with tempfile.TemporaryDirectory(prefix=f"hj-real-{framework}-") as tmp:
         timings = Path(tmp) / "timings.jsonl"
         env = dict(os.environ, HJ_REAL_WORKLOAD=workload, HJ_REAL_TIMINGS=str(timings))
+        src = os.environ.get("HJ_BENCH_SRC")  # run_all.sh's snapshot of the package goes first
+        if src:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
         spec = {"framework": framework, "workload": workload, "n_jobs": n_jobs, "n_trials": n_trials, "dir": tmp}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
@@ -212,6 +215,8 @@ def main() -> None:
     out = HERE / "results" / run_name
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"real workloads at n_jobs={args.n_jobs} on {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     frameworks = args.frameworks.split(",")
     for workload in args.workloads.split(","):
         n_trials = 6 if args.quick else TRIALS[workload]
@@ -220,12 +225,16 @@ def main() -> None:
             for framework in (frameworks if repeat % 2 == 0 else frameworks[::-1]):
                 row = measure(framework, workload, args.n_jobs, n_trials)
                 row["repeat"] = repeat
+                row["load"] = os.getloadavg()[0]
                 rows.append(row)
                 print(f"  {workload:<8} {framework:<16} {row['wall_s']:6.1f} s end to end, "
                       f"{row['trial_median_s']:.3f} s per trial, {row['cpu_s']:.1f} CPU s", flush=True)
-    meta = {"load_before": os.getloadavg(), "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {"load_at_end": os.getloadavg(), "cores": os.cpu_count(), "python": sys.version.split()[0],
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "started": started,
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     check=False, cwd=HERE).stdout.strip()}
     (out / "real_workloads.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / "real_workloads.md").write_text(_table(rows) + "\n")
     print(_table(rows))
     print(f"\nwrote {out / 'real_workloads.json'} (load average at the end: {os.getloadavg()[0]:.1f})")
 

@@ -34,6 +34,12 @@ fi
 echo "measuring hparam_joblib from ${HJ_BENCH_SRC:-the installed package} ($(cat "${HJ_BENCH_SRC:-/dev/null}/COMMIT" 2>/dev/null || git rev-parse --short HEAD))"
 
 start=$(date +%s)
+# The headline: real training code (scikit-learn, PyTorch, numpy) beside joblib.Parallel and
+# Optuna's recipes. REAL=0 skips it; REAL_REPEATS (default 1) for a tighter spread.
+if [[ "${REAL:-1}" == 1 ]]; then
+  "$PY" benchmarks/real_workloads.py --run-name "$RUN" "${QUICK[@]}" --repeats "${REAL_REPEATS:-1}"
+fi
+t0=$(date +%s)
 "$PY" benchmarks/scaling.py --run-name "$RUN" "${QUICK[@]}" $([[ ${#QUICK[@]} -eq 0 ]] && echo --repeats "$SCALING_REPEATS")
 t1=$(date +%s)
 "$PY" benchmarks/overhead.py --run-name "$RUN" "${QUICK[@]}" $([[ ${#QUICK[@]} -eq 0 ]] && echo --repeats "$OVERHEAD_REPEATS")
@@ -46,8 +52,8 @@ if [[ "${SCALEOUT:-1}" == 1 ]]; then
   "$PY" benchmarks/scaleout.py --run-name "$RUN" "${QUICK[@]}" --combos loky+sqlite,dask+postgresql
 fi
 t4=$(date +%s)
-printf 'scaling %ss, overhead %ss, contention %ss, scaleout %ss, total %ss\n' \
-  $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) $((t4 - start)) | tee "$out/run_all_time.txt"
+printf 'real %ss, scaling %ss, overhead %ss, contention %ss, scaleout %ss, total %ss\n' \
+  $((t0 - start)) $((t1 - t0)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) $((t4 - start)) | tee "$out/run_all_time.txt"
 if [[ ${#QUICK[@]} -eq 0 ]]; then
   mkdir -p benchmarks/figures
   cp "$out/scaling.png" "$out/overhead.png" "$out/contention.png" benchmarks/figures/

@@ -268,7 +268,7 @@ def trials_table(data: StudyData) -> tuple[list[str], list[list[Any]]]:
     columns = (
         ["number", "state", *value_columns]
         + [f"params_{p}" for p in params]
-        + ["duration_s", "datetime_start", "datetime_complete", "failure_reason"]
+        + ["duration_s", "datetime_start", "datetime_complete", "failure_reason", "peak_rss_mib", "log_file"]
     )
     rows = []
     for t in data.trials:
@@ -283,6 +283,8 @@ def trials_table(data: StudyData) -> tuple[list[str], list[list[Any]]]:
                 t.datetime_start.isoformat(sep=" ") if t.datetime_start else None,
                 t.datetime_complete.isoformat(sep=" ") if t.datetime_complete else None,
                 failure_reason(t),
+                t.user_attrs.get("peak_rss_mib"),
+                t.user_attrs.get("log_file"),
             ]
         )
     return columns, rows

@@ -239,7 +239,7 @@ def test_trials_csv_has_one_row_per_trial(real: Path, tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
         "number", "state", "value", "params_x", "params_model.lr", "params_model.depth", "params_mode",
-        "duration_s", "datetime_start", "datetime_complete", "failure_reason",
+        "duration_s", "datetime_start", "datetime_complete", "failure_reason", "peak_rss_mib", "log_file",
     ]
     by_number = {t.number: t for t in load(real).trials}
     assert sorted(int(r["number"]) for r in rows) == sorted(by_number)
@@ -251,7 +251,8 @@ def test_trials_csv_has_one_row_per_trial(real: Path, tmp_path: Path) -> None:
         if trial.state.name == "COMPLETE":
             assert float(row["value"]) == trial.value and row["failure_reason"] == ""
         else:
-            assert row["value"] == "" and row["failure_reason"] == trial.user_attrs["failure_reason"]
+            assert row["value"] == "" and row["failure_reason"] == trial.user_attrs["failure_reason"].splitlines()[0]
+        assert Path(row["log_file"]).is_file() and float(row["peak_rss_mib"]) > 0
 
 
 def test_plot_writes_valid_pngs(real: Path, tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ def _cores() -> int:
     return int(joblib.cpu_count())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("n_jobs", "extra", "env", "expect_omp", "expect_blas"),
     [
@@ -123,6 +124,7 @@ def test_inner_thread_pools_are_capped_like_joblib(proj: Project, n_jobs: int, e
         assert pools["blas"] == expect_blas(cores), pools  # type: ignore[operator]
 
 
+@pytest.mark.slow
 def test_openmp_at_import_then_in_every_trial(project: Project) -> None:
     """A script that fits a HistGradientBoosting model at import time, then in each trial: all
     trials finish on n_jobs 1 and 2 (a worker that forked after OpenMP ran would hang them)."""
@@ -177,6 +179,7 @@ def test_trials_per_process_recycles(proj: Project) -> None:
     assert sorted(len(v) for v in by_pid.values()) == [2, 2, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fault", "reason"),
     [
