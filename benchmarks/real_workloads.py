@@ -29,6 +29,7 @@ import math
 import os
 import random
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def _recipe_worker(spec: dict[str, Any]) -> None:
 
 # -- the driver --------------------------------------------------------------------------------
 
-def measure(framework: str, workload: str, n_jobs: int, n_trials: int) -> dict[str, Any]:
+def measure(framework: str, workload: str, n_jobs: int, n_trials: int, time_limit: float = 300) -> dict[str, Any]:
     """Run one framework once in a fresh process; end-to-end and CPU seconds, per-trial durations."""
     with tempfile.TemporaryDirectory(prefix=f"hj-real-{framework}-") as tmp:
         timings = Path(tmp) / "timings.jsonl"
@@ -155,12 +156,20 @@ def measure(framework: str, workload: str, n_jobs: int, n_trials: int) -> dict[s
         spec = {"framework": framework, "workload": workload, "n_jobs": n_jobs, "n_trials": n_trials, "dir": tmp}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], check=False, env=env, cwd=tmp,
-                              capture_output=True, text=True)
+        proc = subprocess.Popen([sys.executable, __file__, "--one", json.dumps(spec)], env=env, cwd=tmp,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=time_limit)
+        except subprocess.TimeoutExpired:  # e.g. the recipe's oversubscribed OpenMP threads
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return {"framework": framework, "workload": workload, "n_jobs": n_jobs, "n_trials": n_trials,
+                    "wall_s": None, "cpu_s": None, "trials_timed": 0, "trial_median_s": None,
+                    "trial_work_s": None, "processes": 0, "stopped_after_s": time_limit}
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if done.returncode != 0:
-            raise RuntimeError(f"{framework} on {workload} failed:\n{done.stderr[-3000:]}")
+        if proc.returncode != 0:
+            raise RuntimeError(f"{framework} on {workload} failed:\n{err[-3000:]}")
         rows = [json.loads(line) for line in timings.read_text().splitlines()]
     durations = sorted(r["seconds"] for r in rows)
     return {
@@ -183,7 +192,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"  {'framework':<16}{'end-to-end s':>13}{'vs joblib':>10}{'per trial s':>12}"
                      f"{'vs joblib':>10}{'CPU s':>8}{'procs':>6}")
         for framework in FRAMEWORKS:
-            runs = [r for r in mine if r["framework"] == framework]
+            runs = [r for r in mine if r["framework"] == framework and r["wall_s"] is not None]
+            stopped = [r for r in mine if r["framework"] == framework and r["wall_s"] is None]
+            if stopped and not runs:
+                limit = f"> {stopped[0]['stopped_after_s']:.0f}"
+                lines.append(f"  {framework:<16}{limit:>13}  (stopped: did not finish)")
             if not runs:
                 continue
             wall = statistics.median(r["wall_s"] for r in runs)
@@ -202,6 +215,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 6 trials per workload")
     parser.add_argument("--run-name", default="")
+    parser.add_argument("--time-limit", type=float, default=300, help="seconds before a run is stopped")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--recipe-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -223,10 +237,13 @@ def main() -> None:
         for repeat in range(args.repeats):
             # Alternate the order between repeats: drift in the machine's load hits all alike.
             for framework in (frameworks if repeat % 2 == 0 else frameworks[::-1]):
-                row = measure(framework, workload, args.n_jobs, n_trials)
+                row = measure(framework, workload, args.n_jobs, n_trials, args.time_limit)
                 row["repeat"] = repeat
                 row["load"] = os.getloadavg()[0]
                 rows.append(row)
+                if row["wall_s"] is None:
+                    print(f"  {workload:<8} {framework:<16} stopped after {args.time_limit:.0f} s", flush=True)
+                    continue
                 print(f"  {workload:<8} {framework:<16} {row['wall_s']:6.1f} s end to end, "
                       f"{row['trial_median_s']:.3f} s per trial, {row['cpu_s']:.1f} CPU s", flush=True)
     meta = {"load_at_end": os.getloadavg(), "cores": os.cpu_count(), "python": sys.version.split()[0],

@@ -145,6 +145,14 @@ def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, float | None]:
     return proc.returncode, None
 
 
+#: Start a trial process in its own process group, so that a timeout kills what the trial
+#: started too (a data loader's workers). A group, not a session (``setsid``): with the
+#: scheduler's autogroups each session gets its own share of the CPU, which would favour the
+#: trials over everything else on the machine. Python 3.10's subprocess cannot do it without
+#: ``preexec_fn`` (unsafe in a process with threads): there the process shares the worker's group.
+_OWN_PROCESS_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {}
+
+
 class TrialProcess:
     """One warm trial process of a worker (see the module doc). Not thread-safe; one per worker.
 
@@ -164,6 +172,8 @@ class TrialProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self.ready = False
+        #: A message received while waiting for ``ready`` (a load error), for the next trial.
+        self.pending: tuple[Any, ...] | None = None
         self.trials_in_process = 0
         #: Processes started so far (the first one included).
         self.started = 0
@@ -182,17 +192,38 @@ class TrialProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", BOOTSTRAP, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                # Its own process group: a timeout kills what the trial started too (data
-                # loader workers), and Ctrl-C in the terminal reaches only the launcher.
-                start_new_session=True,
+                **_OWN_PROCESS_GROUP,
             )
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
         self.conn.send(("init", self.ref, self.process_log))
         self.ready = False
+        self.pending = None
         self.trials_in_process = 0
         self.started += 1
+
+    def wait_ready(self, should_stop: Callable[[], bool], timeout: float = LOAD_TIMEOUT_FLOOR) -> bool:
+        """Wait until the process has loaded the script (True), or failed to, died, or we must stop.
+
+        A worker calls it before it takes its first trial, so that no trial sits RUNNING (holding
+        a slot of the budget) while the script's imports and module-level code run.
+        """
+        deadline = time.monotonic() + timeout
+        while self.conn is not None and not self.ready and time.monotonic() < deadline:
+            if self.conn.poll(_POLL_SECONDS):
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    return False
+                if message[0] == "ready":
+                    self.ready = True
+                else:  # a load error: the next run() reports it as the trial's outcome
+                    self.pending = message
+                    return False
+            elif not self.alive() or should_stop():
+                return False
+        return self.ready
 
     @property
     def pid(self) -> int | None:
@@ -224,6 +255,8 @@ class TrialProcess:
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:
         try:
+            if not _OWN_PROCESS_GROUP:
+                raise ProcessLookupError  # it shares the worker's group: kill it alone
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             try:
@@ -258,6 +291,10 @@ class TrialProcess:
             should_stop: polled while waiting; True kills the process (launcher gone, shutdown).
             on_report: called for each ``report(value, step)``; returns True to prune.
         """
+        if self.pending is not None and self.proc is not None:
+            failed_load = self.pending
+            self.pending = None
+            return self._finished(failed_load, log_path, self.proc.pid)
         if not self.alive():
             self.start()
         assert self.proc is not None and self.conn is not None

@@ -521,6 +521,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         assert trials is not None
         objective = _Objective(task, storage, trials, device=None if lease is None else lease.device)
         objective.watch = watch
+        trials.wait_ready(watch.gone)  # no trial holds a budget slot while the script loads
         _loop(task, storage, study, objective)
         trials.close()
         return _report(task, storage, objective.trials_run, trials, threads)

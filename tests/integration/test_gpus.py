@@ -57,6 +57,12 @@ def test_concurrent_trials_never_share_a_device(project: Project, backend: str, 
     assert states(db) == {"COMPLETE": n_trials}
     stored = {t["number"]: t["user_attrs"].get("gpu") for t in trials(db)}
     assert all(stored[r["trial"]] == r["gpu"] for r in rows)  # recorded as user attr "gpu" too
+    # Each trial process is pinned to one device for its whole life (its CUDA context is reused).
+    by_process: dict[int, set[str]] = {}
+    for t in trials(db):
+        by_process.setdefault(t["user_attrs"]["trial_pid"], set()).add(t["user_attrs"]["gpu"])
+    assert all(len(devices) == 1 for devices in by_process.values()), by_process
+    assert len(by_process) == len(gpus)  # one warm process per worker, none replaced
     usage = Counter(r["gpu"] for r in rows)
     print(f"{backend} gpus={gpus}: {n_trials} trials, device use {dict(usage)}, "
           f"peak concurrency {max_overlap(rows)}, no slot shared")

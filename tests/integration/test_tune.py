@@ -21,7 +21,7 @@ sweep_parameters:
   x: {type: float, low: 0.0, high: 1.0}
 """)
     scratch_before = set(Path(tempfile.gettempdir()).glob("hparam_joblib_tune_*"))
-    done = project.run("--tune-n-jobs", "--tune-ladder", "1,2", "--tune-seconds", "3",
+    done = project.run("--tune-n-jobs", "--tune-ladder", "1,2", "--tune-seconds", "6",
                        "--tune-plot", "ladder.png")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {int(m.group(1)): m for m in re.finditer(
