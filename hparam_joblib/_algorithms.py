@@ -8,6 +8,7 @@ worker's seed). No I/O.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import warnings
@@ -167,11 +168,28 @@ def build(spec: AlgorithmSpec, seed: int | None = None) -> Any:
         return cls(**kwargs)
 
 
-def worker_seed(spec: AlgorithmSpec, seed: int | None, worker_index: int) -> int | None:
-    """``seed + worker_index``, except for samplers whose workers must agree on one seed."""
+def worker_seed(
+    spec: AlgorithmSpec, seed: int | None, worker_index: int, trials_before: int = 0
+) -> int | None:
+    """The sampler seed of worker loop ``worker_index`` started when the study held
+    ``trials_before`` trials (any state).
+
+    A fresh study (``trials_before == 0``): ``seed + worker_index``, so a seeded n_jobs=1 search
+    samples what ``optuna.create_study(sampler=...(seed=seed))`` would. A resumed or extended
+    study: a seed mixed from ``(seed, trials_before, worker_index)``, so the new loops never
+    replay the sequences of earlier runs (they would re-sample the configurations the study
+    already holds), while the same commands on the same study still give the same seeds.
+    Grid and QMC workers share ``seed`` on every run: those samplers skip the points the
+    study already holds by themselves (unvisited grid points, the next QMC index).
+    """
     if spec.type in SHARED_SEED_SAMPLERS:
         return 0 if seed is None else seed
-    return None if seed is None else seed + worker_index
+    if seed is None:
+        return None
+    if trials_before <= 0:
+        return seed + worker_index
+    digest = hashlib.sha256(f"hparam_joblib:{seed}:{trials_before}:{worker_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 #: No ``pruner:`` block.

@@ -30,6 +30,7 @@ class ScriptArgs:
     tune_plot: str | None = None
     best: bool = False
     verbosity: str | None = None
+    retry_failed: bool = False
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -61,6 +62,11 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
                      help="no progress bar and no per-trial lines: warnings, errors and the summary only")
     out.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const="verbose",
                      help="every pruned trial, debug lines, and storage latency in the summary")
+    p.add_argument(
+        "--retry-failed", action="store_true",
+        help="after fixing the code: re-run the trials that failed by an error (they stay in the "
+        "study as PRUNED, no longer counted), so the study ends with n_trials trials of the fixed code",
+    )
     tune = p.add_argument_group("tuning n_jobs")
     tune.add_argument(
         "--tune-n-jobs", action="store_true",
@@ -87,7 +93,7 @@ def parse_args(argv: list[str], prog: str | None = None) -> ScriptArgs:
     return ScriptArgs(
         overrides=overrides, config=ns.config, dry_run=ns.dry_run, tune_n_jobs=ns.tune_n_jobs,
         tune_seconds=ns.tune_seconds, tune_ladder=ns.tune_ladder, tune_plot=ns.tune_plot,
-        best=ns.best, verbosity=ns.verbosity,
+        best=ns.best, verbosity=ns.verbosity, retry_failed=ns.retry_failed,
     )
 
 

@@ -55,6 +55,7 @@ STUDY_KEYS: tuple[str, ...] = (
     "stop_no_improvement",
     "stop_at_value",
     "verbosity",
+    "max_trial_errors",
     "trials_per_process",
     "threads_per_trial",
     "trial_output",
@@ -220,6 +221,9 @@ class SearchConfig:
     stop: StopRules = field(default_factory=StopRules)
     #: ``quiet``, ``normal`` or ``verbose`` (the ``verbosity`` key; ``--quiet``/``--verbose``).
     verbosity: Literal["quiet", "normal", "verbose"] = "normal"
+    #: The search stops (exit 1) when the first this-many trials a run finishes all failed by
+    #: an error, none completing (broken code); 0 turns the rule off.
+    max_trial_errors: int = 5
     #: Trials a warm trial process runs before it is replaced (None: it is kept until it dies).
     trials_per_process: int | None = None
     #: Threads per trial for OpenMP/BLAS/numexpr/PyTorch; None: cores // trials running at once.
@@ -634,6 +638,7 @@ def validate(
     if isinstance(storage, str):
         raise check.fail("storage", storage)
     max_worker_deaths = check.integer(raw, "max_worker_deaths", 3, 1)
+    max_trial_errors = check.integer(raw, "max_trial_errors", 5, 0)
     heartbeat_interval = 10.0
     if raw.get("heartbeat_interval") is not None:
         heartbeat_interval = check.number(raw["heartbeat_interval"], "heartbeat_interval")
@@ -689,6 +694,7 @@ def validate(
         gpus=gpus,
         max_worker_deaths=max_worker_deaths,
         heartbeat_interval=heartbeat_interval,
+        max_trial_errors=max_trial_errors,
         trials_per_process=trials_per_process,
         threads_per_trial=threads_per_trial,
         trial_output=trial_output,  # type: ignore[arg-type]

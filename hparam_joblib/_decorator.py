@@ -49,7 +49,7 @@ def _check_signature(func: Callable[..., Any], source: str) -> None:
         pass
 
 
-def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
+def _dry_run_text(cfg: SearchConfig, save_dir: Path, why: str = "") -> str:
     from hparam_joblib._runner import storage_display, threads_display
     from hparam_joblib._space import describe_space
     from hparam_joblib._yaml import dump_yaml
@@ -61,6 +61,7 @@ def _dry_run_text(cfg: SearchConfig, save_dir: Path) -> str:
     lines = [
         f"# config: {cfg.source}",
         f"# study:  {cfg.study_name} -> {storage_display(cfg, save_dir)} (not touched: --dry-run)",
+        *([f"#         ({why})"] if why and cfg.storage.kind != "postgresql" else []),
         (
             f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, {direction}, "
             f"n_startup_trials: {cfg.n_startup_trials}{seeds}"
@@ -151,7 +152,7 @@ def hparam_search(
                 if not cli:
                     raise
                 print(f"error: {err}", file=sys.stderr)
-                raise SystemExit(2) from None
+                raise SystemExit(err.exit_status) from None
             except KeyboardInterrupt:  # Ctrl-C before the workers started: nothing is running
                 if not cli:
                     raise
@@ -175,7 +176,9 @@ def _tune(func: Callable[[dict[str, Any]], Any], cfg: SearchConfig, args: Script
     ladder = list(args.tune_ladder) or tune.default_ladder(joblib.cpu_count(), cfg.n_jobs)
     print(
         f"tuning n_jobs for {cfg.study_name}: ladder {ladder}, {args.tune_seconds:g} s each, "
-        f"in a throwaway study (the real study is not touched)",
+        f"in a throwaway study (the real study is not touched)"
+        + (f"; the {cfg.pruner.type} pruner is off while measuring (pruned trials are shorter, "
+           "so rungs that prune differently would not compare)" if cfg.pruner.type != "none" else ""),
         flush=True,
     )
     rungs = tune.run_ladder(func, cfg, ladder, args.tune_seconds)
@@ -202,6 +205,7 @@ def _launch(
     from hparam_joblib._config import load_config, resolve_config_path
     from hparam_joblib._progress import format_summary
     from hparam_joblib._runner import run_search
+    from hparam_joblib._savedir import resolve_save_dir
 
     args = parse_args(argv, prog=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None)
     path = resolve_config_path(args.config or config_path, defining_file)
@@ -209,6 +213,7 @@ def _launch(
     for note in notes:
         logger.warning("note: %s", note)
     _check_signature(func, str(path))
+    save_dir, why = resolve_save_dir(save_dir, path)
     if args.verbosity is not None:  # the flag wins over the file's verbosity
         cfg = dataclasses.replace(cfg, verbosity=args.verbosity)  # type: ignore[arg-type]
     set_verbosity(cfg.verbosity)
@@ -218,11 +223,13 @@ def _launch(
         retrain(func, cfg, save_dir, args.overrides)
         return None
     if args.dry_run:
-        print(_dry_run_text(cfg, save_dir))
+        print(_dry_run_text(cfg, save_dir, why))
         return None
     if args.tune_n_jobs:
         _tune(func, cfg, args)
         return None
-    result = run_search(func, cfg, save_dir, show_progress=cfg.verbosity != "quiet")
+    result = run_search(func, cfg, save_dir, show_progress=cfg.verbosity != "quiet", retry_failed=args.retry_failed)
+    if cfg.storage.kind != "postgresql":
+        result = dataclasses.replace(result, db_reason=why)
     print(format_summary(result, verbose=cfg.verbosity == "verbose"))
     return result

@@ -6,8 +6,10 @@
     ├── UsageError              a bad command-line flag
     ├── ConfigError             a bad YAML file or value (.path = file, .key = key path)
     │   └── OverrideError       a bad ``--set`` item (.text = the raw item)
-    └── StorageError            the study database cannot be used (.db = its path or URL)
-        └── StorageBusyError    SQLite stayed locked past the retry bound (.attempts)
+    ├── StorageError            the study database cannot be used (.db = its path or URL)
+    │   └── StorageBusyError    SQLite stayed locked past the retry bound (.attempts)
+    └── TrainingCodeError       the training function failed in every trial a run started with
+                                (``max_trial_errors``); exit status 1, not 2
 
 Everything else (a bug, an exception inside the user's training function) is not an
 ``HparamError``: training-function errors are recorded on the trial, never raised here.
@@ -33,6 +35,9 @@ class HparamError(Exception):
 
     Its text never shows a password: a storage URL given with ``--set`` may appear in it.
     """
+
+    #: The exit status of a script stopped by this error.
+    exit_status = 2
 
     def __str__(self) -> str:
         return redact_secrets(super().__str__())
@@ -115,3 +120,21 @@ class StorageBusyError(StorageError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (StorageBusyError, (self.db, self.attempts, self.holder))
+
+
+class TrainingCodeError(HparamError):
+    """The first ``max_trial_errors`` trials of a run all failed by an error (broken code).
+
+    Exit status 1: the input was fine, the training function is not. The message names the
+    exception, the user's file and line, and where the full traceback is.
+    """
+
+    exit_status = 1
+
+    def __init__(self, message: str, short: str = "") -> None:
+        super().__init__(message)
+        #: A few words for the reason of the trials the stop interrupted.
+        self.short = short or message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TrainingCodeError, (str(self), self.short))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from hparam_joblib._failures import LABELS, SHORT, kind_counts
 from hparam_joblib.storage import n_finished
 
 #: How many Pareto-optimal trials the summary lists.
@@ -22,9 +23,14 @@ class Progress:
     """A tqdm bar fed by polling the study's state counts (workers never talk to it)."""
 
     def __init__(
-        self, total: int, initial: int, direction: str, *, enabled: bool = True, show_best: bool = True
+        self, total: int, initial: int, direction: str, *, enabled: bool = True, show_best: bool = True,
+        offset: int = 0,
     ) -> None:
         self.direction = direction
+        #: Finished trials that do not count (retired by --retry-failed).
+        self.offset = offset
+        self._kinds: dict[str, int] = {}
+        self._failed_seen = -1
         self.interactive = False
         self.show_best = show_best  # False for several objectives: there is no single best
         self.bar: Any = None
@@ -50,7 +56,7 @@ class Progress:
         if self.bar is None:
             return
         counts = storage.count_states(study_id)
-        finished = n_finished(counts)
+        finished = n_finished(counts) - self.offset
         delta = min(finished, self.bar.total) - self.bar.n
         postfix: dict[str, Any] = {"running": counts.get("RUNNING", 0)}
         if self.show_best and counts.get("COMPLETE", 0):
@@ -59,13 +65,23 @@ class Progress:
                 postfix["best"] = f"{best.value:.6g}"
             except (ValueError, RuntimeError):
                 pass
-        if counts.get("PRUNED", 0):
-            postfix["pruned"] = counts["PRUNED"]
+        postfix.update(self._kind_postfix(storage, study_id, counts))
         self.bar.set_postfix(postfix, refresh=False)
         if delta > 0:
             self.bar.update(delta)  # redraws when mininterval has passed
         elif self.interactive:
             self.bar.refresh()  # keep the clock and the running count moving on a terminal
+
+    def _kind_postfix(self, storage: StudyStore, study_id: int, counts: dict[str, int]) -> dict[str, int]:
+        """``errors``, ``pruned`` (by the pruner), ``timeouts``, ``worker_died``: read again only
+        when the PRUNED or FAIL count moved."""
+        failed = counts.get("PRUNED", 0) + counts.get("FAIL", 0)
+        if failed and failed != self._failed_seen:
+            self._kinds = kind_counts(storage, study_id)
+            if self.offset and "error" in self._kinds:  # retired errors are not this study's count
+                self._kinds["error"] -= self.offset
+            self._failed_seen = failed
+        return {SHORT[k]: v for k, v in self._kinds.items() if v > 0}
 
     def close(self) -> None:
         """Close the bar (idempotent)."""
@@ -113,6 +129,7 @@ def format_summary(result: SearchResult, verbose: bool = False) -> str:
             f"{result.n_finished}/{result.n_trials} finished ({counts}) in {result.wall_time:.1f} s"
         ),
     ]
+    lines += _kind_lines(result)
     if result.multi_objective:
         lines += _pareto_lines(result)
     elif result.best_value is not None:
@@ -132,7 +149,7 @@ def format_summary(result: SearchResult, verbose: bool = False) -> str:
         lines.append(f"  trial procs:  {result.trial_processes} ({threads})")
     if result.log_dir and result.trials_run:
         lines.append(f"  trial logs:   {dashboard_db(result.log_dir)}/trial_NNNNN.log")
-    lines.append(f"  database:     {result.db_path}")
+    lines.append(f"  database:     {result.db_path}" + (f" ({result.db_reason})" if result.db_reason else ""))
     lines.append(f"  dashboard:    {_dashboard_for(result)}")
     return "\n".join(lines)
 
@@ -147,6 +164,28 @@ def _storage_lines(result: SearchResult, verbose: bool) -> list[str]:
         )
         return [f"  lock retries: {result.lock_retries}{latency}"]
     return [f"  lock retries: {result.lock_retries}"]
+
+
+def _kind_lines(result: SearchResult) -> list[str]:
+    """Why trials did not complete, by kind (counted ones, then re-run ones), and the retired."""
+    kinds = dict(result.kinds)
+    if result.retired and kinds.get("error"):
+        kinds["error"] -= result.retired
+    counted = [f"{kinds[k]} {LABELS[k]}" for k in ("error", "pruner", "timeout") if kinds.get(k)]
+    rerun = [f"{kinds[k]} {LABELS[k]}" for k in ("worker_died", "interrupted") if kinds.get(k)]
+    lines = []
+    if counted or rerun:
+        text = "; ".join(filter(None, [
+            ", ".join(counted) + (" (PRUNED, counted)" if counted else ""),
+            ", ".join(rerun) + (" (FAIL, not counted, re-run)" if rerun else ""),
+        ]))
+        lines.append(f"  not complete: {text}")
+    if result.retired:
+        lines.append(
+            f"  retired:      {result.retired} trial(s) that failed by an error before --retry-failed "
+            "(kept as PRUNED, not counted)"
+        )
+    return lines
 
 
 def _dashboard_for(result: SearchResult) -> str:

@@ -51,6 +51,11 @@ class SearchResult:
         directions: ``"minimize"``/``"maximize"``, one per objective.
         best_trials: the best trial (one objective) or the Pareto front (several), by number;
             empty when no trial completed.
+        kinds: PRUNED and FAIL trials by kind (``error``, ``pruner``, ``timeout``,
+            ``worker_died``, ``interrupted``: see ``_failures``).
+        retired: trials that failed by an error and were retired by ``--retry-failed`` (still
+            PRUNED in the study, not counted toward ``n_trials``).
+        db_reason: why the database is where it is (how ``save_db_directory`` was resolved).
         trial_processes: warm trial processes started (one per worker, plus one for each that
             died, timed out or was recycled by ``trials_per_process``).
         threads_per_trial: the OpenMP/BLAS thread cap each trial process had (0: not capped,
@@ -79,6 +84,9 @@ class SearchResult:
     peak_trial_mib: float = 0.0
     directions: tuple[str, ...] = ("minimize",)
     best_trials: tuple[BestTrial, ...] = ()
+    kinds: dict[str, int] = field(default_factory=dict)
+    retired: int = 0
+    db_reason: str = ""
     trial_processes: int = 0
     threads_per_trial: int = 0
     log_dir: str = ""
@@ -86,8 +94,8 @@ class SearchResult:
 
     @property
     def n_finished(self) -> int:
-        """COMPLETE + PRUNED: the trials that count toward ``n_trials``."""
-        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+        """COMPLETE + PRUNED, less the retired trials: the trials that count toward ``n_trials``."""
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0) - self.retired
 
     @property
     def multi_objective(self) -> bool:

@@ -21,6 +21,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hparam_joblib._failures import LABELS, RETIRED_KEY, trial_kind
 from hparam_joblib._space import build_config
 from hparam_joblib._yaml import dump_yaml
 
@@ -43,6 +44,7 @@ class StudyData:
         trials: every trial, in number order.
         best: the best trial (one objective) or the Pareto front (several); empty when no
             trial completed.
+        retired: numbers of the trials ``--retry-failed`` retired (PRUNED, not counted).
     """
 
     name: str
@@ -51,6 +53,7 @@ class StudyData:
     config: Mapping[str, Any] | None
     trials: tuple[FrozenTrial, ...]
     best: tuple[FrozenTrial, ...]
+    retired: tuple[int, ...] = ()
 
     @property
     def multi_objective(self) -> bool:
@@ -83,6 +86,7 @@ def snapshot(study: optuna.Study) -> StudyData:
             best = ()
     config = study.user_attrs.get("config")
     metric_names = study.metric_names
+    retired = study._storage.get_study_system_attrs(study._study_id).get(RETIRED_KEY) or []
     return StudyData(
         name=study.study_name,
         directions=directions,
@@ -90,6 +94,7 @@ def snapshot(study: optuna.Study) -> StudyData:
         config=config if isinstance(config, Mapping) else None,
         trials=trials,
         best=best,
+        retired=tuple(sorted(n for n in retired if isinstance(n, int))),
     )
 
 
@@ -384,8 +389,10 @@ def format_status(
     ]
     by_state = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
     planned = (data.config or {}).get("n_trials")
-    n_finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    n_finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) - len(data.retired)
     target = f"; {n_finished}/{planned} of n_trials finished" if isinstance(planned, int) else ""
+    if data.retired:
+        target += f" ({len(data.retired)} retired by --retry-failed not counted)"
     lines.append(f"trials:     {total} ({by_state}){target}")
 
     if not data.best:
@@ -429,17 +436,56 @@ def format_status(
 
     lines.extend(throughput_lines(data.trials))
 
-    groups, more = failure_groups(data.trials)
-    n_failed = counts.get("PRUNED", 0) + counts.get("FAIL", 0)
-    if not n_failed:
+    lines += _failure_lines(data)
+    return "\n".join(lines)
+
+
+#: How each kind of trial that did not complete is accounted, for ``status``.
+_ACCOUNTED = {
+    "error": "PRUNED, counted toward n_trials; after a fix, --retry-failed re-runs them",
+    "timeout": "PRUNED, counted toward n_trials",
+    "worker_died": "FAIL, not counted: re-run",
+    "interrupted": "FAIL, not counted: re-run",
+}
+
+
+def _failure_lines(data: StudyData) -> list[str]:
+    """Pruner decisions apart from failures; failures by kind (error, timeout, worker died,
+    interrupted), each by reason; the trials retired by --retry-failed."""
+    retired = set(data.retired)
+    by_kind: dict[str, list[FrozenTrial]] = {}
+    for t in data.trials:
+        kind = trial_kind(t)
+        if kind is not None:
+            by_kind.setdefault("retired" if t.number in retired else kind, []).append(t)
+    lines: list[str] = []
+    pruned = by_kind.get("pruner", [])
+    if pruned:
+        lines.append(f"pruned:     {len(pruned)} by the pruner (by reason)")
+        lines += _reason_lines(pruned, "  ")
+    failed = [k for k in ("error", "timeout", "worker_died", "interrupted") if by_kind.get(k)]
+    if not failed:
         lines.append("failures:   none")
     else:
-        lines.append(f"failures:   {n_failed} (by reason)")
-        width = max(len(str(c)) for _, c in groups)
-        lines.extend(f"  {count:>{width}}  {reason}" for reason, count in groups)
-        if more:
-            lines.append(f"  ... and {more} more reason(s)")
-    return "\n".join(lines)
+        lines.append(f"failures:   {sum(len(by_kind[k]) for k in failed)} (by kind, then reason)")
+        for kind in failed:
+            lines.append(f"  {LABELS[kind]}: {len(by_kind[kind])} ({_ACCOUNTED[kind]})")
+            lines += _reason_lines(by_kind[kind], "    ")
+    if by_kind.get("retired"):
+        lines.append(
+            f"retired:    {len(by_kind['retired'])} trial(s) that failed by an error, replaced by "
+            "--retry-failed (still PRUNED with their reason, not counted)"
+        )
+    return lines
+
+
+def _reason_lines(trials: list[FrozenTrial], indent: str) -> list[str]:
+    groups, more = failure_groups(trials)
+    width = max(len(str(c)) for _, c in groups)
+    out = [f"{indent}{count:>{width}}  {reason}" for reason, count in groups]
+    if more:
+        out.append(f"{indent}... and {more} more reason(s)")
+    return out
 
 
 def _header_lines(data: StudyData, trial: FrozenTrial, rebuilt: bool, db_path: str) -> list[str]:

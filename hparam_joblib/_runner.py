@@ -34,7 +34,23 @@ from optuna.trial import FrozenTrial
 from hparam_joblib._backend import Backend, Death, make_backend
 from hparam_joblib._config import SearchConfig, StopRules
 from hparam_joblib._errors import HparamError, StorageError, UsageError
+from hparam_joblib._failures import (
+    ErrorStop,
+    broken_code_error,
+    count_errors,
+    kind_counts,
+    retire_errors,
+    retired,
+)
 from hparam_joblib._funcref import FunctionRef, make_ref
+from hparam_joblib._history import (
+    append_run,
+    changes_note,
+    check_space,
+    previous_run,
+    run_entry,
+    settings_changes,
+)
 from hparam_joblib._isolation import THREAD_VARS
 from hparam_joblib._progress import Progress
 from hparam_joblib._result import BestTrial, SearchResult
@@ -112,20 +128,27 @@ def run_search(
     policy: RetryPolicy | None = None,
     show_progress: bool = True,
     time_limit: float | None = None,
+    retry_failed: bool = False,
 ) -> SearchResult:
     """Run (or resume) the search until the study holds ``cfg.n_trials`` finished trials.
+
+    With ``retry_failed``, the trials that failed by an error are retired first (kept PRUNED
+    with their reason, no longer counted: see ``_failures``), so the run replaces them.
 
     Raises:
         StorageError: the database cannot be used (checked before anything is written).
         BackendError: the Dask scheduler is unreachable (checked before anything is created),
             or the cluster has no worker for too long.
         WorkerCrashError: ``max_worker_deaths`` workers died in a row without a finished trial.
+        ConfigError: the search space conflicts with the trials the study holds.
+        TrainingCodeError: the first ``max_trial_errors`` trials of the run failed by an error.
     """
     backend = make_backend(cfg)
     backend.open()
     try:
         return _run_search(
-            func, cfg, save_dir, backend, policy=policy, show_progress=show_progress, time_limit=time_limit
+            func, cfg, save_dir, backend, policy=policy, show_progress=show_progress, time_limit=time_limit,
+            retry_failed=retry_failed,
         )
     finally:
         backend.close()
@@ -140,6 +163,7 @@ def _run_search(
     policy: RetryPolicy | None = None,
     show_progress: bool = True,
     time_limit: float | None = None,
+    retry_failed: bool = False,
 ) -> SearchResult:
     started = time.monotonic()
     try:
@@ -162,15 +186,12 @@ def _run_search(
     # Again after creation: a launch that created the study between our pre-flight and here.
     check_directions(location.display, cfg.study_name, [d.name.lower() for d in study.directions],
                      list(cfg.directions))
-    study.set_user_attr("config", _jsonable(cfg.resolved))
     study_id = study._study_id
-    reaped = reap_dead_owners(storage, study_id)
-    if reaped:
-        logger.info("marked %d trial(s) left RUNNING by a dead process as FAIL: %s", len(reaped), reaped)
-    if cfg.enqueue:
-        _enqueue(study, storage, cfg)
-
     run_id = uuid.uuid4().hex[:12]
+    work, n_retired = _begin_run(cfg, storage, study_id, run_id, location, retry_failed)
+    if cfg.enqueue:
+        _enqueue(study, storage, work)
+
     reports: list[WorkerReport] = []
     interrupted = 0
     stop_state = None
@@ -178,25 +199,67 @@ def _run_search(
         time_limit = cfg.stop.timeout
         stop_state = _StopState(run_id, cfg.stop, None if time_limit is None else time.time() + time_limit)
     tracking = None
-    if n_finished(storage.count_states(study_id)) < cfg.n_trials:
+    if n_finished(storage.count_states(study_id)) < work.n_trials:
         if cfg.mlflow is not None:
             tracking = start_parent(cfg.mlflow, cfg.study_name, storage, study_id, cfg.n_trials)
         deadline = None if time_limit is None else time.time() + time_limit
         if stop_state is not None:
             stop_state.deadline = deadline
         interrupted = _supervise(
-            function, cfg, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
-            backend=backend, log_dir=log_dir_for(cfg, save_dir).resolve(), stop_state=stop_state,
-            tracking=tracking,
+            function, work, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
+            backend=backend, retired=n_retired, log_dir=log_dir_for(cfg, save_dir).resolve(),
+            stop_state=stop_state, tracking=tracking,
         )
     else:
-        logger.info("study %s already holds %d finished trials; nothing to run", cfg.study_name, cfg.n_trials)
-    result = _result(study, storage, cfg, location, started, reports, interrupted, log_dir_for(cfg, save_dir))
+        errors = count_errors(storage, study_id, exclude=retired(storage, study_id))
+        hint = (
+            f"; {errors} of them failed by an error: after fixing the code, run the same command "
+            "with --retry-failed to re-run those" if errors else ""
+        )
+        logger.info(
+            "study %s already holds %d finished trials; nothing to run%s", cfg.study_name, cfg.n_trials, hint
+        )
+    result = _result(
+        study, storage, cfg, location, started, reports, interrupted, n_retired, log_dir_for(cfg, save_dir)
+    )
     if stop_state is not None and not interrupted and result.n_finished < cfg.n_trials:
         result = dataclasses.replace(result, stop_reason=stop_state.summary())
     if tracking is not None:
         finish_parent(tracking, dict(result.counts), result.best_value, result.interrupted)
     return result
+
+
+def _begin_run(
+    cfg: SearchConfig, storage: StudyStore, study_id: int, run_id: str, location: StorageLocation,
+    retry_failed: bool,
+) -> tuple[SearchConfig, int]:
+    """Check the config against the study, reap dead trials, retire errors (``--retry-failed``)
+    and record the run; returns the workers' config (budget: n_trials + retired) and the
+    number of retired trials.
+
+    Raises:
+        ConfigError: the search space conflicts with the study's trials (nothing written).
+    """
+    previous = previous_run(storage.get_study_user_attrs(study_id))
+    held = storage.get_all_trials(study_id, deepcopy=False)
+    check_space(cfg, held, previous, location.display)
+    changes = settings_changes(previous, cfg)
+    if changes:
+        logger.warning("note: %s", changes_note(changes, cfg.study_name))
+    reaped = reap_dead_owners(storage, study_id)
+    if reaped:
+        logger.info("marked %d trial(s) left RUNNING by a dead process as FAIL: %s", len(reaped), reaped)
+    retried = retire_errors(storage, study_id) if retry_failed else []
+    if retry_failed:
+        logger.info(
+            "--retry-failed: %s", f"{len(retried)} trial(s) that failed by an error kept as they are "
+            f"(PRUNED, with their reason) and no longer counted; new trials replace them: {retried}"
+            if retried else "no trial failed by an error; nothing to re-run",
+        )
+    # Retired trials stay in the study (PRUNED) but do not count: the workers' budget grows by them.
+    n_retired = len(retired(storage, study_id))
+    append_run(storage, study_id, run_entry(cfg, run_id, len(held), changes, retried))
+    return (dataclasses.replace(cfg, n_trials=cfg.n_trials + n_retired) if n_retired else cfg), n_retired
 
 
 @dataclass
@@ -314,16 +377,21 @@ def _supervise(
     deadline: float | None = None,
     *,
     backend: Backend,
+    retired: int = 0,
     log_dir: Path,
     stop_state: _StopState | None = None,
     tracking: TrackingTarget | None = None,
 ) -> int:
-    """Start and watch the worker loops; returns the signal number that stopped us, or 0."""
+    """Start and watch the worker loops; returns the signal number that stopped us, or 0.
+
+    ``cfg.n_trials`` is the workers' budget: the user's n_trials plus the ``retired`` trials.
+    """
     counts = storage.count_states(study_id)
     progress = Progress(
-        cfg.n_trials, n_finished(counts), cfg.direction, enabled=show_progress,
-        show_best=not cfg.multi_objective,
+        cfg.n_trials - retired, n_finished(counts) - retired, cfg.direction, enabled=show_progress,
+        show_best=not cfg.multi_objective, offset=retired,
     )
+    errors = ErrorStop(cfg.max_trial_errors, run_id, counts)
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise _Terminated()
 
@@ -343,6 +411,8 @@ def _supervise(
 
     def start(n: int) -> None:
         nonlocal next_index
+        now = storage.count_states(study_id)
+        trials_before = sum(v for k, v in now.items() if k != "WAITING")  # mixed into the seeds
         backend.submit([
             WorkerTask(
                 # The location holds absolute paths: a Dask worker's working directory differs.
@@ -350,6 +420,7 @@ def _supervise(
                 launcher_pid=os.getpid(), worker_index=next_index + i,
                 policy=policy, deadline=deadline,
                 lease_interval=cfg.heartbeat_interval if backend.remote else None,
+                trials_before=trials_before, error_stop=errors if errors.armed else None,
                 log_dir=str(log_dir), tracking=tracking,
             )
             for i in range(n)
@@ -365,6 +436,7 @@ def _supervise(
         while backend.active:
             news = backend.poll(_POLL_SECONDS)
             reports.extend(news.reports)
+            _check_errors(errors, storage, study_id, cfg, location, function, log_dir)  # before loops restart
             if lease is not None:
                 lease.renew()
             if news.deaths or backend.remote:
@@ -396,7 +468,7 @@ def _supervise(
         return 0
     except HparamError as err:
         progress.close()
-        _stop(backend, lease, storage, study_id, run_id, f"the search stopped: {err}")
+        _stop(backend, lease, storage, study_id, run_id, f"the search stopped: {getattr(err, 'short', err)}")
         raise
     except (KeyboardInterrupt, _Terminated) as stop:
         signum = signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT
@@ -554,6 +626,50 @@ def _wait_for_run_trials(storage: StudyStore, study_id: int, run_id: str, timeou
         time.sleep(0.2)
 
 
+def _check_errors(
+    errors: ErrorStop, storage: StudyStore, study_id: int, cfg: SearchConfig, location: StorageLocation,
+    function: FunctionRef, log_dir: Path,
+) -> None:
+    """Raise the stop-fast error when the run's first ``max_trial_errors`` trials all failed.
+
+    Raises:
+        TrainingCodeError: they did (the one line names the error, the user's file and line,
+            and where the full traceback is).
+    """
+    if not errors.armed:
+        return
+    first = errors.check(storage, study_id, storage.count_states(study_id))
+    if first:
+        raise broken_code_error(
+            first, cfg.max_trial_errors, cfg.study_name, location.display,
+            _write_traceback(log_dir, cfg.study_name, first[-1]),
+            main_file=function.path or None,
+        )
+
+
+def _write_traceback(log_dir: Path, study_name: str, trial: FrozenTrial) -> Path | None:
+    """Write a failed trial's full traceback beside its log (``trial_00004.traceback.txt`` in the
+    study's log directory); returns the file, or None when it cannot be written (the trial's
+    ``failure_traceback`` attr holds it)."""
+    text = trial.user_attrs.get("failure_traceback")
+    if not text:
+        return None
+    path = log_dir / f"trial_{trial.number:05d}.traceback.txt"
+    reason = str(trial.user_attrs.get("failure_reason") or "").splitlines()[0:1]
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# trial {trial.number} of study {study_name}: {''.join(reason)}\n{text}")
+    except OSError:
+        return None
+    return dashboard_relative(path)
+
+
+def dashboard_relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it is under it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else Path(rel)
+
+
 def _install_handlers(handlers: dict[Any, Any]) -> dict[Any, Any]:
     """Install signal handlers (main thread only); returns the previous ones."""
     if threading.current_thread() is not threading.main_thread():
@@ -566,7 +682,7 @@ def _fail_run_trials(storage: StudyStore, study_id: int, run_id: str, reason: st
     try:
         for trial_id, _number, owner in storage.running_owners(study_id):
             if owner.get("run") == run_id:
-                fail_trial(storage, trial_id, reason)
+                fail_trial(storage, trial_id, reason, kind="interrupted")
     except HparamError as err:  # the next launch reaps them (their owners are dead)
         logger.warning("could not mark this run's trials FAIL now (%s); the next run will", err)
 
@@ -579,6 +695,7 @@ def _result(
     started: float,
     reports: list[WorkerReport],
     interrupted: int,
+    n_retired: int = 0,
     log_dir: Path | None = None,
 ) -> SearchResult:
     counts = storage.count_states(study._study_id)
@@ -627,6 +744,8 @@ def _result(
         peak_trial_mib=max((r.peak_trial_mib for r in reports), default=0.0),
         directions=tuple(cfg.directions),
         best_trials=best_trials,
+        kinds=kind_counts(storage, study._study_id),
+        retired=n_retired,
         trial_processes=sum(r.trial_processes for r in reports),
         threads_per_trial=max((r.threads for r in reports), default=0),
         log_dir="" if log_dir is None else str(log_dir),

@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 
+from hparam_joblib._algorithms import DEFAULT_PRUNER
 from hparam_joblib._config import SearchConfig, StopRules
 from hparam_joblib._runner import run_search
 from hparam_joblib.storage import StorageLocation, driver_url, load_study_readonly, location_for
@@ -89,7 +90,12 @@ def run_ladder(
     ladder: Sequence[int],
     seconds: float,
 ) -> list[Rung]:
-    """Run the function for ``seconds`` at each n_jobs of ``ladder`` (highest first)."""
+    """Run the function for ``seconds`` at each n_jobs of ``ladder`` (highest first).
+
+    Without the pruner: how many trials it prunes, and so how long they run, depends on the
+    order in which trials finish, which differs between rungs (with a median pruner n_jobs=2
+    measured 126 % efficiency on 2 cores); every rung runs whole trials instead.
+    """
     scratch = Path(tempfile.mkdtemp(prefix="hparam_joblib_tune_"))
     rungs: list[Rung] = []
     storage = cfg.storage
@@ -103,6 +109,7 @@ def run_ladder(
             rung_cfg = dataclasses.replace(
                 cfg, n_jobs=n_jobs, n_trials=10**9, tag=f"{cfg.tag}_tune{n_jobs}{suffix}", storage=storage,
                 stop=StopRules(),  # a rung is timed by --tune-seconds, not by the search's stop rules
+                pruner=DEFAULT_PRUNER,
             )
             logger.info("tune: n_jobs=%d for %.0f s", n_jobs, seconds)
             result = run_search(func, rung_cfg, scratch, time_limit=seconds, show_progress=False)

@@ -38,6 +38,7 @@ from optuna.storages import BaseStorage
 from hparam_joblib._algorithms import build, worker_seed
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError
+from hparam_joblib._failures import ErrorStop
 from hparam_joblib._funcref import FunctionRef
 from hparam_joblib._gpus import DeviceLease, lease_device, lease_key
 from hparam_joblib._isolation import Outcome, TrialProcess, thread_env
@@ -86,6 +87,12 @@ class WorkerTask:
     #: None: the worker is the launcher's child (loky) and watches its parent pid. A number:
     #: the launcher renews a lease in the study every third of it (Dask; see the module doc).
     lease_interval: float | None = None
+    #: Trials the study held when the launcher started this loop: mixed into the sampler seed
+    #: so that a resumed search never replays an earlier run's sequence (``worker_seed``).
+    trials_before: int = 0
+    #: The launcher's stop-fast rule (``max_trial_errors``), while it is armed: after each trial
+    #: the loop checks it and, once it fires, starts no new trial (the launcher stops the search).
+    error_stop: ErrorStop | None = None
     #: Where the trial logs go (``<save_db_directory>/<study>/``, absolute), or None: no logs.
     log_dir: str | None = None
     #: Where this worker writes its trials' MLflow runs (``tracking.mlflow``), or None.
@@ -283,6 +290,7 @@ class _Objective:
             reason = f"pruned by the pruner at step {outcome.step}"
             trial.set_user_attr("failure_reason", reason)
             trial.set_user_attr("pruned_step", outcome.step)
+            trial.set_user_attr("failure_kind", "pruner")
             logger.debug("Trial %d %s", trial.number, reason)  # counted in the bar; one line each at --verbose
             raise optuna.TrialPruned(reason)
         _record_failure(trial, outcome)
@@ -308,6 +316,7 @@ def _record_failure(trial: optuna.Trial, outcome: Outcome) -> None:
     if outcome.output_tail:
         reason += "\nlast output lines:\n" + outcome.output_tail
     trial.set_user_attr("failure_reason", reason)
+    trial.set_user_attr("failure_kind", "timeout" if outcome.kind == "timeout" else "error")
     if outcome.error_type:
         trial.set_user_attr("failure_type", outcome.error_type)
     if outcome.traceback:
@@ -403,6 +412,7 @@ def _optimize(study: optuna.Study, objective: _Objective, deadline: float | None
         callbacks = ([_stop_when_gone(objective)] if objective.task.lease_interval is not None else []) + (
             [] if deadline is None else [_stop_after(deadline)]
         ) + ([] if rules is None else [rules]) + ([] if objective.tracker is None else [_track(objective.tracker)])
+        callbacks += [_pause_when_broken(objective)] if objective.task.error_stop is not None else []
         study.optimize(objective, n_trials=None, catch=(), callbacks=callbacks or None)
         if objective.launcher_gone():
             raise _LauncherGone(objective.watch.why)
@@ -475,6 +485,27 @@ def _track(tracker: TrialLogger) -> Callable[[optuna.Study, optuna.trial.FrozenT
     return callback
 
 
+def _pause_when_broken(objective: _Objective) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Start no new trial once the run's first ``max_trial_errors`` trials all failed by an
+    error: wait for the launcher to stop the search (or for a trial elsewhere to complete,
+    which turns the rule off)."""
+    rule = objective.task.error_stop
+    assert rule is not None
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        storage = objective.storage
+        if not rule.armed or not rule.check(storage, study._study_id, storage.count_states(study._study_id)):
+            return
+        while rule.armed and not objective.launcher_gone():
+            time.sleep(_WAIT_FOR_OTHERS_SECONDS)
+            if storage.count_states(study._study_id).get("COMPLETE", 0) > rule.complete_at_start:
+                rule.armed = False
+        if objective.launcher_gone():
+            study.stop()
+
+    return callback
+
+
 def _stop_after(deadline: float) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if time.time() >= deadline:
@@ -495,8 +526,8 @@ def _wait_for_slot(storage: StudyStore, study_id: int, budget: int, objective: _
         time.sleep(_WAIT_FOR_OTHERS_SECONDS)
 
 
-def _sampler(cfg: SearchConfig, worker_index: int) -> optuna.samplers.BaseSampler:
-    seed = worker_seed(cfg.sampler, cfg.seed, worker_index)
+def _sampler(cfg: SearchConfig, worker_index: int, trials_before: int = 0) -> optuna.samplers.BaseSampler:
+    seed = worker_seed(cfg.sampler, cfg.seed, worker_index, trials_before)
     sampler: optuna.samplers.BaseSampler = build(cfg.sampler, seed)
     return sampler
 
@@ -539,7 +570,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         storage.family = task.launcher_pid
         study = optuna.load_study(
             study_name=cfg.study_name, storage=cast(BaseStorage, storage),
-            sampler=_sampler(cfg, task.worker_index), pruner=build(cfg.pruner),
+            sampler=_sampler(cfg, task.worker_index, task.trials_before), pruner=build(cfg.pruner),
         )
         watch = LauncherWatch(task, storage, study._study_id)
         if cfg.gpus:

@@ -106,10 +106,12 @@ def describe_holders(db_path: str, family: int | None = None) -> str:
     return "processes with it open: " + ", ".join(holders[:8])
 
 
-def fail_trial(storage: StudyStore, trial_id: int, reason: str) -> bool:
-    """Mark a RUNNING trial FAIL with ``reason``; False if it had already finished."""
+def fail_trial(storage: StudyStore, trial_id: int, reason: str, kind: str = "worker_died") -> bool:
+    """Mark a RUNNING trial FAIL with ``reason`` and ``failure_kind`` (``worker_died`` or
+    ``interrupted``, see ``_failures``); False if it had already finished."""
     try:
         storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        storage.set_trial_user_attr(trial_id, "failure_kind", kind)
         return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
     except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
         return False

@@ -714,6 +714,27 @@ class SearchStorage(RDBStorage):
 
         return self._retry(query)
 
+    def failure_attrs(self, study_id: int, keys: Sequence[str]) -> list[tuple[int, str, dict[str, Any]]]:
+        """``(number, state name, {key: value})`` of every PRUNED or FAIL trial, only the user
+        attrs ``keys`` (what ``_failures`` needs to tell an error from a pruner decision)."""
+        stmt = (
+            select(_T.c.number, _T.c.state, _UA.c.key, _UA.c.value_json)
+            .select_from(_T.outerjoin(_UA, (_UA.c.trial_id == _T.c.trial_id) & _UA.c.key.in_(list(keys))))
+            .where(_T.c.study_id == study_id, _T.c.state.in_([TrialState.PRUNED, TrialState.FAIL]))
+        )
+
+        def query() -> list[tuple[int, str, dict[str, Any]]]:
+            out: dict[int, tuple[str, dict[str, Any]]] = {}
+            with self.engine.connect() as conn:
+                for number, state, key, text in conn.execute(stmt):
+                    name = state.name if isinstance(state, TrialState) else str(state)
+                    entry = out.setdefault(int(number), (name, {}))
+                    if key is not None:
+                        entry[1][key] = json.loads(text)
+            return [(n, state, attrs) for n, (state, attrs) in out.items()]
+
+        return self._retry(query)
+
 
 def _wrap(name: str) -> Callable[..., Any]:
     base = getattr(RDBStorage, name)
