@@ -155,14 +155,15 @@ def test_openmp_at_import_then_in_every_trial(project: Project) -> None:
 
 def test_module_level_code_runs_once_per_trial_process(proj: Project) -> None:
     """The script's module level runs in the launcher and once in each worker's trial process."""
-    _config(proj, 2, 10)
+    _config(proj, 2, 10, "sleep: 0.3\n")
     done = proj.run()
     assert done.returncode == 0, done.stderr
     assert states(proj.db("exp_t")) == {"COMPLETE": 10}
     runs = _module_runs(proj)
     assert len(runs) == 1 + 2, runs  # the launcher + one trial process per worker
     pids = {t["user_attrs"]["trial_pid"] for t in trials(proj.db("exp_t"))}
-    assert pids == set(map(int, runs[1:]))
+    # Every trial ran in one of the two warm processes (under load one worker may take them all).
+    assert pids and pids <= set(map(int, runs[1:]))
     assert "trial procs:  2 (" in done.stdout
 
 
