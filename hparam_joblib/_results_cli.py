@@ -283,8 +283,8 @@ def _reading(shown: str, name: str) -> Iterator[None]:
         raise
 
 
-def load_study(db: Database, name: str, shown: str) -> optuna.Study:
-    """Load one study through Optuna on a read-only connection.
+def load_study(db: Database, name: str, shown: str, resources: contextlib.ExitStack) -> optuna.Study:
+    """Load one study through Optuna on a read-only connection, closed when ``resources`` is.
 
     Raises:
         StorageError: Optuna cannot read it (e.g. a schema from another Optuna version).
@@ -294,15 +294,16 @@ def load_study(db: Database, name: str, shown: str) -> optuna.Study:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if db.location is not None:
-        from hparam_joblib.storage import load_study_readonly
+        from hparam_joblib.storage import open_study_readonly
 
         with _reading(shown, name):
-            return load_study_readonly(db.location, name)
+            return resources.enter_context(open_study_readonly(db.location, name))
     creator = functools.partial(sqlite3.connect, db.uri, uri=True, timeout=10, check_same_thread=False)
     with _reading(shown, name):
         storage = RDBStorage(
             f"sqlite:///{db.path}", engine_kwargs={"creator": creator}, skip_table_creation=True
         )
+        resources.callback(storage.engine.dispose)
         return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -312,7 +313,7 @@ def read_study(ns: argparse.Namespace) -> tuple[Database, optuna.Study, StudyDat
 
     db = open_database(ns.db)
     name = pick_study(db, ns.study, db.shown)
-    study = load_study(db, name, db.shown)
+    study = load_study(db, name, db.shown, ns.resources)
     with _reading(db.shown, name):
         return db, study, snapshot(study)
 
@@ -534,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, or 2 for an error the user can fix)."""
     try:
         ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-        return int(ns.func(ns))
+        with contextlib.ExitStack() as ns.resources:  # database connections the command opened
+            return int(ns.func(ns))
     except HparamError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ is None; nothing is written to the study.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Callable
@@ -46,8 +47,8 @@ def best_config(cfg: SearchConfig, save_dir: Path) -> tuple[dict[str, Any], int,
     db = cli.open_database(text)
     if cfg.study_name not in db.studies:
         raise StorageError(db.shown, f"holds no study {cfg.study_name!r} yet; studies: {', '.join(db.studies)}")
-    study = cli.load_study(db, cfg.study_name, db.shown)
-    data = snapshot(study)
+    with contextlib.ExitStack() as resources:
+        data = snapshot(cli.load_study(db, cfg.study_name, db.shown, resources))
     if data.multi_objective:
         raise UsageError(
             f"--best: study {cfg.study_name} has {len(data.directions)} objectives, so no single best "

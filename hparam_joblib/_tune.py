@@ -26,7 +26,7 @@ import optuna
 from hparam_joblib._algorithms import DEFAULT_PRUNER
 from hparam_joblib._config import SearchConfig, StopRules
 from hparam_joblib._runner import run_search
-from hparam_joblib.storage import StorageLocation, driver_url, load_study_readonly, location_for
+from hparam_joblib.storage import StorageLocation, driver_url, location_for, open_study_readonly
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -114,8 +114,8 @@ def run_ladder(
             logger.info("tune: n_jobs=%d for %.0f s", n_jobs, seconds)
             result = run_search(func, rung_cfg, scratch, time_limit=seconds, show_progress=False)
             location = location_for(rung_cfg, scratch)
-            study = load_study_readonly(location, rung_cfg.study_name)
-            trials, rate = steady_rate(study)
+            with open_study_readonly(location, rung_cfg.study_name) as study:
+                trials, rate = steady_rate(study)
             rungs.append(Rung(n_jobs, trials, result.wall_time, rate, result.peak_trial_mib))
             if location.is_server:
                 _drop_study(location, rung_cfg.study_name)

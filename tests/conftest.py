@@ -180,11 +180,14 @@ def trials(db: Path) -> list[dict[str, Any]]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{db}"
-    (summary,) = optuna.get_all_study_summaries(storage)
-    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    try:
+        (summary,) = optuna.get_all_study_summaries(storage)
+        study_trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+    finally:
+        storage.engine.dispose()
     out = []
-    for t in study.get_trials(deepcopy=False):
+    for t in study_trials:
         out.append({
             "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
             "user_attrs": t.user_attrs, "system_attrs": t.system_attrs,

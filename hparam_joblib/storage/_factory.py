@@ -4,8 +4,9 @@ and workers), pre-flight (create nothing), prepare (directory, WAL), a read-only
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,8 +99,12 @@ def prepare(location: StorageLocation, policy: RetryPolicy) -> None:
         enable_wal(path, policy)
 
 
-def load_study_readonly(location: StorageLocation, study_name: str) -> Any:
-    """``optuna.load_study`` on ``location`` without creating or writing anything."""
+@contextlib.contextmanager
+def open_study_readonly(location: StorageLocation, study_name: str) -> Iterator[Any]:
+    """``optuna.load_study`` on ``location`` without creating or writing anything.
+
+    The study is usable inside the ``with`` block; its database connections are closed after it.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -112,7 +117,12 @@ def load_study_readonly(location: StorageLocation, study_name: str) -> Any:
             skip_table_creation=True, skip_compatibility_check=True,
         )
     else:
-        storage = f"sqlite:///{location.path}"
-    return optuna.load_study(study_name=study_name, storage=storage)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{location.path}", skip_table_creation=True)
+    try:
+        yield optuna.load_study(study_name=study_name, storage=storage)
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 

@@ -110,11 +110,16 @@ def digest(path: Path) -> str:
 
 def load(db: Path, name: str | None = None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{db}"
-    if name is None:
-        (summary,) = optuna.get_all_study_summaries(storage)
-        name = summary.study_name
-    return optuna.load_study(study_name=name, storage=storage)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    try:
+        if name is None:
+            (summary,) = optuna.get_all_study_summaries(storage)
+            name = summary.study_name
+        copy = optuna.storages.InMemoryStorage()  # a copy, so no connection outlives the call
+        optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=copy)
+        return optuna.load_study(study_name=name, storage=copy)
+    finally:
+        storage.engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +145,7 @@ def odd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two studies in one file; 'odd' has FAIL/RUNNING/reasonless trials and no trial configs."""
     db = tmp_path_factory.mktemp("odd") / "odd.db"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{db}"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
     study = optuna.create_study(study_name="odd", storage=storage)
     study.set_user_attr("config", STUDY_CONFIG)
     for lr, layers in ((0.5, 2), (0.2, 3)):
@@ -163,6 +168,7 @@ def odd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     other = optuna.create_study(study_name="other", storage=storage, direction="maximize")
     other.optimize(lambda t: t.suggest_float("a", 0.0, 1.0), n_trials=3)
+    storage.engine.dispose()
     return db
 
 
@@ -171,9 +177,8 @@ def multi(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-objective study whose trials carry their config, as the package would store it."""
     db = tmp_path_factory.mktemp("multi") / "mo.db"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name="mo", storage=f"sqlite:///{db}", directions=["minimize", "maximize"]
-    )
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    study = optuna.create_study(study_name="mo", storage=storage, directions=["minimize", "maximize"])
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         a, b = trial.suggest_float("opt.a", 0, 1), trial.suggest_float("b", 0, 1)
@@ -181,6 +186,7 @@ def multi(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return a, a + b
 
     study.optimize(objective, n_trials=10)
+    storage.engine.dispose()
     return db
 
 
@@ -407,7 +413,9 @@ def test_multi_objective_shows_the_pareto_front(
 def test_a_study_without_trials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Zero trials: status works, trials writes a header only, best is a one-line error."""
     db = tmp_path / "empty.db"
-    optuna.create_study(study_name="empty", storage=f"sqlite:///{db}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    optuna.create_study(study_name="empty", storage=storage)
+    storage.engine.dispose()
     done = cli("status", str(db))
     assert done.returncode == 0 and "best:       none yet" in done.stdout
     done = run_main(capsys, "trials", str(db), "--csv", str(tmp_path / "e.csv"))

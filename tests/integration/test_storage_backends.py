@@ -300,10 +300,11 @@ def test_budget_race_many_processes(kind: str, tmp_path: Path, request: pytest.F
 def load_race(location: Any) -> list[Any]:
     import optuna
 
-    from hparam_joblib.storage import load_study_readonly
+    from hparam_joblib.storage import open_study_readonly
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return list(load_study_readonly(location, "race").trials)
+    with open_study_readonly(location, "race") as study:
+        return list(study.trials)
 
 
 # -- PostgreSQL: heartbeats from a foreign host, pre-flight ------------------------------------------
