@@ -4,6 +4,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# The extras the venv gets (dev: everything the tests and benchmarks use).
+EXTRAS ?= dev
+# Test files run this many at a time (pytest-xdist; one file stays on one process, so a module's
+# fixtures run once). Most tests wait on worker processes, so 2 cores keep 3 busy.
+TEST_WORKERS ?= 3
 
 .PHONY: venv demo example-sklearn test test-fast lint bench-quick clean optuna-storage-tests optuna-storage-tests-latest
 
@@ -12,7 +17,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	# The gp sampler needs torch; this machine image ships a CPU build of 2.13.0 on disk (a bare
 	# "torch" would fetch a multi-GB CUDA build). Without it the gp test is skipped, nothing else.
 	# NO_TORCH=1 (the extra-Python CI runs): no torch; the gp test is skipped then.
@@ -26,13 +31,14 @@ example-sklearn: venv
 	$(BIN)/python examples/sklearn_digits.py
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	$(MAKE) optuna-storage-tests
 
 # Optuna's own tests/storages_tests (from the sdist of the installed Optuna, cached outside the
 # repository) on our storages; the plugin and the expected deviations: tests/optuna_suite/.
+# Its heartbeat tests mostly sleep, so 4 at a time.
 optuna-storage-tests: venv
-	$(BIN)/python tests/optuna_suite/run.py -q
+	$(BIN)/python tests/optuna_suite/run.py -q -n 4
 
 # The same against the newest Optuna release, in a venv of its own (.venv-optuna-latest), so an
 # upgrade's breakage shows before users see it.
@@ -41,14 +47,14 @@ optuna-storage-tests-latest:
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet -e ".[test,postgresql]" fakeredis
 	$(LATEST)/bin/python -m pip install --quiet --upgrade optuna
-	$(LATEST)/bin/python tests/optuna_suite/run.py -q
+	$(LATEST)/bin/python tests/optuna_suite/run.py -q -n 4
 
 lint: venv
 	$(BIN)/ruff check hparam_joblib
 	$(BIN)/mypy hparam_joblib
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 bench-quick: venv
 	$(BIN)/python benchmarks/scaling.py --quick

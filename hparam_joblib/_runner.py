@@ -132,6 +132,9 @@ def run_search(
 ) -> SearchResult:
     """Run (or resume) the search until the study holds ``cfg.n_trials`` finished trials.
 
+    With ``time_limit`` (``--tune-n-jobs`` rungs), each loop starts trials for that many seconds
+    counted from when its trial process is ready, so a slow start-up never eats a rung.
+
     With ``retry_failed``, the trials that failed by an error are retired first (kept PRUNED
     with their reason, no longer counted: see ``_failures``), so the run replaces them.
 
@@ -195,7 +198,8 @@ def _run_search(
     reports: list[WorkerReport] = []
     interrupted = 0
     stop_state = None
-    if time_limit is None and cfg.stop.active:  # the search's own stop rules (not --tune-n-jobs)
+    run_seconds, time_limit = time_limit, None
+    if run_seconds is None and cfg.stop.active:  # the search's own stop rules (not --tune-n-jobs)
         time_limit = cfg.stop.timeout
         stop_state = _StopState(run_id, cfg.stop, None if time_limit is None else time.time() + time_limit)
     tracking = None
@@ -208,7 +212,7 @@ def _run_search(
         interrupted = _supervise(
             function, work, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
             backend=backend, retired=n_retired, log_dir=log_dir_for(cfg, save_dir).resolve(),
-            stop_state=stop_state, tracking=tracking,
+            stop_state=stop_state, tracking=tracking, run_seconds=run_seconds,
         )
     else:
         errors = count_errors(storage, study_id, exclude=retired(storage, study_id))
@@ -381,6 +385,7 @@ def _supervise(
     log_dir: Path,
     stop_state: _StopState | None = None,
     tracking: TrackingTarget | None = None,
+    run_seconds: float | None = None,
 ) -> int:
     """Start and watch the worker loops; returns the signal number that stopped us, or 0.
 
@@ -418,7 +423,7 @@ def _supervise(
                 # The location holds absolute paths: a Dask worker's working directory differs.
                 function=function, config=cfg, location=location, run_id=run_id,
                 launcher_pid=os.getpid(), worker_index=next_index + i,
-                policy=policy, deadline=deadline,
+                policy=policy, deadline=deadline, run_seconds=run_seconds,
                 lease_interval=cfg.heartbeat_interval if backend.remote else None,
                 trials_before=trials_before, error_stop=errors if errors.armed else None,
                 log_dir=str(log_dir), tracking=tracking,
@@ -450,12 +455,13 @@ def _supervise(
                     logger.warning("stop_grace passed: stopping %d running trial(s)", stop_state.grace_stopped)
                     _stop(backend, lease, storage, study_id, run_id, stop_state.reason())
                     break
-            if news.lost or (news.reports and deadline is None):
+            timed = deadline is not None or run_seconds is not None  # loops end by the clock
+            if news.lost or (news.reports and not timed):
                 remaining = cfg.n_trials - n_finished(storage.count_states(study_id))
                 # A loop ends by itself only once the study is done, or when the launcher looked
                 # gone to it (its lease lapsed while this process was stalled), or a stop rule
                 # fired: start it again in the first two cases.
-                early = len(news.reports) if deadline is None and remaining > 0 and not stopping else 0
+                early = len(news.reports) if not timed and remaining > 0 and not stopping else 0
                 if early:
                     logger.warning("%d worker loop(s) stopped before the study was done; starting again", early)
                 if remaining > 0 and news.lost + early:
@@ -606,8 +612,10 @@ def _stop(
     reason: str,
 ) -> None:
     """Stop every loop of this launch and fail its RUNNING trials."""
-    if lease is not None:
-        lease.stop()  # loops on a shared cluster stop at their next check (within a second)
+    # Written before any worker is killed: loops on a shared cluster stop at their next check
+    # (within a second), and a worker that sees its trial process killed by the shutdown (loky
+    # kills a worker's children first) records the trial as stopped, not as its failure.
+    (lease or LauncherLease(storage, study_id, run_id, interval=1.0)).stop()
     backend.stop()
     if not backend.owns_workers:
         _wait_for_run_trials(storage, study_id, run_id, timeout=3.0)

@@ -82,8 +82,11 @@ class WorkerTask:
     launcher_pid: int
     worker_index: int
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    #: ``time.time()`` after which no new trial starts (``--tune-n-jobs`` rungs), or None.
+    #: ``time.time()`` after which no new trial starts (the ``timeout`` stop rule), or None.
     deadline: float | None = None
+    #: Seconds this loop starts trials for, from when its trial process is ready (``--tune-n-jobs``
+    #: rungs: the start-up is not part of the measured time), or None.
+    run_seconds: float | None = None
     #: None: the worker is the launcher's child (loky) and watches its parent pid. A number:
     #: the launcher renews a lease in the study every third of it (Dask; see the module doc).
     lease_interval: float | None = None
@@ -205,6 +208,22 @@ class LauncherWatch:
             self.why = f"the launcher's lease was not renewed for {now - self._changed:.0f} s (launcher gone)"
         return bool(self.why)
 
+    def stopped_now(self) -> bool:
+        """Has the launcher stopped this launch? Read from the storage now (no throttle).
+
+        Asked when a trial's process was killed: the launcher writes the stop before it kills the
+        workers, and loky kills a worker's children first, so a worker that sees its trial process
+        die in a shutdown must not record that as the trial's own failure.
+        """
+        try:
+            lease = self.storage.get_study_system_attrs(self.study_id).get(launcher_key(self.task.run_id))
+        except HparamError:
+            return False
+        if isinstance(lease, dict) and lease.get("stopped"):
+            self.why = self.why or "the launcher stopped the search"
+            return True
+        return False
+
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
@@ -282,6 +301,8 @@ class _Objective:
             if values is not None:
                 return values
             outcome = Outcome("error", reason=why, error_type="InvalidReturn")
+        if outcome.kind == "died" and self.watch.stopped_now():  # killed by the shutdown
+            outcome = Outcome("stopped", reason=outcome.reason, pid=outcome.pid)
         if outcome.kind == "stopped":
             reason = f"stopped while the trial ran: {self.watch.why}; it will be re-run"
             trial.set_user_attr("failure_reason", reason)
@@ -586,7 +607,11 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         if task.tracking is not None:
             tracker = objective.tracker = TrialLogger(task.tracking)
         trials.wait_ready(watch.gone)  # no trial holds a budget slot while the script loads
-        _loop(task, storage, study, objective)
+        deadline = task.deadline
+        if task.run_seconds is not None:
+            own = time.time() + task.run_seconds
+            deadline = own if deadline is None else min(deadline, own)
+        _loop(task, storage, study, objective, deadline)
         trials.close()
         return _report(task, storage, objective.trials_run, trials, threads)
     finally:
@@ -598,13 +623,14 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
             lease.release()
 
 
-def _loop(task: WorkerTask, storage: StudyStore, study: optuna.Study, objective: _Objective) -> None:
+def _loop(task: WorkerTask, storage: StudyStore, study: optuna.Study, objective: _Objective,
+          deadline: float | None) -> None:
     cfg = task.config
     set_verbosity(cfg.verbosity)
     try:
         while True:
             try:
-                if _optimize(study, objective, task.deadline):  # deadline passed / a stop rule fired
+                if _optimize(study, objective, deadline):  # deadline passed / a stop rule fired
                     break
             except BudgetExhausted:
                 # Every slot is taken; some may be RUNNING elsewhere (a sibling, another launch,

@@ -29,6 +29,8 @@ from hparam_joblib import hparam_search
 @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
 def train(config):
     mode = config.get("mode", "ok")
+    while config.get("hold") and os.path.exists(config["hold"]):  # the test releases the trials
+        time.sleep(0.05)
     sleep = config.get("sleep", 0.0)
     if isinstance(sleep, list):
         sleep = config["x"] * (sleep[1] - sleep[0]) + sleep[0]
@@ -168,6 +170,15 @@ def states(db: Path) -> dict[str, int]:
     """Trial counts by state, read straight from the SQLite file."""
     with closing(sqlite3.connect(db)) as conn:
         return dict(conn.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+
+
+def running_count(db: Path) -> int:
+    """RUNNING trials in ``db``; 0 while the launcher has not created the file or schema yet."""
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
 
 
 def finished(db: Path) -> int:

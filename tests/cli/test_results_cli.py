@@ -28,7 +28,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import SCRIPT, Project, _kill_leftovers, child_env, states
+from tests.conftest import SCRIPT, Project, _kill_leftovers, child_env, running_count, states
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,15 +93,6 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.Compl
     code = main(list(args))
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
-
-
-def running_count(db: Path) -> int:
-    """RUNNING trials in ``db``; 0 while the launcher has not created the file or schema yet."""
-    try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
 
 
 def digest(path: Path) -> str:

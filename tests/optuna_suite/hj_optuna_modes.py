@@ -168,6 +168,9 @@ _COUNTS: dict[str, dict[str, int]] = {}
 def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         _MODE_OF[item.nodeid] = _mode_of(item) or "(no mode parameter)"
+        # carried by the reports, so the table is right under pytest-xdist (-n), whose controller
+        # sees the reports but not the items
+        item.user_properties.append(("hj_mode", _MODE_OF[item.nodeid]))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -176,7 +179,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             outcome = "xfailed" if report.outcome == "skipped" else "xpassed"
         else:
             outcome = report.outcome
-        counts = _COUNTS.setdefault(_MODE_OF.get(report.nodeid, "?"), {})
+        mode = dict(report.user_properties).get("hj_mode") or _MODE_OF.get(report.nodeid, "?")
+        counts = _COUNTS.setdefault(str(mode), {})
         counts[outcome] = counts.get(outcome, 0) + 1
 
 
