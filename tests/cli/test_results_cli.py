@@ -309,20 +309,26 @@ def test_plot_without_matplotlib_names_the_extra(real: Path, tmp_path: Path) -> 
 
 
 def test_status_during_a_running_search(project: Project) -> None:
-    """Read while workers write: RUNNING trials with their worker pid; the search still finishes."""
-    project.write_config("""
+    """Read while workers write: RUNNING trials with their worker pid; the search still finishes.
+
+    The trials wait on a hold file until `status` has run, so a slow start of the command on a
+    loaded machine cannot miss them."""
+    hold = project.root / "hold"
+    hold.touch()
+    project.write_config(f"""
         experiment_name: live
         tag: t
         n_jobs: 2
         n_trials: 4
-        sleep: 1.5
+        sleep: 0.2
+        hold: {hold}
         sweep_parameters:
-          x: {type: float, low: 0.0, high: 1.0}
+          x: {{type: float, low: 0.0, high: 1.0}}
     """)
     db = project.db("live_t")
     proc = project.start()
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if running_count(db):
                 break
@@ -333,7 +339,8 @@ def test_status_during_a_running_search(project: Project) -> None:
         line = re.compile(r"^  trial \d+ started .* ago\) on \S+ pid \d+$", re.MULTILINE)
         assert line.search(done.stdout), done.stdout
     finally:
-        _, err = proc.communicate(timeout=90)
+        hold.unlink(missing_ok=True)
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert states(db) == {"COMPLETE": 4}
 
