@@ -284,6 +284,8 @@ def _policy() -> Any:
 
 
 def _admin(base: str, sql: str) -> None:
+    # A copy of tests/_pgserver._admin: here `tests` is Optuna's own test package (the sdist's),
+    # which shadows ours, so ours cannot be imported.
     import psycopg2
 
     conn = psycopg2.connect(f"{base}/postgres", connect_timeout=10)
