@@ -7,8 +7,10 @@ recorded the trial: a slow or unreachable tracking server never delays, fails or
 
 What happens when the server is unreachable: a trial's run is kept in the worker's memory and
 retried every :data:`RETRY_SECONDS` (one warning per worker when the first write fails); when the
-worker ends it waits at most :data:`FLUSH_SECONDS` for the server, then drops what is left with
-one warning that counts the runs not written (the Optuna study always has every trial). A launcher
+worker ends it waits for what is queued as long as the server makes progress, and
+:data:`FLUSH_SECONDS` without a run written, then drops what is left with one warning that counts
+the runs not written (the Optuna study always has every trial). A run whose create_run answer was
+lost is found again by its tags on the retry, so no trial gets two runs. A launcher
 that cannot reach the server at the start says so once and the search runs untracked.
 
 ``mlflow`` is imported only when a search is tracked (``pip install "hparam_joblib[mlflow]"``).
@@ -147,7 +149,19 @@ class _Record:
 
     trial: Any
     run_id: str | None = None
+    #: A create_run was sent: it may have reached the server even if its answer did not.
+    tried: bool = False
     done: set[str] = field(default_factory=set)
+
+
+def _created_before(client: Any, target: TrackingTarget, number: int) -> str | None:
+    """The run of trial ``number`` that an earlier create_run made, if its answer was lost."""
+    found = client.search_runs(
+        [target.experiment_id], max_results=1,
+        filter_string=(f"tags.`mlflow.parentRunId` = '{target.parent_run_id}' "
+                       f"and tags.`optuna.trial_number` = '{number}'"),
+    )
+    return str(found[0].info.run_id) if found else None
 
 
 def _outcome(trial: Any) -> tuple[str, str, str]:
@@ -178,18 +192,36 @@ class TrialLogger:
         self.pending.put(_Record(trial))
 
     def close(self, timeout: float = FLUSH_SECONDS) -> None:
-        """Write what is queued, waiting at most ``timeout`` s for the server; drop the rest."""
+        """Write what is queued, then return.
+
+        A slow server is waited for as long as it makes progress; ``timeout`` bounds the wait
+        without one run written (the server is down), after which the rest is dropped.
+        """
         self.pending.put(None)
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            self.abandon.set()  # a reused loky worker must not retry forever
-            # Queued: the records not started and the end sentinel; the one being retried makes up for it.
-            left = self.pending.qsize()
-            logger.warning(
-                "tracking.mlflow: %d trial run(s) of this worker not written to %s (unreachable for "
-                "another %.0f s at the end); the Optuna study has every trial",
-                left, self.target.tracking_uri, timeout,
-            )
+        start = last_progress = time.monotonic()
+        written = self.written
+        said = False
+        while True:
+            self.thread.join(0.5)
+            if not self.thread.is_alive():
+                return
+            now = time.monotonic()
+            if self.written != written:
+                written, last_progress = self.written, now
+            if now - last_progress >= timeout:
+                break
+            if not said and now - start >= 10.0:
+                said = True
+                logger.info("tracking.mlflow: waiting for %d trial run(s) of this worker to be written to %s",
+                            self.pending.qsize(), self.target.tracking_uri)
+        self.abandon.set()  # a reused loky worker must not retry forever
+        # Queued: the records not started and the end sentinel; the one being retried makes up for it.
+        left = self.pending.qsize()
+        logger.warning(
+            "tracking.mlflow: %d trial run(s) of this worker not written to %s (no run written for "
+            "%.0f s at the end); the Optuna study has every trial",
+            left, self.target.tracking_uri, timeout,
+        )
 
     def _run(self) -> None:
         client = None
@@ -225,10 +257,14 @@ class TrialLogger:
         state, status, reason = _outcome(trial)
         start = int(trial.datetime_start.timestamp() * 1000) if trial.datetime_start else None
         end = int(trial.datetime_complete.timestamp() * 1000) if trial.datetime_complete else None
+        if record.run_id is None and record.tried:
+            record.run_id = _created_before(client, target, trial.number)
         if record.run_id is None:
+            record.tried = True
             record.run_id = client.create_run(
                 target.experiment_id, start_time=start, run_name=f"trial_{trial.number:05d}",
-                tags={"mlflow.parentRunId": target.parent_run_id},
+                tags={"mlflow.parentRunId": target.parent_run_id,
+                      "optuna.study_name": target.study_name, "optuna.trial_number": str(trial.number)},
             ).info.run_id
         run_id = record.run_id
         if "batch" not in record.done:

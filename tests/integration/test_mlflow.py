@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,6 +199,7 @@ def test_tracking_server_20_trial_pruning_search(tmp_path: Path, server: _Server
     _project(project, server.url, 20)
     done = _run(project)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "not written" not in done.stderr, done.stderr[-3000:]  # a slow server loses no run
     _, nested = _check_runs(server.url, project, 20)
     states = {r.data.tags["state"] for r in nested}
     assert states == {"COMPLETE", "PRUNED"}, states
@@ -240,3 +242,101 @@ def test_server_stopped_mid_search_costs_no_trial(tmp_path: Path, server: _Serve
     dropped = sum(int(m) for m in re.findall(r"(\d+) trial run\(s\) of this worker not written", err))
     _check_runs(server.url, project, 24, n_runs=24 - dropped)
     assert dropped < 24 - at_stop, (dropped, at_stop)  # some of those kept during the outage were written
+
+
+class _SlowProxy:
+    """A real HTTP hop in front of the server: every request waits ``delay`` s; the answer to the
+    first create_run is lost after the server made the run (the connection is cut)."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        import http.client
+        import http.server
+        import threading
+
+        host, port = upstream.removeprefix("http://").split(":")
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                time.sleep(proxy.delay)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                if "runs/create" in self.path and not proxy.cut:
+                    proxy.cut = True
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        self.delay = delay
+        self.cut = False
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_slow_server_loses_no_run_at_the_end_and_a_lost_answer_makes_no_duplicate(
+        tmp_path: Path, server: _Server) -> None:
+    """A worker ends with 10 runs queued behind a slow server (each request delayed 0.3 s: the whole
+    queue takes far longer than the no-progress bound of 15 s): it waits while runs get written, so
+    every one is. The first create_run's answer is lost after the server made the run: the retry
+    finds that run by its tags, so the trial still has one run."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from hparam_joblib._tracking import TrackingTarget, TrialLogger
+
+    client = MlflowClient(server.url)
+    experiment = client.create_experiment("hj-slow")
+    parent = client.create_run(experiment, run_name="slow_t").info.run_id
+    proxy = _SlowProxy(server.url, delay=0.3)
+    study = optuna.create_study(study_name="slow_t")
+    frozen = []
+    for i in range(10):
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        log = tmp_path / f"trial_{i:05d}.log"
+        log.write_text(f"trial {i}\n")
+        trial.set_user_attr("log_file", str(log))
+        trial.set_user_attr("config", {"x": trial.params["x"]})
+        trial.report(0.5, 0)
+        frozen.append(study.tell(trial, float(i)))
+    writer = TrialLogger(TrackingTarget(proxy.url, experiment, parent, "slow_t"))
+    try:
+        started = time.monotonic()
+        for t in frozen:
+            writer.submit(t)
+        writer.close(timeout=15.0)
+        took = time.monotonic() - started
+    finally:
+        proxy.close()
+    runs = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+                              max_results=100)
+    numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in runs)
+    assert proxy.cut, "the proxy never cut a create_run answer"
+    assert numbers == list(range(10)), numbers  # all written, none twice
+    assert took > 15.0, took  # the queue outlasted the no-progress bound: the old fixed wait lost runs
+    assert writer.written == 10 and all(r.info.status == "FINISHED" for r in runs)
