@@ -90,6 +90,9 @@ class Backend(ABC):
     def open(self) -> None:
         """Check what can be checked before anything is created (a scheduler's address)."""
 
+    def warm(self, n: int) -> None:
+        """Start ``n`` workers now, so that they import while the launcher sets up the study."""
+
     @abstractmethod
     def submit(self, tasks: list[WorkerTask]) -> None:
         """Start one loop per task (the first call may start the workers)."""
@@ -131,6 +134,16 @@ class LokyBackend(Backend):
     def __init__(self) -> None:
         self.executor: Any = None
         self.futures: set[Future[WorkerReport]] = set()
+
+    def warm(self, n: int) -> None:
+        from loky import get_reusable_executor
+
+        self.executor = get_reusable_executor(max_workers=n, timeout=300, reuse=True)
+        # Each worker that picks one up imports Optuna and the worker code (what unpickling a
+        # real task would do), while the launcher opens the storage and creates the study. The
+        # futures are not kept: the real tasks queue behind them, and an error shows there.
+        for _ in range(n):
+            self.executor.submit(_warm_up)
 
     def submit(self, tasks: list[WorkerTask]) -> None:
         from loky import get_reusable_executor
@@ -187,6 +200,11 @@ class LokyBackend(Backend):
             # Idle workers would otherwise be joined at interpreter exit, seconds later.
             self.executor.shutdown(wait=True)
             self.executor = None
+
+
+def _warm_up() -> int:
+    """Run in a fresh loky worker: importing this module imported the worker code."""
+    return os.getpid()
 
 
 # -- dask --------------------------------------------------------------------------------------

@@ -149,6 +149,8 @@ def run_search(
     backend = make_backend(cfg)
     backend.open()
     try:
+        # Workers start importing now, beside the storage and study set-up (closed on any error).
+        backend.warm(max(1, min(cfg.n_jobs, cfg.n_trials)))
         return _run_search(
             func, cfg, save_dir, backend, policy=policy, show_progress=show_progress, time_limit=time_limit,
             retry_failed=retry_failed,
