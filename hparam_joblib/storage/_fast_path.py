@@ -14,7 +14,7 @@ from typing import Any
 from optuna import distributions as optuna_distributions
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import bindparam, func, literal_column, or_, select
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -53,12 +53,19 @@ def _trial_filter(states: bool, by_id: bool) -> Any:
     """The WHERE clause of a trials read (bound parameters: sid, ids, gt, states, tid)."""
     if by_id:
         return _T.c.trial_id == bindparam("tid")
-    clause = (_T.c.study_id == bindparam("sid")) & or_(
-        _T.c.trial_id.in_(bindparam("ids", expanding=True)), _T.c.trial_id > bindparam("gt")
-    )
-    if states:
-        clause = clause & _T.c.state.in_(bindparam("states", expanding=True))
-    return clause
+    rows = or_(_T.c.trial_id.in_(bindparam("ids", expanding=True)), _T.c.trial_id > bindparam("gt"))
+    if states:  # the (study_id, state) index finds them
+        return (_T.c.study_id == bindparam("sid")) & rows & _T.c.state.in_(bindparam("states", expanding=True))
+    # ``study_id + 0``: not through the study_id index. Through it, SQLite walks every trial of
+    # the study to test the OR (0.34 ms per statement at 5,000 trials; six statements per read,
+    # several reads per trial); without it the OR is two primary-key searches (the ids, and the
+    # ids past ``gt``): 0.003 ms, flat in the study size. (The rows' order is set the same way.)
+    return ((_T.c.study_id + _NO_INDEX) == bindparam("sid")) & rows
+
+
+#: Added to a column, keeps the planner from using that column's index (a literal, not a bind:
+#: SQLite plans ``col + ?`` as a full scan).
+_NO_INDEX = literal_column("0")
 
 
 def _child_selects(where: Any) -> dict[str, Any]:
@@ -104,9 +111,9 @@ _READS: dict[tuple[bool, bool], tuple[Any, dict[str, Any]]] = {}
 for _states in (False, True):
     for _by_id in (False, True):
         _where = _trial_filter(_states, _by_id)
-        _READS[(_states, _by_id)] = (
-            select(*_TRIAL_COLS).where(_where).order_by(_T.c.trial_id), _child_selects(_where)
-        )
+        # Ordered by ``trial_id + 0``: ordered by the column, SQLite scans the table in its order.
+        _order = _T.c.trial_id if (_states or _by_id) else _T.c.trial_id + _NO_INDEX
+        _READS[(_states, _by_id)] = (select(*_TRIAL_COLS).where(_where).order_by(_order), _child_selects(_where))
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,57 @@
+"""A worker's incremental read of the study (Optuna's cached storage asks for the unfinished trials
+and those past the last one seen, several times per trial) must not walk the whole study: its
+query plans on a real SQLite file use primary-key searches only, and it returns what Optuna's own
+RDBStorage returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy import event
+
+from hparam_joblib.storage import RetryPolicy, StorageLocation, open_storage, prepare
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_incremental_read_is_primary_key_searches_and_matches_optuna(tmp_path: Path) -> None:
+    location = StorageLocation.sqlite(tmp_path / "study.db")
+    prepare(location, RetryPolicy())
+    launcher = open_storage(location, create_tables=True)
+    launcher.add_budget_index()
+    study = optuna.create_study(storage=launcher, study_name="s")
+    other = optuna.create_study(storage=launcher, study_name="other")  # interleaved trial ids
+    for _ in range(30):
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+        other.optimize(lambda t: t.suggest_float("y", 0, 1), n_trials=1)
+    running = study.ask()
+    running.suggest_float("x", 0, 1)
+    worker = open_storage(location, run_id="test")
+    plans: list[tuple[str, list[str]]] = []
+
+    @event.listens_for(worker.engine, "before_cursor_execute")
+    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM trials" in statement:
+            rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+            plans.append((statement, [r[3] for r in rows]))
+
+    sid = study._study_id
+    ids = {running._trial_id}
+    last = max(t._trial_id for t in study.get_trials(deepcopy=False))
+    got = worker._get_trials(sid, None, ids, last - 5)
+    assert plans, "no trials statement captured"
+    for statement, plan in plans:
+        assert not any("ix_trials_study_id" in p or p.startswith("SCAN trials") for p in plan), (statement, plan)
+    plain = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}", skip_compatibility_check=True)
+    want = plain._get_trials(sid, None, ids, last - 5)
+    assert [(t.number, t.state, t.params, t.values) for t in got] == \
+        [(t.number, t.state, t.params, t.values) for t in want]
+    assert {t.number for t in got} == {running.number} | {t.number for t in want}
+    assert all(t.params.keys() <= {"x"} for t in got)  # nothing of the other study
+    plain.engine.dispose()
+    if worker._version_conn is not None:  # the data_version connection
+        worker._version_conn.close()
+    worker.engine.dispose()
+    launcher.engine.dispose()
