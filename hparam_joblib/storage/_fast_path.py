@@ -65,7 +65,7 @@ def _trial_filter(states: bool, by_id: bool) -> Any:
 
 #: Added to a column, keeps the planner from using that column's index (a literal, not a bind:
 #: SQLite plans ``col + ?`` as a full scan).
-_NO_INDEX = literal_column("0")
+_NO_INDEX: Any = literal_column("0")
 
 
 def _child_selects(where: Any) -> dict[str, Any]:
