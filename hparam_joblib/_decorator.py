@@ -12,7 +12,9 @@ import functools
 import inspect
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -146,6 +148,9 @@ def hparam_search(
                 )
             args = sys.argv[1:] if argv is None else list(argv)
             _setup_logging()
+            # Ctrl-C / kill -INT stop the set-up too (the search loop installs its own handler):
+            # a script started in the background of a shell inherits SIGINT ignored.
+            previous = _default_sigint()
             try:
                 result = _launch(func, args, config_path, Path(save_db_directory), defining_file)
             except HparamError as err:
@@ -158,6 +163,9 @@ def hparam_search(
                     raise
                 print("interrupted before the search started", file=sys.stderr)
                 raise SystemExit(130) from None
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
             if result is not None and result.stop_signal and cli:
                 raise SystemExit(128 + result.stop_signal)
             return result
@@ -166,6 +174,13 @@ def hparam_search(
         return launcher
 
     return decorate
+
+
+def _default_sigint() -> Any:
+    """Install Python's default SIGINT handler (main thread only); returns the previous one."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _tune(func: Callable[[dict[str, Any]], Any], cfg: SearchConfig, args: ScriptArgs) -> None:

@@ -213,6 +213,49 @@ def test_ctrl_c_stops_fast_leaves_nothing_running_and_resumes(project: Project) 
     assert integrity(db) == "ok"
 
 
+def test_kill_int_during_set_up_stops_a_background_launch(project: Project) -> None:
+    """A script started in the background of a shell inherits SIGINT ignored; kill -INT while the
+    launch is still setting up (here: waiting for a write lock another process holds) stops it:
+    exit 130 with one line, nothing changed in the study. The same command then runs."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests.conftest import child_env
+
+    project.write_config(BASE.format(n_jobs=2, n_trials=2) + "lock_timeout: 300\n")
+    assert project.run().returncode == 0
+    db = project.db("exp_t")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # every write of the launch waits (and retries) for it
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(project.script), "--set", "n_trials=4"], cwd=project.root, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # like `python x.py &`
+        )
+
+        def has_db_open() -> bool:
+            fds = Path(f"/proc/{proc.pid}/fd")
+            return any(os.path.realpath(fd) == str(db.resolve()) for fd in fds.iterdir())
+
+        wait_for(has_db_open, 120)  # past the imports: the launch is setting up the study
+        time.sleep(1.0)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted before the search started" in err and "Traceback" not in err, err[-2000:]
+    assert states(db) == {"COMPLETE": 2}
+    again = project.run("--set", "n_trials=4")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert states(db) == {"COMPLETE": 4}
+
+
 def test_sigterm_exits_143(project: Project) -> None:
     """SIGTERM to the launcher alone stops the workers and exits 143 with no RUNNING trial."""
     project.write_config(BASE.format(n_jobs=2, n_trials=30) + "sleep: 0.5\n")
