@@ -8,16 +8,36 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from typing import Any
 
 logger = logging.getLogger("hparam_joblib")
+
+
+def tqdm_class() -> Any:
+    """tqdm, with a thread lock in place of its default multiprocessing one.
+
+    tqdm's default write lock includes a named POSIX semaphore: a process stopped by SIGKILL (a
+    loky worker when the search stops) never unlinks it, and the resource tracker then prints
+    "There appear to be N leaked semaphore objects" at exit. Every bar and line of ours is
+    written by one process, so a thread lock is all that is needed.
+    """
+    from tqdm import tqdm
+
+    global _LOCK_SET
+    if not _LOCK_SET:
+        tqdm.set_lock(threading.RLock())
+        _LOCK_SET = True
+    return tqdm
+
+
+_LOCK_SET = False
 
 
 class _BarSafeHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from tqdm import tqdm
-
-            tqdm.write(self.format(record), file=sys.stderr)
+            tqdm_class().write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 

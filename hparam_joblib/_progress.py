@@ -6,9 +6,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
 from hparam_joblib._failures import LABELS, SHORT, kind_counts
+from hparam_joblib._logging import tqdm_class
 from hparam_joblib.storage import n_finished
 
 #: How many Pareto-optimal trials the summary lists.
@@ -35,6 +34,7 @@ class Progress:
         self.show_best = show_best  # False for several objectives: there is no single best
         self.bar: Any = None
         if enabled:
+            tqdm = tqdm_class()  # its lock set first (a thread lock)
             notebook_bar = _notebook_tqdm()
             if notebook_bar is not None:  # a widget in the cell's output, redrawn in place
                 self.interactive = True

@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
+from hparam_joblib._logging import tqdm_class
 
 _TRIAL_LOG = re.compile(r"trial_(\d+)\.log$")
 
@@ -56,14 +56,14 @@ class LogFollower:
                     self.files[entry.name] = _Followed(Path(entry.path), f"[trial {int(match.group(1))}] ", 0)
         for followed in self.files.values():
             for line in _new_lines(followed):
-                tqdm.write(followed.prefix + line, file=sys.stderr)
+                tqdm_class().write(followed.prefix + line, file=sys.stderr)
 
     def close(self) -> None:
         """Print what is left (lines without a final newline included)."""
         self.poll()
         for followed in self.files.values():
             if followed.partial:
-                tqdm.write(followed.prefix + followed.partial.decode("utf-8", "replace"), file=sys.stderr)
+                tqdm_class().write(followed.prefix + followed.partial.decode("utf-8", "replace"), file=sys.stderr)
                 followed.partial = b""
 
 
