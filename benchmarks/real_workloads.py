@@ -116,8 +116,9 @@ def _one(spec: dict[str, Any]) -> None:
         procs = [subprocess.Popen([sys.executable, __file__, "--recipe-worker",
                                    json.dumps({**spec, "n_trials": k, "seed": i, "journal": journal})])
                  for i, k in enumerate(per)]
-        if any(p.wait() != 0 for p in procs):
-            raise RuntimeError("a recipe process failed")
+        codes = [p.wait() for p in procs]  # every one, also after a failure
+        if any(codes):
+            raise RuntimeError(f"{sum(map(bool, codes))} of {n_jobs} recipe processes failed")
     else:
         raise ValueError(framework)
 
