@@ -24,6 +24,7 @@ import optuna
 from optuna import distributions as optuna_distributions
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
+from optuna.storages._rdb import storage as _rdb_storage
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event, func, select
@@ -64,6 +65,39 @@ _RETRIED_METHODS = (
     # Optuna's _CachedStorage calls this private method of its backend directly.
     "_get_best_trial_id",
 )
+
+
+_REAL_VERSION_MANAGER = _rdb_storage._VersionManager
+_VERSION_MANAGER_SWAP = threading.Lock()
+
+
+class _LazyVersionManager:
+    """Optuna's ``_VersionManager``, built on the first use of any of its attributes.
+
+    Its constructor imports alembic and reads the version tables; a storage opened with
+    ``skip_table_creation`` and ``skip_compatibility_check`` on a schema that exists (a worker's)
+    only needs it for ``upgrade()`` / ``get_current_version()``, which build it then.
+    """
+
+    def __init__(self, url: str, engine: Any, scoped_session: Any) -> None:
+        self._args = (url, engine, scoped_session)
+        self._real: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._real is None:
+            self._real = _REAL_VERSION_MANAGER(*self._args)
+        return getattr(self._real, name)
+
+
+def _with_lazy_version_manager(init: Callable[[], None]) -> None:
+    """Run ``init`` (``RDBStorage.__init__``) with :class:`_LazyVersionManager` in place of
+    Optuna's (a module global it looks up; swapped under a lock and always restored)."""
+    with _VERSION_MANAGER_SWAP:
+        _rdb_storage._VersionManager = _LazyVersionManager  # type: ignore[misc,assignment]
+        try:
+            init()
+        finally:
+            _rdb_storage._VersionManager = _REAL_VERSION_MANAGER  # type: ignore[misc]
 
 
 class SearchStorage(RDBStorage):
@@ -124,14 +158,19 @@ class SearchStorage(RDBStorage):
             # pool_pre_ping: a connection the server dropped while a long trial ran is replaced
             # instead of failing the trial's final write.
             engine_kwargs = {"pool_pre_ping": True, "connect_args": connect_args(url)}
-        self._retry(
-            lambda: RDBStorage.__init__(
+        def init() -> None:
+            RDBStorage.__init__(
                 self,
                 url,
                 engine_kwargs=engine_kwargs,
                 skip_table_creation=not create_tables,
                 skip_compatibility_check=not create_tables,
-            ),
+            )
+
+        # A worker opens a schema the launcher created and checked: Optuna's version manager
+        # (which imports alembic, 0.15 s per process, and reads two tables) is built only if used.
+        self._retry(
+            init if create_tables else lambda: _with_lazy_version_manager(init),
             write=create_tables,  # workers only open the file: no need to queue as writers
             setup=create_tables,
         )

@@ -55,3 +55,31 @@ def test_incremental_read_is_primary_key_searches_and_matches_optuna(tmp_path: P
         worker._version_conn.close()
     worker.engine.dispose()
     launcher.engine.dispose()
+
+
+def test_a_worker_opens_the_file_without_alembic_and_the_version_is_still_answered(tmp_path: Path) -> None:
+    """A worker opens a schema the launcher created: no alembic import, no version-table reads
+    (0.15 s per worker process), yet Optuna's version API works on it when called."""
+    import subprocess
+    import sys
+
+    location = StorageLocation.sqlite(tmp_path / "study.db")
+    prepare(location, RetryPolicy())
+    launcher = open_storage(location, create_tables=True)
+    optuna.create_study(storage=launcher, study_name="s").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    head = launcher.get_head_version()
+    launcher.engine.dispose()
+    code = f"""
+import sys
+from hparam_joblib.storage import StorageLocation, open_storage
+import optuna
+storage = open_storage(StorageLocation.sqlite({str(tmp_path / 'study.db')!r}), run_id="w")
+study = optuna.load_study(study_name="s", storage=storage)
+print(len(study.trials), "alembic" in sys.modules)
+print(storage.get_current_version(), "alembic" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, second = done.stdout.split("\n")[:2]
+    assert first == "2 False"  # the study read, alembic never imported
+    assert second == f"{head} True"  # built on first use
