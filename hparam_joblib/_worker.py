@@ -198,8 +198,8 @@ class LauncherWatch:
         if now - self._checked < min(1.0, interval / 2):
             return False
         self._checked = now
-        lease = self.storage.get_study_system_attrs(self.study_id).get(launcher_key(self.task.run_id))
-        if isinstance(lease, dict) and lease.get("stopped"):
+        lease = self._lease()
+        if _is_stopped(lease):
             self.why = "the launcher stopped the search"
         elif lease != self._seen:
             self._seen = lease
@@ -216,13 +216,21 @@ class LauncherWatch:
         die in a shutdown must not record that as the trial's own failure.
         """
         try:
-            lease = self.storage.get_study_system_attrs(self.study_id).get(launcher_key(self.task.run_id))
+            lease = self._lease()
         except HparamError:
             return False
-        if isinstance(lease, dict) and lease.get("stopped"):
+        if _is_stopped(lease):
             self.why = self.why or "the launcher stopped the search"
             return True
         return False
+
+    def _lease(self) -> Any:
+        """The launcher's lease record for this launch, read from the storage."""
+        return self.storage.get_study_system_attrs(self.study_id).get(launcher_key(self.task.run_id))
+
+
+def _is_stopped(lease: Any) -> bool:
+    return isinstance(lease, dict) and bool(lease.get("stopped"))
 
 
 def _jsonable(value: Any) -> Any:
