@@ -127,12 +127,12 @@ def run_search(
     *,
     policy: RetryPolicy | None = None,
     show_progress: bool = True,
-    time_limit: float | None = None,
+    run_seconds: float | None = None,
     retry_failed: bool = False,
 ) -> SearchResult:
     """Run (or resume) the search until the study holds ``cfg.n_trials`` finished trials.
 
-    With ``time_limit`` (``--tune-n-jobs`` rungs), each loop starts trials for that many seconds
+    With ``run_seconds`` (``--tune-n-jobs`` rungs), each loop starts trials for that many seconds
     counted from when its trial process is ready, so a slow start-up never eats a rung.
 
     With ``retry_failed``, the trials that failed by an error are retired first (kept PRUNED
@@ -152,7 +152,7 @@ def run_search(
         # Workers start importing now, beside the storage and study set-up (closed on any error).
         backend.warm(max(1, min(cfg.n_jobs, cfg.n_trials)))
         return _run_search(
-            func, cfg, save_dir, backend, policy=policy, show_progress=show_progress, time_limit=time_limit,
+            func, cfg, save_dir, backend, policy=policy, show_progress=show_progress, run_seconds=run_seconds,
             retry_failed=retry_failed,
         )
     finally:
@@ -167,7 +167,7 @@ def _run_search(
     *,
     policy: RetryPolicy | None = None,
     show_progress: bool = True,
-    time_limit: float | None = None,
+    run_seconds: float | None = None,
     retry_failed: bool = False,
 ) -> SearchResult:
     started = time.monotonic()
@@ -200,7 +200,7 @@ def _run_search(
     reports: list[WorkerReport] = []
     interrupted = 0
     stop_state = None
-    run_seconds, time_limit = time_limit, None
+    time_limit = None
     if run_seconds is None and cfg.stop.active:  # the search's own stop rules (not --tune-n-jobs)
         time_limit = cfg.stop.timeout
         stop_state = _StopState(run_id, cfg.stop, None if time_limit is None else time.time() + time_limit)

@@ -112,7 +112,7 @@ def run_ladder(
                 pruner=DEFAULT_PRUNER,
             )
             logger.info("tune: n_jobs=%d for %.0f s", n_jobs, seconds)
-            result = run_search(func, rung_cfg, scratch, time_limit=seconds, show_progress=False)
+            result = run_search(func, rung_cfg, scratch, run_seconds=seconds, show_progress=False)
             location = location_for(rung_cfg, scratch)
             with open_study_readonly(location, rung_cfg.study_name) as study:
                 trials, rate = steady_rate(study)
