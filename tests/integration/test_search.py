@@ -116,15 +116,22 @@ def test_n_jobs_2_runs_in_two_worker_processes_at_once(project: Project) -> None
 
 
 def test_n_jobs_1_still_isolates_the_launcher(project: Project) -> None:
-    """With n_jobs=1 a segfaulting trial does not kill the launcher; the budget completes."""
-    project.write_config(BASE.format(n_jobs=1, n_trials=6) + """
+    """With n_jobs=1 a segfaulting trial does not kill the launcher; the budget completes.
+    (Two segfaults queued first; max_trial_errors off, so random choices cannot stop the run.)"""
+    project.write_config(BASE.format(n_jobs=1, n_trials=6) + """\
   mode: {type: categorical, choices: [ok, segv]}
+max_trial_errors: 0
+enqueue:
+  - {x: 0.5, mode: segv}
+  - {x: 0.5, mode: segv}
 """)
     done = project.run()
     assert done.returncode == 0, done.stderr[-2000:]
     db = project.db("exp_t")
     assert finished(db) == 6
     assert "RUNNING" not in states(db)
+    segv = [r for r in trials(db) if "SIGSEGV" in str(r["user_attrs"].get("failure_reason", ""))]
+    assert len(segv) >= 2 and all(r["state"] == "PRUNED" for r in segv)
 
 
 @pytest.mark.slow
