@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,6 +23,7 @@ from hparam_joblib._funcref import WRAPPED_ATTR
 from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._result import SearchResult
+from hparam_joblib._signals import install_handlers
 from hparam_joblib._trial_process import IN_TRIAL_PROCESS_ENV
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def hparam_search(
             _setup_logging()
             # Ctrl-C / kill -INT stop the set-up too (the search loop installs its own handler):
             # a script started in the background of a shell inherits SIGINT ignored.
-            previous = _default_sigint()
+            previous = install_handlers({signal.SIGINT: signal.default_int_handler})
             try:
                 result = _launch(func, args, config_path, Path(save_db_directory), defining_file)
             except HparamError as err:
@@ -164,8 +164,7 @@ def hparam_search(
                 print("interrupted before the search started", file=sys.stderr)
                 raise SystemExit(130) from None
             finally:
-                if previous is not None:
-                    signal.signal(signal.SIGINT, previous)
+                install_handlers(previous)
             if result is not None and result.stop_signal and cli:
                 raise SystemExit(128 + result.stop_signal)
             return result
@@ -174,13 +173,6 @@ def hparam_search(
         return launcher
 
     return decorate
-
-
-def _default_sigint() -> Any:
-    """Install Python's default SIGINT handler (main thread only); returns the previous one."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _tune(func: Callable[[dict[str, Any]], Any], cfg: SearchConfig, args: ScriptArgs) -> None:

@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 import uuid
 import warnings
@@ -54,6 +53,7 @@ from hparam_joblib._history import (
 from hparam_joblib._isolation import THREAD_VARS
 from hparam_joblib._progress import Progress
 from hparam_joblib._result import BestTrial, SearchResult
+from hparam_joblib._signals import install_handlers
 from hparam_joblib._stop import read_stop
 from hparam_joblib._tail import LogFollower
 from hparam_joblib._tracking import TrackingTarget, finish_parent, start_parent
@@ -404,7 +404,7 @@ def _supervise(
 
     # Installed explicitly: a launcher started in the background of a script inherits SIGINT
     # ignored, and Ctrl-C / kill -INT must still stop it cleanly.
-    previous = _install_handlers(
+    previous = install_handlers(
         {signal.SIGTERM: on_sigterm, signal.SIGINT: signal.default_int_handler}
     )
     lease = LauncherLease(storage, study_id, run_id, cfg.heartbeat_interval) if backend.remote else None
@@ -485,7 +485,7 @@ def _supervise(
         _stop(backend, lease, storage, study_id, run_id, f"interrupted by {signal.Signals(signum).name}")
         return int(signum)
     finally:
-        _install_handlers(previous)
+        install_handlers(previous)
         progress.close()
         follower.close()
 
@@ -678,13 +678,6 @@ def dashboard_relative(path: Path) -> Path:
     """``path`` relative to the working directory when it is under it."""
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else Path(rel)
-
-
-def _install_handlers(handlers: dict[Any, Any]) -> dict[Any, Any]:
-    """Install signal handlers (main thread only); returns the previous ones."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
 
 
 def _fail_run_trials(storage: StudyStore, study_id: int, run_id: str, reason: str) -> None:
