@@ -269,7 +269,7 @@ class TrialLogger:
         run_id = record.run_id
         if "batch" not in record.done:
             tags = {
-                "optuna.study_name": target.study_name, "optuna.trial_number": str(trial.number),
+                # (the study and trial-number tags were set when the run was created)
                 "state": state, "hparam_joblib.worker_pid": str(os.getpid()),
             }
             if reason:
