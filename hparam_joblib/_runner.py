@@ -617,7 +617,7 @@ def _stop(
     # Written before any worker is killed: loops on a shared cluster stop at their next check
     # (within a second), and a worker that sees its trial process killed by the shutdown (loky
     # kills a worker's children first) records the trial as stopped, not as its failure.
-    (lease or LauncherLease(storage, study_id, run_id, interval=1.0)).stop()
+    (lease or LauncherLease(storage, study_id, run_id, interval=1.0)).stop(reason)
     backend.stop()
     if not backend.owns_workers:
         _wait_for_run_trials(storage, study_id, run_id, timeout=3.0)

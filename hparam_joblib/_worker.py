@@ -160,18 +160,23 @@ class LauncherLease:
             self._write(False)
             self.last = now
 
-    def stop(self) -> None:
-        """Tell every loop of this launch to stop now (best effort: they also time out)."""
+    def stop(self, reason: str = "") -> None:
+        """Tell every loop of this launch to stop now (best effort: they also time out).
+
+        ``reason`` is what a loop records on a trial it sees stopped: the same text the launcher
+        writes on the trials it fails itself, whichever of the two gets there first.
+        """
         try:
-            self._write(True)
+            self._write(True, reason)
         except HparamError as err:
             logger.warning("could not tell the workers to stop (%s); they stop when the lease expires", err)
 
-    def _write(self, stopped: bool) -> None:
-        self.storage.set_study_system_attr(
-            self.study_id, self.key,
-            {"beat": self.beat, "host": socket.gethostname(), "pid": os.getpid(), "stopped": stopped},
-        )
+    def _write(self, stopped: bool, reason: str = "") -> None:
+        record: dict[str, Any] = {"beat": self.beat, "host": socket.gethostname(), "pid": os.getpid(),
+                                  "stopped": stopped}
+        if reason:
+            record["reason"] = reason
+        self.storage.set_study_system_attr(self.study_id, self.key, record)
 
 
 class LauncherWatch:
@@ -182,6 +187,8 @@ class LauncherWatch:
         self.storage = storage
         self.study_id = study_id
         self.why = ""
+        #: The launcher's reason for stopping this launch (from its lease), once it stopped it.
+        self.stop_reason = ""
         self._checked = -math.inf
         self._changed = time.monotonic()
         self._seen: Any = None
@@ -199,9 +206,9 @@ class LauncherWatch:
             return False
         self._checked = now
         lease = self._lease()
-        if _is_stopped(lease):
-            self.why = "the launcher stopped the search"
-        elif lease != self._seen:
+        if self._stopped(lease):
+            return True
+        if lease != self._seen:
             self._seen = lease
             self._changed = now
         elif now - self._changed > LEASE_MISSES * interval:
@@ -219,18 +226,19 @@ class LauncherWatch:
             lease = self._lease()
         except HparamError:
             return False
-        if _is_stopped(lease):
-            self.why = self.why or "the launcher stopped the search"
-            return True
-        return False
+        return self._stopped(lease)
 
     def _lease(self) -> Any:
         """The launcher's lease record for this launch, read from the storage."""
         return self.storage.get_study_system_attrs(self.study_id).get(launcher_key(self.task.run_id))
 
-
-def _is_stopped(lease: Any) -> bool:
-    return isinstance(lease, dict) and bool(lease.get("stopped"))
+    def _stopped(self, lease: Any) -> bool:
+        """Does ``lease`` say the launcher stopped this launch? (Then ``why``/``stop_reason`` are set.)"""
+        if not (isinstance(lease, dict) and lease.get("stopped")):
+            return False
+        self.why = self.why or "the launcher stopped the search"
+        self.stop_reason = str(lease.get("reason") or "")
+        return True
 
 
 def _jsonable(value: Any) -> Any:
@@ -312,7 +320,7 @@ class _Objective:
         if outcome.kind == "died" and self.watch.stopped_now():  # killed by the shutdown
             outcome = Outcome("stopped", reason=outcome.reason, pid=outcome.pid)
         if outcome.kind == "stopped":
-            reason = f"stopped while the trial ran: {self.watch.why}; it will be re-run"
+            reason = self.watch.stop_reason or f"stopped while the trial ran: {self.watch.why}; it will be re-run"
             trial.set_user_attr("failure_reason", reason)
             raise _LauncherGone(reason)
         if outcome.kind == "pruned":
