@@ -136,22 +136,35 @@ class LokyBackend(Backend):
         self.futures: set[Future[WorkerReport]] = set()
 
     def warm(self, n: int) -> None:
-        from loky import get_reusable_executor
+        from hparam_joblib import _forkserver
 
-        self.executor = get_reusable_executor(max_workers=n, timeout=300, reuse=True)
-        # Each worker that picks one up imports Optuna and the worker code (what unpickling a
-        # real task would do), while the launcher opens the storage and creates the study. The
-        # futures are not kept: the real tasks queue behind them, and an error shows there.
+        if _forkserver.context() is not None:
+            # The preloaded server imports the worker code once, beside the launcher's set-up;
+            # the workers are forked from it at the first submit, ready in milliseconds.
+            _forkserver.start()
+            return
+        self.executor = self._executor(n)
+        # Fresh interpreters: each worker that picks one up imports Optuna and the worker code
+        # (what unpickling a real task would do) while the launcher opens the storage and
+        # creates the study. The futures are not kept: the real tasks queue behind them.
         for _ in range(n):
             self.executor.submit(_warm_up)
 
-    def submit(self, tasks: list[WorkerTask]) -> None:
+    @staticmethod
+    def _executor(size: int) -> Any:
         from loky import get_reusable_executor
 
+        from hparam_joblib import _forkserver
+
+        # reuse="auto": an executor the user's own code made in this process (joblib.Parallel
+        # in a notebook) has other arguments, so it is replaced rather than borrowed.
+        return get_reusable_executor(max_workers=size, timeout=300, reuse="auto", context=_forkserver.context())
+
+    def submit(self, tasks: list[WorkerTask]) -> None:
         # A new executor after a break (loky hands a fresh one when the last one is broken);
         # sized for every loop, so that restarting one never shrinks the pool under the others.
         size = len(self.futures) + len(tasks)
-        self.executor = get_reusable_executor(max_workers=size, timeout=300, reuse=True)
+        self.executor = self._executor(size)
         self.futures |= {self.executor.submit(worker_main, task) for task in tasks}
 
     @property

@@ -206,15 +206,23 @@ def _launch(
     save_dir: Path,
     defining_file: str | None,
 ) -> SearchResult | None:
+    from hparam_joblib._cli import parse_args
+
+    args = parse_args(argv, prog=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None)
+    if not (args.dry_run or args.best):
+        from hparam_joblib import _forkserver
+
+        # The workers' preloaded server imports Optuna beside this process's own imports and
+        # set-up (it runs no user code and writes nothing; it ends with this process).
+        _forkserver.start()
+
     import joblib
 
-    from hparam_joblib._cli import parse_args
     from hparam_joblib._config import load_config, resolve_config_path
     from hparam_joblib._progress import format_summary
     from hparam_joblib._runner import run_search
     from hparam_joblib._savedir import resolve_save_dir
 
-    args = parse_args(argv, prog=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None)
     path = resolve_config_path(args.config or config_path, defining_file)
     cfg, notes = load_config(path, args.overrides, joblib.cpu_count())
     for note in notes:

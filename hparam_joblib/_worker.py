@@ -8,7 +8,8 @@ budget is spent, runs each one in the trial process (answering its ``report()`` 
 pruner's decision), and records failures as PRUNED with their reason (and pruner decisions as
 PRUNED with ``pruned_step``). The worker itself never imports or runs user code.
 
-Launcher liveness: a loky worker is the launcher's child and watches ``getppid()``. A Dask worker's
+Launcher liveness: a loky worker is the launcher's child and watches ``getppid()``, or a fork of
+the preloaded server and watches the launcher's multiprocessing sentinel (``_forkserver``). A Dask worker's
 parent is its nanny, possibly on another machine, so there the launcher keeps a *lease* in the
 study's system attrs (``hparam_joblib:launcher:<run id>``), renewed every third of
 ``heartbeat_interval``; a loop stops when the lease says ``stopped`` (Ctrl-C, an error) or has not
@@ -35,6 +36,7 @@ from typing import Any, cast
 import optuna
 from optuna.storages import BaseStorage
 
+from hparam_joblib import _forkserver
 from hparam_joblib._algorithms import build, worker_seed
 from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError
@@ -198,7 +200,8 @@ class LauncherWatch:
             return True
         interval = self.task.lease_interval
         if interval is None:
-            if os.getppid() != self.task.launcher_pid:
+            # A loky worker is the launcher's child, or a fork of the preloaded server.
+            if _forkserver.launcher_gone() if _forkserver.FORKED_FROM else os.getppid() != self.task.launcher_pid:
                 self.why = "the launcher process is gone"
             return bool(self.why)
         now = time.monotonic()

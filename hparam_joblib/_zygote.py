@@ -1,0 +1,40 @@
+"""Imported by the preloaded server only (``_forkserver``): the worker code, with no thread started.
+
+Before NumPy loads (Optuna imports it), the BLAS and OpenMP pools are capped to one thread, so
+that OpenBLAS starts none and the server stays single-threaded, safe to fork. Each forked worker
+gets the launcher's environment back at once (the caps it passes to its trial process are built
+from that environment, so a user's ``OMP_NUM_THREADS`` still wins), and records its parent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from hparam_joblib._isolation import THREAD_VARS
+
+_SAVED = {var: os.environ.get(var) for var in THREAD_VARS}
+for _var in THREAD_VARS:
+    os.environ[_var] = "1"
+
+
+def _after_fork_in_child() -> None:
+    for var, value in _SAVED.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+    from hparam_joblib import _forkserver
+
+    _forkserver.forked_child(os.getppid())
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+# The launcher owns Ctrl-C (a terminal's SIGINT reaches the whole process group); the server
+# hands this disposition to its children, which ignore it from their first instruction.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+import cloudpickle  # noqa: F401  - what unpickling a loky task needs
+import loky.process_executor  # noqa: F401
+
+import hparam_joblib._backend  # noqa: F401  - Optuna, SQLAlchemy, the worker and storage code

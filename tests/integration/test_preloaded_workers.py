@@ -1,0 +1,98 @@
+"""Loky workers are forks of a preloaded server (``_forkserver``): single-threaded, never ran the
+user's script, the launcher's child; the trial processes still get the user's environment.
+Real scripts, real loky workers, real SQLite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import Project, child_env, states
+
+CONFIG = """
+experiment_name: exp
+tag: t
+direction: minimize
+n_jobs: 2
+n_trials: 6
+threads_per_trial: 2
+sampler: {type: random}
+sweep_parameters:
+  x: {type: float, low: 0.0, high: 1.0}
+"""
+
+#: Records where each module-level run and each trial happened (pids, parents, the server's state).
+SCRIPT = '''
+import json, os, time
+from hparam_joblib import current_trial_number, hparam_search
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "module_runs.txt"), "a") as fh:
+    fh.write(f"{os.getpid()}\\n")
+
+def parent(pid):
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    worker = os.getppid()
+    server = parent(worker)
+    seen = {
+        "trial": os.getpid(), "worker": worker, "worker_parent": server, "server_parent": parent(server),
+        "server_threads": len(os.listdir(f"/proc/{server}/task")),
+        "server_cmd": open(f"/proc/{server}/cmdline").read().replace("\\0", " "),
+        "env": {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+    }
+    with open(os.path.join(HERE, f"seen_{current_trial_number()}.json"), "w") as fh:
+        json.dump(seen, fh)
+    time.sleep(0.3)  # both workers take trials
+    return config["x"]
+
+if __name__ == "__main__":
+    train()
+'''
+
+
+def _run(proj: Project, **env: str) -> tuple[list[dict[str, object]], list[int]]:
+    proj.script.write_text(SCRIPT)
+    proj.write_config(CONFIG)
+    run_env = child_env()
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        run_env.pop(var, None)
+    run_env.update(env)
+    done = subprocess.run([sys.executable, str(proj.script)], check=False, cwd=proj.root, capture_output=True,
+                          text=True, timeout=240, env=run_env)
+    assert done.returncode == 0, done.stderr
+    assert states(proj.db("exp_t")) == {"COMPLETE": 6}
+    seen = [json.loads((proj.root / f"seen_{n}.json").read_text()) for n in range(6)]
+    runs = [int(p) for p in (proj.root / "module_runs.txt").read_text().split()]
+    return seen, runs
+
+
+def test_workers_are_forks_of_a_single_threaded_server_that_never_ran_user_code(project: Project) -> None:
+    seen, runs = _run(project, OPENBLAS_NUM_THREADS="3")
+    trial_pids = {s["trial"] for s in seen}
+    (launcher,) = set(runs) - trial_pids  # the script's module ran in the launcher and the trial processes only
+    assert sorted(runs) == sorted([launcher, *trial_pids])
+    assert len({s["worker"] for s in seen}) == 2  # two loky workers, each with its warm trial process
+    (server,) = {s["worker_parent"] for s in seen}
+    assert server not in runs and not {s["worker"] for s in seen} & set(runs)
+    assert {s["server_parent"] for s in seen} == {launcher}
+    assert {s["server_threads"] for s in seen} == {1}  # safe to fork: no thread (OpenBLAS capped to 1)
+    assert all("multiprocessing.forkserver" in str(s["server_cmd"]) for s in seen)
+    # The server ran with the pools capped to 1; the workers got the user's environment back:
+    # the exported value wins, the unset one gets threads_per_trial.
+    assert {json.dumps(s["env"], sort_keys=True) for s in seen} == {
+        json.dumps({"MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "3"}, sort_keys=True)
+    }
+
+
+def test_switched_off_the_workers_are_fresh_interpreters(project: Project) -> None:
+    seen, runs = _run(project, HPARAM_JOBLIB_PRELOADED_WORKERS="0")
+    (launcher,) = set(runs) - {s["trial"] for s in seen}
+    assert {s["worker_parent"] for s in seen} == {launcher}
+    assert {json.dumps(s["env"], sort_keys=True) for s in seen} == {
+        json.dumps({"MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}, sort_keys=True)
+    }
