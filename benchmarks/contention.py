@@ -24,6 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    count_descendants,
     CONFIG_DIR,
     base_parser,
     fmt,
@@ -44,6 +45,7 @@ def trials_for(k: int) -> int:
 
 
 def main() -> None:
+    count_descendants()
     p = base_parser(__doc__.splitlines()[0], "contention")
     p.add_argument("--n-jobs", default=None, help="comma-separated n_jobs points (default 64,32,16,8,4,2,1)")
     args = p.parse_args()

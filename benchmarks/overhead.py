@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    count_descendants,
     CONFIG_DIR,
     base_parser,
     fmt,
@@ -144,6 +145,7 @@ def _trials(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    count_descendants()
     p = base_parser(__doc__.splitlines()[0], "overhead")
     args = p.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import count_descendants, reap_descendants
+
 HERE = Path(__file__).resolve().parent
 FRAMEWORKS = ("joblib", "hparam_joblib", "optuna_procs", "optuna_journal", "optuna_threads")
 #: Trials per workload: 30-60 s of single-threaded training work on this 2-core machine.
@@ -168,6 +170,7 @@ def measure(framework: str, workload: str, n_jobs: int, n_trials: int, time_limi
                     "wall_s": None, "cpu_s": None, "trials_timed": 0, "trial_median_s": None,
                     "trial_work_s": None, "processes": 0, "stopped_after_s": time_limit}
         wall = time.perf_counter() - start
+        reap_descendants()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise RuntimeError(f"{framework} on {workload} failed:\n{err[-3000:]}")
@@ -209,6 +212,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    count_descendants()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", default="sklearn,torch,numpy")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))

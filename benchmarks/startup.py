@@ -35,6 +35,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _common import count_descendants, reap_descendants  # noqa: E402
+
 FRAMEWORKS = ("hparam_joblib", "joblib", "optuna_procs", "optuna_journal", "optuna_threads")
 
 SCRIPT = textwrap.dedent('''\
@@ -132,6 +134,7 @@ def measure(framework: str, k: int, timeout: float = 600) -> dict[str, Any]:
         launch = time.time()
         done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
         wall = time.time() - launch
+        reap_descendants()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:  # e.g. the SQLite recipe's "database is locked" at many processes
             why = next((line for line in reversed(done.stderr.splitlines()) if "Error" in line), "exit status")
@@ -176,6 +179,7 @@ def table(rows: list[dict[str, Any]], frameworks: list[str], points: list[int]) 
 
 
 def main() -> None:
+    count_descendants()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-name", default="startup")
     parser.add_argument("--quick", action="store_true", help="n_jobs 1, 2, 8 once")
