@@ -176,11 +176,11 @@ def hparam_search(
 
 
 def _tune(func: Callable[[dict[str, Any]], Any], cfg: SearchConfig, args: ScriptArgs) -> None:
-    import joblib
+    from loky import cpu_count
 
     from hparam_joblib import _tune as tune
 
-    ladder = list(args.tune_ladder) or tune.default_ladder(joblib.cpu_count(), cfg.n_jobs)
+    ladder = list(args.tune_ladder) or tune.default_ladder(cpu_count(), cfg.n_jobs)
     print(
         f"tuning n_jobs for {cfg.study_name}: ladder {ladder}, {args.tune_seconds:g} s each, "
         f"in a throwaway study (the real study is not touched)"
@@ -216,7 +216,7 @@ def _launch(
         # set-up (it runs no user code and writes nothing; it ends with this process).
         _forkserver.start()
 
-    import joblib
+    from loky import cpu_count  # joblib.cpu_count() is this (joblib itself costs 0.1 s to import)
 
     from hparam_joblib._config import load_config, resolve_config_path
     from hparam_joblib._progress import format_summary
@@ -224,7 +224,7 @@ def _launch(
     from hparam_joblib._savedir import resolve_save_dir
 
     path = resolve_config_path(args.config or config_path, defining_file)
-    cfg, notes = load_config(path, args.overrides, joblib.cpu_count())
+    cfg, notes = load_config(path, args.overrides, cpu_count())
     for note in notes:
         logger.warning("note: %s", note)
     _check_signature(func, str(path))

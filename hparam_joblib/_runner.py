@@ -108,9 +108,9 @@ def log_dir_for(cfg: SearchConfig, save_dir: Path) -> Path:
 def threads_display(cfg: SearchConfig, cores: int | None = None) -> str:
     """How many threads each trial's OpenMP/BLAS pools get, and why (for --dry-run and the summary)."""
     if cores is None:
-        import joblib
+        from loky import cpu_count
 
-        cores = joblib.cpu_count()
+        cores = cpu_count()
     threads = trial_threads(cfg, cfg.n_jobs, cores)
     why = "threads_per_trial" if cfg.threads_per_trial is not None else f"{cores} cores // n_jobs {cfg.n_jobs}"
     exported = [f"{var}={os.environ[var]}" for var in THREAD_VARS if var in os.environ]

@@ -36,5 +36,10 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 import cloudpickle  # noqa: F401  - what unpickling a loky task needs
 import loky.process_executor  # noqa: F401
+import sqlalchemy.dialects.sqlite.pysqlite  # noqa: F401  - an engine imports its dialect on first use
+from sqlalchemy.orm import configure_mappers
 
 import hparam_joblib._backend  # noqa: F401  - Optuna, SQLAlchemy, the worker and storage code
+
+# Done on the first query of every process otherwise (Optuna's models' ORM mappers).
+configure_mappers()
