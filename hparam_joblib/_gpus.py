@@ -12,15 +12,14 @@ machines without any numbering of workers.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from hparam_joblib._slots import Slot, slot_directory, take_slot
 
 _SMI_TIMEOUT = 10.0
 
@@ -55,7 +54,7 @@ _LEASE_POLL_SECONDS = 0.1
 
 def lease_directory() -> Path:
     """Where this host's lease files live (local to the host: leases are per machine)."""
-    return Path(tempfile.gettempdir()) / "hparam_joblib-gpu-leases"
+    return slot_directory("gpu-leases")
 
 
 def lease_key(*parts: str) -> str:
@@ -63,25 +62,17 @@ def lease_key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-class DeviceLease:
-    """Slot ``slot`` of the ``gpus`` list, held through a kernel ``flock`` on a lock file.
+class DeviceLease(Slot):
+    """Slot ``slot`` of the ``gpus`` list (a :class:`~hparam_joblib._slots.Slot`) and its device.
 
     The kernel frees the lock when every process holding the file is gone, so a killed worker
     (and its forked trial, which inherits the descriptor while it runs) cannot leave it held.
     """
 
     def __init__(self, fd: int, slot: int, device: str) -> None:
-        self.fd = fd
+        super().__init__(fd, slot)
         self.slot = slot
         self.device = device
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self.fd)
-                self.fd = -1
 
 
 def lease_device(
@@ -96,21 +87,7 @@ def lease_device(
     Returns:
         The lease, or None when ``should_stop()`` became true while waiting.
     """
-    directory = lease_directory()
-    directory.mkdir(parents=True, exist_ok=True)
-    order = [(first + i) % len(gpus) for i in range(len(gpus))]
-    while True:
-        for slot in order:
-            fd = os.open(directory / f"{key}-{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            except BaseException:
-                os.close(fd)
-                raise
-            return DeviceLease(fd, slot, gpus[slot])
-        if should_stop():
-            return None
-        time.sleep(_LEASE_POLL_SECONDS)
+    slot = take_slot(len(gpus), lease_directory(), key, should_stop, first=first, poll=_LEASE_POLL_SECONDS)
+    if slot is None:
+        return None
+    return DeviceLease(slot.fd, slot.index, gpus[slot.index])

@@ -46,6 +46,7 @@ from hparam_joblib._gpus import DeviceLease, lease_device, lease_key
 from hparam_joblib._isolation import Outcome, TrialProcess, thread_env
 from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
+from hparam_joblib._slots import Slot, slot_directory, take_slot
 from hparam_joblib._space import build_config, suggest_all
 from hparam_joblib._stop import read_stop, result_rule_met, stop_key, stop_record
 from hparam_joblib._tracking import TrackingTarget, TrialLogger
@@ -65,6 +66,8 @@ from hparam_joblib.storage import (
 logger = logging.getLogger("hparam_joblib")
 
 _WAIT_FOR_OTHERS_SECONDS = 0.25
+#: How often a loop waiting at the start-up gate looks for a free slot.
+_GATE_POLL_SECONDS = 0.02
 #: Study system attr prefix of a launcher's lease (followed by the run id).
 LAUNCHER_KEY_PREFIX = "hparam_joblib:launcher:"
 #: A lease unchanged for this many intervals means the launcher is gone.
@@ -181,6 +184,37 @@ class LauncherLease:
         self.storage.set_study_system_attr(self.study_id, self.key, record)
 
 
+def _parent_gone(task: WorkerTask) -> bool:
+    """A loky worker's check: is the launcher gone? (It is the launcher's child, or a fork of
+    the preloaded server.)"""
+    return _forkserver.launcher_gone() if _forkserver.FORKED_FROM else os.getppid() != task.launcher_pid
+
+
+def _startup_gate(task: WorkerTask) -> Slot | None:
+    """With more loky loops than cores, at most ``cores`` of them start up at once (trial process,
+    script import, storage) on this host, so the first ones run trials in a fraction of a second
+    instead of all finishing their start-up together, seconds later. None: no gate needed (or
+    the lock files cannot be made: then every loop starts at once, as without the gate).
+
+    Exits the process when the launcher goes away while this loop waits (nobody would reuse it).
+    """
+    from loky import cpu_count
+
+    cores = cpu_count()
+    if task.lease_interval is not None or task.config.n_jobs <= cores:
+        return None  # Dask loops are spread over hosts and threads by the cluster
+    try:
+        gate = take_slot(cores, slot_directory("start-gate"), f"uid{os.getuid()}", lambda: _parent_gone(task),
+                         first=task.worker_index, poll=_GATE_POLL_SECONDS)
+    except OSError as err:
+        logger.debug("no start-up gate (%s); this loop starts at once", err)
+        return None
+    if gate is None:
+        logger.warning("launcher is gone; worker %d stops", os.getpid())
+        os._exit(0)
+    return gate
+
+
 class LauncherWatch:
     """The worker's side: is the launcher still there? (cheap; reads the lease at most once a second)."""
 
@@ -200,8 +234,7 @@ class LauncherWatch:
             return True
         interval = self.task.lease_interval
         if interval is None:
-            # A loky worker is the launcher's child, or a fork of the preloaded server.
-            if _forkserver.launcher_gone() if _forkserver.FORKED_FROM else os.getppid() != self.task.launcher_pid:
+            if _parent_gone(self.task):
                 self.why = "the launcher process is gone"
             return bool(self.why)
         now = time.monotonic()
@@ -600,6 +633,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     trials: TrialProcess | None = None
     tracker: TrialLogger | None = None
     threads = 0
+    gate = _startup_gate(task)
     if not cfg.gpus:  # the trial process warms up while the storage and the study load
         trials, threads = _start_trial_process(task, None)
     try:
@@ -626,6 +660,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         if task.tracking is not None:
             tracker = objective.tracker = TrialLogger(task.tracking)
         trials.wait_ready(watch.gone)  # no trial holds a budget slot while the script loads
+        if gate is not None:
+            gate.release()
         deadline = task.deadline
         if task.run_seconds is not None:
             own = time.time() + task.run_seconds
@@ -634,6 +670,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         trials.close()
         return _report(task, storage, objective.trials_run, trials, threads)
     finally:
+        if gate is not None:
+            gate.release()
         if trials is not None:
             trials.close()
         if tracker is not None:

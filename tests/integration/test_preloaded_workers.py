@@ -96,3 +96,40 @@ def test_switched_off_the_workers_are_fresh_interpreters(project: Project) -> No
     assert {json.dumps(s["env"], sort_keys=True) for s in seen} == {
         json.dumps({"MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}, sort_keys=True)
     }
+
+
+GATE_SCRIPT = '''
+import os, time
+from hparam_joblib import hparam_search
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+start = time.time()
+time.sleep(0.4)  # a slow import (torch, a dataset): what the gate spreads out
+with open(os.path.join(HERE, "loads.txt"), "a") as fh:
+    fh.write(f"{os.getpid()} {start} {time.time()}\\n")
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    return config["x"]
+
+if __name__ == "__main__":
+    train()
+'''
+
+
+def test_more_loops_than_cores_load_the_script_at_most_cores_at_a_time(project: Project) -> None:
+    """n_jobs = cores + 3: the loops pass a start-up gate of `cores` slots, so no more than
+    `cores` trial processes load the script at once; every trial still runs."""
+    from loky import cpu_count
+
+    cores = cpu_count()
+    project.script.write_text(GATE_SCRIPT)
+    project.write_config(CONFIG.replace("n_jobs: 2", f"n_jobs: {cores + 3}").replace("n_trials: 6", f"n_trials: {2 * cores + 6}"))
+    done = project.run()
+    assert done.returncode == 0, done.stderr
+    assert states(project.db("exp_t")) == {"COMPLETE": 2 * cores + 6}
+    rows = [line.split() for line in (project.root / "loads.txt").read_text().splitlines()]
+    loads = [(float(a), float(b)) for _, a, b in rows[1:]]  # rows[0]: the launcher, before any loop
+    assert len(loads) == cores + 3  # one warm trial process per loop
+    most = max(sum(1 for a, b in loads if a < t <= b) for _, t in loads)
+    assert most <= cores, loads
