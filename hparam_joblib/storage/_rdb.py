@@ -29,6 +29,7 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event, func, select, text
 from sqlalchemy import exc as sqlalchemy_exc
+from sqlalchemy import inspect as sqlalchemy_inspect
 
 from hparam_joblib._errors import StorageBusyError, StorageError
 from hparam_joblib.storage._base import BUDGET_STATES, OWNER_KEY, BudgetExhausted, T
@@ -92,13 +93,13 @@ class _LazyVersionManager:
 class _CheckedVersionManager(_LazyVersionManager):
     """The launcher's: a schema already stamped with this Optuna's head revision passes the
     compatibility check with two plain reads (no alembic: 0.17 s off every launch's critical
-    path). Anything else (a new file, an old schema, an unexpected layout) builds Optuna's own
-    manager at once, which stamps, or raises its message naming ``optuna storage upgrade``."""
+    path); a schema just created is stamped the same way alembic's ``stamp`` would (one table, one
+    row). Anything else (an old schema, an unexpected layout) builds Optuna's own manager at once,
+    which stamps, or raises its message naming ``optuna storage upgrade``."""
 
     def __init__(self, url: str, engine: Any, scoped_session: Any) -> None:
         super().__init__(url, engine, scoped_session)
-        self._current = _stamped_head(engine)
-        if not self._current:
+        if not (_stamped_head(engine) or _stamp_new_schema(engine)):
             self._real = _REAL_VERSION_MANAGER(*self._args)
 
     def check_table_schema_compatibility(self) -> None:
@@ -147,6 +148,35 @@ def _stamped_head(engine: Any) -> str | None:
     except sqlalchemy_exc.SQLAlchemyError:
         return None  # no such table yet (a new file): Optuna's manager creates and stamps
     return head if current == [head] and info else None
+
+
+def _stamp_new_schema(engine: Any) -> bool:
+    """Write the version rows of a schema that ``create_all`` just made (no version row, no
+    ``alembic_version`` table), as Optuna's manager does: ``version_info`` with this Optuna's
+    schema and library version, and ``alembic_version`` at the head revision (alembic's own
+    table layout). False, touching nothing, for any other state."""
+    head = _alembic_head()
+    if head is None:
+        return False
+    try:
+        with engine.begin() as conn:
+            if conn.execute(text("SELECT COUNT(*) FROM version_info")).scalar():
+                return False
+            if "alembic_version" in sqlalchemy_inspect(conn).get_table_names():
+                return False
+            conn.execute(
+                text("INSERT INTO version_info (version_info_id, schema_version, library_version) VALUES (1, :s, :v)"),
+                {"s": models.SCHEMA_VERSION, "v": optuna.__version__},
+            )
+            conn.execute(text(
+                "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+                "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+            ))
+            conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:h)"), {"h": head})
+    except sqlalchemy_exc.SQLAlchemyError as err:  # a concurrent creator won, or a layout we do not know
+        logger.debug("version rows not written here (%s); Optuna's manager checks the schema", err)
+        return False
+    return True
 
 
 def _with_version_manager(init: Callable[[], None], manager: type[_LazyVersionManager]) -> None:

@@ -117,3 +117,27 @@ print("alembic" in sys.modules)
     assert head != "v3.0.0.d"
     with pytest.raises(RuntimeError, match="optuna storage upgrade"):
         open_storage(location, create_tables=True)
+
+
+def test_a_new_file_gets_the_version_rows_optuna_writes_and_plain_optuna_opens_it(tmp_path: Path) -> None:
+    """The launcher stamps a schema it just created without alembic; the rows equal those
+    Optuna's own manager writes, and plain ``RDBStorage`` (with its compatibility check) opens it."""
+    import sqlite3
+
+    ours = tmp_path / "ours.db"
+    location = StorageLocation.sqlite(ours)
+    prepare(location, RetryPolicy())
+    open_storage(location, create_tables=True).engine.dispose()
+    theirs = tmp_path / "theirs.db"
+    optuna.storages.RDBStorage(f"sqlite:///{theirs}").engine.dispose()
+
+    def rows(db: Path) -> tuple[list[Any], list[Any], list[str]]:
+        with sqlite3.connect(db) as conn:
+            tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+            return (conn.execute("SELECT * FROM version_info").fetchall(),
+                    conn.execute("SELECT * FROM alembic_version").fetchall(), tables)
+
+    assert rows(ours) == rows(theirs)
+    plain = optuna.storages.RDBStorage(f"sqlite:///{ours}")  # raises if the schema looks incompatible
+    assert plain.get_current_version() == plain.get_head_version()
+    plain.engine.dispose()
