@@ -634,7 +634,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     tracker: TrialLogger | None = None
     threads = 0
     gate = _startup_gate(task)
-    if not cfg.gpus:  # the trial process warms up while the storage and the study load
+    if not cfg.gpus and gate is None:  # the trial process warms up while the storage and the study load
         trials, threads = _start_trial_process(task, None)
     try:
         storage = open_storage(
@@ -647,6 +647,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
             sampler=_sampler(cfg, task.worker_index, task.trials_before), pruner=build(cfg.pruner),
         )
         watch = LauncherWatch(task, storage, study._study_id)
+        if gate is not None and n_finished(storage.count_states(study._study_id)) >= cfg.n_trials:
+            return _report(task, storage, 0, None, 0)  # the loops through the gate before it ran them all
         if cfg.gpus:
             # The device is leased on this host for the trial process's whole life (its CUDA
             # context is reused across trials); no two running trial processes share one.
@@ -654,7 +656,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
             if lease is None:
                 return _report(task, storage, 0, None, 0)
             trials, threads = _start_trial_process(task, lease.device)
-        assert trials is not None
+        elif trials is None:
+            trials, threads = _start_trial_process(task, None)
         objective = _Objective(task, storage, trials, device=None if lease is None else lease.device)
         objective.watch = watch
         if task.tracking is not None:
