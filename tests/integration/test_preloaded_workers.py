@@ -110,6 +110,7 @@ with open(os.path.join(HERE, "loads.txt"), "a") as fh:
 
 @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
 def train(config):
+    time.sleep(0.5)  # long enough that every loop gets trials (a late one would find none left)
     return config["x"]
 
 if __name__ == "__main__":
