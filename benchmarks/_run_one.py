@@ -5,7 +5,10 @@ Prints one line ``@@RESULT {json}`` on stdout. Spec keys:
 
 * ``framework``: ``hparam_joblib``; ``optuna_threads`` (``study.optimize(n_jobs=k)``);
   ``optuna_procs`` (k forked processes, each ``study.optimize`` on the same SQLite URL: Optuna's
-  recipe); ``optuna_seq`` (one ``study.optimize`` loop, n_jobs=1).
+  recipe); ``optuna_journal`` (the same recipe on one ``JournalFileBackend`` file next to
+  ``db``); ``optuna_seq`` (one ``study.optimize`` loop, n_jobs=1); ``joblib``
+  (``joblib.Parallel(n_jobs=k)`` of the same function over pre-sampled random configs: no
+  storage, no sampler; the floor).
 * ``config``: the YAML file (search space, seed, fixed keys); ``set``: ``{key: value}`` overrides.
 * ``n_jobs``, ``n_trials`` (for hparam_joblib the study's total budget; for the peers the trials
   to run in this call), ``db`` (SQLite file; ``null`` with ``storage: memory``).
@@ -342,14 +345,27 @@ def prefill_db(db: str, study_name: str, raw: dict[str, Any], n: int, *, hj_attr
         conn.close()
 
 
+def _recipe_storage(spec: dict[str, Any]) -> Any:
+    """The recipe's storage: the SQLite URL (Optuna's defaults), or a JournalFileBackend file."""
+    if spec["framework"] == "optuna_journal":
+        import optuna
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(_journal_path(spec)))
+    return f"sqlite:///{Path(spec['db']).resolve()}"
+
+
+def _journal_path(spec: dict[str, Any]) -> str:
+    return str(Path(spec["db"]).with_suffix(".journal"))
+
+
 def _proc_main(spec: dict[str, Any], raw: dict[str, Any], index: int, n_trials: int, queue: Any) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = f"sqlite:///{Path(spec['db']).resolve()}"
     try:
         study = optuna.load_study(
-            study_name=_study_name(spec, raw), storage=url, sampler=_sampler(spec, raw, index)
+            study_name=_study_name(spec, raw), storage=_recipe_storage(spec), sampler=_sampler(spec, raw, index)
         )
         study.optimize(_make_objective(raw), n_trials=n_trials)
     except Exception as err:  # noqa: BLE001 - the recipe has no retry: this process's trials are lost
@@ -367,19 +383,20 @@ def run_optuna_procs(spec: dict[str, Any]) -> dict[str, Any]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     raw = load_yaml_config(spec["config"], dict(spec.get("set", {})))
-    url = f"sqlite:///{Path(spec['db']).resolve()}"
     t_start = time.time()
     study = optuna.create_study(
-        storage=url,
+        storage=_recipe_storage(spec),
         study_name=_study_name(spec, raw),
         direction=raw.get("direction", "minimize"),
         load_if_exists=True,
     )
-    # No open SQLite connection may cross fork(): close the pool before starting the children.
-    backend = getattr(study._storage, "_backend", study._storage)
-    backend.remove_session()
-    backend.engine.dispose()
-    del study, backend
+    if spec["framework"] == "optuna_procs":
+        # No open SQLite connection may cross fork(): close the pool before starting the children.
+        backend = getattr(study._storage, "_backend", study._storage)
+        backend.remove_session()
+        backend.engine.dispose()
+        del backend
+    del study
     k = int(spec["n_jobs"])
     total = int(spec["n_trials"])
     shares = [total // k + (1 if i < total % k else 0) for i in range(k)]
@@ -398,12 +415,58 @@ def run_optuna_procs(spec: dict[str, Any]) -> dict[str, Any]:
     for p in procs:
         p.join()
     t_done = time.time()
-    return {
+    out: dict[str, Any] = {
         "t_start": t_start,
         "t_done": t_done,
         "errors": errors,
         "exit_codes": sorted({p.exitcode for p in procs}),
     }
+    if spec["framework"] == "optuna_journal":
+        study = optuna.load_study(study_name=_study_name(spec, raw), storage=_recipe_storage(spec))
+        out["trials"] = [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "start": t.datetime_start.timestamp() if t.datetime_start else None,
+                "complete": t.datetime_complete.timestamp() if t.datetime_complete else None,
+            }
+            for t in study.get_trials(deepcopy=False)
+        ]
+        Path(_journal_path(spec)).unlink(missing_ok=True)
+    return out
+
+
+def _timed_train(number: int, config: dict[str, Any]) -> dict[str, Any]:
+    start = time.time()
+    _workloads.train(config)
+    return {"number": number, "state": "COMPLETE", "start": start, "complete": time.time()}
+
+
+def run_joblib(spec: dict[str, Any]) -> dict[str, Any]:
+    """The floor: ``joblib.Parallel`` of the same function over random configs (no storage)."""
+    import random
+
+    import cloudpickle
+    from joblib import Parallel, delayed
+
+    cloudpickle.register_pickle_by_value(_workloads)
+    raw = load_yaml_config(spec["config"], dict(spec.get("set", {})))
+    fixed, params = _space(raw)
+    rng = random.Random(raw.get("seed"))
+    t_start = time.time()
+    configs = []
+    for _ in range(int(spec["n_trials"])):
+        config = dict(fixed)
+        for name, p in params.items():
+            if p["type"] == "float":
+                config[name] = rng.uniform(float(p["low"]), float(p["high"]))
+            elif p["type"] == "int":
+                config[name] = rng.randint(int(p["low"]), int(p["high"]))
+            else:
+                config[name] = rng.choice(list(p["choices"]))
+        configs.append(config)
+    trials = Parallel(n_jobs=int(spec["n_jobs"]))(delayed(_timed_train)(i, c) for i, c in enumerate(configs))
+    return {"t_start": t_start, "t_done": time.time(), "errors": [], "trials": trials}
 
 
 def main() -> None:
@@ -413,6 +476,8 @@ def main() -> None:
         "optuna_threads": run_optuna_in_process,
         "optuna_seq": run_optuna_in_process,
         "optuna_procs": run_optuna_procs,
+        "optuna_journal": run_optuna_procs,
+        "joblib": run_joblib,
     }
     out = runners[spec["framework"]](spec)
     out["t_enter"] = T_ENTER
