@@ -13,11 +13,11 @@ PY=${PYTHON:-python}
 QUICK=()
 if [[ "${1:-}" == "--quick" ]]; then QUICK=(--quick); shift; fi
 RUN=${1:-${RUN_NAME:-$([[ ${#QUICK[@]} -gt 0 ]] && echo quick || echo full)}}
-# Full run: scaling.py and overhead.py repeat every point twice (scaling.py: zero-work 3 times,
-# n_jobs=32/64 once: start-up-bound points whose spread adds little); contention.py collects
-# hundreds of storage-call samples per run and runs each point once. Raise these for a tighter
-# spread (3/3/3 took ~21 min at commit f09a368). --quick runs every point once.
-SCALING_REPEATS=${SCALING_REPEATS:-2}
+# Full run: scaling.py runs every point once (five frameworks since the fixed-costs issue;
+# zero-work 3 times), overhead.py twice; contention.py collects hundreds of storage-call samples
+# per run and runs each point once. Raise these for a tighter spread (SCALING_REPEATS=2 adds
+# ~6 min). --quick runs every point once.
+SCALING_REPEATS=${SCALING_REPEATS:-1}
 OVERHEAD_REPEATS=${OVERHEAD_REPEATS:-2}
 CONTENTION_REPEATS=${CONTENTION_REPEATS:-1}
 
