@@ -429,6 +429,7 @@ def _supervise(
                 lease_interval=cfg.heartbeat_interval if backend.remote else None,
                 trials_before=trials_before, error_stop=errors if errors.armed else None,
                 log_dir=str(log_dir), tracking=tracking,
+                environ=None if backend.remote else dict(os.environ),
             )
             for i in range(n)
         ])

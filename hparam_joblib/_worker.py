@@ -105,6 +105,11 @@ class WorkerTask:
     log_dir: str | None = None
     #: Where this worker writes its trials' MLflow runs (``tracking.mlflow``), or None.
     tracking: TrackingTarget | None = None
+    #: The launcher's environment when it started this loop (loky), or None (Dask: each machine
+    #: keeps its own). A loky worker may be older than the launcher's latest change to it: a
+    #: fork of the preloaded server, or a reused worker, in a notebook kernel that set a variable
+    #: after the previous search. Its trial process gets this one.
+    environ: dict[str, str] | None = field(default=None, repr=False)  # may hold secrets: never printed
 
 
 #: The file in the log directory where loky workers' own messages go (the launcher shows them).
@@ -628,6 +633,9 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     if threading.current_thread() is threading.main_thread():  # loky; Dask runs tasks in threads
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C and stops us
     _setup_worker_logging(task)
+    if task.environ is not None and task.environ != os.environ:
+        os.environ.clear()
+        os.environ.update(task.environ)
     cfg = task.config
     lease: DeviceLease | None = None
     trials: TrialProcess | None = None
@@ -646,6 +654,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
             study_name=cfg.study_name, storage=cast(BaseStorage, storage),
             sampler=_sampler(cfg, task.worker_index, task.trials_before), pruner=build(cfg.pruner),
         )
+        _skip_empty_waiting_reads(study, storage)
         watch = LauncherWatch(task, storage, study._study_id)
         if gate is not None and n_finished(storage.count_states(study._study_id)) >= cfg.n_trials:
             return _report(task, storage, 0, None, 0)  # the loops through the gate before it ran them all
@@ -681,6 +690,20 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
             tracker.close()
         if lease is not None:
             lease.release()
+
+
+def _skip_empty_waiting_reads(study: optuna.Study, storage: StudyStore) -> None:
+    """Optuna's ``ask()`` first looks for an enqueued (WAITING) trial by reading every unfinished
+    and new trial of the study (through its cache: ~6 queries), on every trial; most studies
+    never enqueue one. An index lookup answers "none" first (a study with ``enqueue:`` entries
+    still takes them in order: the lookup then finds one and Optuna's own read runs)."""
+    pop = study._pop_waiting_trial_id
+    study_id = study._study_id
+
+    def pop_if_any() -> int | None:
+        return pop() if storage.has_waiting(study_id) else None
+
+    study._pop_waiting_trial_id = pop_if_any  # type: ignore[method-assign]
 
 
 def _loop(task: WorkerTask, storage: StudyStore, study: optuna.Study, objective: _Objective,

@@ -331,6 +331,10 @@ class JournalSearchStorage(JournalStorage):
         """``{state name: count}`` for the study."""
         return {state.name: n for state, n in self._counts(study_id).items()}
 
+    def has_waiting(self, study_id: int) -> bool:
+        """Does the study hold a WAITING (enqueued) trial?"""
+        return self._counts(study_id).get(TrialState.WAITING, 0) > 0
+
     def running_owners(self, study_id: int) -> list[tuple[int, int, dict[str, Any]]]:
         """``(trial_id, number, owner)`` of every RUNNING trial of the study."""
         with self._thread_lock:

@@ -27,7 +27,7 @@ from optuna.storages._rdb import models
 from optuna.storages._rdb import storage as _rdb_storage
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import event, func, select, text
+from sqlalchemy import bindparam, event, func, select, text
 from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy import inspect as sqlalchemy_inspect
 
@@ -67,6 +67,10 @@ _RETRIED_METHODS = (
     "_get_best_trial_id",
 )
 
+
+_HAS_WAITING = (
+    select(_T.c.trial_id).where(_T.c.study_id == bindparam("sid"), _T.c.state == TrialState.WAITING).limit(1)
+)
 
 _REAL_VERSION_MANAGER = _rdb_storage._VersionManager
 _VERSION_MANAGER_SWAP = threading.Lock()
@@ -817,6 +821,15 @@ class SearchStorage(RDBStorage):
                     .all()
                 )
             return {state.name: int(n) for state, n in rows}
+
+        return self._retry(query)
+
+    def has_waiting(self, study_id: int) -> bool:
+        """Does the study hold a WAITING (enqueued) trial? One lookup in the (study, state) index."""
+
+        def query() -> bool:
+            with self.engine.connect() as conn:
+                return conn.execute(_HAS_WAITING, {"sid": study_id}).first() is not None
 
         return self._retry(query)
 

@@ -134,3 +134,35 @@ def test_more_loops_than_cores_load_the_script_at_most_cores_at_a_time(project: 
     assert len(loads) == cores + 3  # one warm trial process per loop
     most = max(sum(1 for a, b in loads if a < t <= b) for _, t in loads)
     assert most <= cores, loads
+
+
+ENV_SCRIPT = '''
+import json, os
+from hparam_joblib import current_trial_number, hparam_search
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    with open(os.path.join(HERE, "seen.jsonl"), "a") as fh:
+        fh.write(json.dumps({"tag": os.environ.get("HJ_MARK"), "worker": os.getppid()}) + "\\n")
+    return config["x"]
+
+if __name__ == "__main__":
+    os.environ["HJ_MARK"] = "first"
+    train(["--set", "tag=first"])
+    os.environ["HJ_MARK"] = "second"   # a notebook cell between two searches
+    train(["--set", "tag=second"])
+'''
+
+
+def test_a_second_search_in_one_process_sees_the_environment_set_after_the_first(project: Project) -> None:
+    """The preloaded server (and any reused worker) outlives a search in a notebook kernel; each
+    loop still hands its trial process the launcher's environment as it is when the loop starts."""
+    project.script.write_text(ENV_SCRIPT)
+    project.write_config(CONFIG)
+    done = project.run()
+    assert done.returncode == 0, done.stderr
+    assert states(project.db("exp_first")) == {"COMPLETE": 6} and states(project.db("exp_second")) == {"COMPLETE": 6}
+    seen = [json.loads(line) for line in (project.root / "seen.jsonl").read_text().splitlines()]
+    assert [s["tag"] for s in seen] == ["first"] * 6 + ["second"] * 6
