@@ -106,7 +106,7 @@ def main() -> None:
         excs = sorted({e.split(":")[0] for r in pr for e in r["errors"]})
         rows.append(
             [
-                "1 (one worker proc + fork per trial)" if k == 1 else str(k),
+                "1 (one worker + its warm trial process)" if k == 1 else str(k),
                 str(trials_for(k)),
                 fmt_spread([r["raw"].get("lock_retries") for r in hj], 0),
                 fmt_spread([o.get("p50_ms") for o in ops]),
