@@ -6,9 +6,11 @@ created in bulk (one SQL transaction, rows as Optuna writes them; for hparam_job
 timed from their completion times (the first few of each phase are dropped: they include the
 start-up and the first full read of the study):
 
-* ``hparam_joblib`` n_jobs=1: W trials with ``n_startup_trials`` set above the budget, so its
-  TPESampler stays in its random start-up phase (sampler cost ~0: this is storage + process
-  work), then W/2 more with ``n_startup_trials: 10`` (TPE active) in a second launch;
+* ``hparam_joblib`` n_jobs=1: W trials with RandomSampler (on a study of its own: the framework
+  alone, what the target is about); W trials with ``n_startup_trials`` set above the budget, so
+  its TPESampler stays in its random start-up phase (whose suggest calls count the finished
+  trials through Optuna's cache: that grows with the study), then W/2 more with
+  ``n_startup_trials: 10`` (TPE active) in a second launch;
 * plain Optuna sequential on a SQLite file with Optuna's defaults: W trials with RandomSampler,
   then W/2 with TPESampler, every sampler call timed;
 * plain Optuna sequential in memory: the same.
@@ -50,6 +52,7 @@ NO_SAMPLER = 1_000_000_000  # n_startup_trials above any budget: TPE only ever s
 SKIP = 8  # trials dropped at the start of each phase
 
 SERIES = (
+    ("hj_random", "hparam_joblib, RandomSampler"),
     ("hj_nosampler", "hparam_joblib, no sampler (TPE start-up phase)"),
     ("hj_tpe", "hparam_joblib, TPE"),
     ("sqlite_random", "Optuna SQLite defaults, RandomSampler"),
@@ -115,6 +118,20 @@ def measure(size: int, w: int, out: Path, rep: int) -> dict[str, dict[str, Any]]
         out,
     )
     got["hj_tpe"] = window(_trials(second), size + w, size + w + w // 2)
+    # RandomSampler: no study reads of its own (TPE's start-up phase counts the finished trials
+    # in each suggest call, through Optuna's cache, which lists the study): the framework alone.
+    third = run_point(
+        {
+            **base,
+            "db": str(db.with_name(db.stem + "_random.db")),
+            "n_trials": size + w,
+            "prefill": size,
+            "expect_finished": size + w,
+            "set": {"workload": "zero", "sampler": "{type: random}"},
+        },
+        out,
+    )
+    got["hj_random"] = window(_trials(third), size, size + w)
     for storage in ("sqlite", "memory"):
         spec = {
             "framework": "optuna_seq",
@@ -202,12 +219,14 @@ def main() -> None:
     for key, label in SERIES:
         a, b = net(lo, key), net(hi, key)
         net_rows.append([label, fmt(a), fmt(b), f"{b / a:.2f}" if a and b else "-"])
-    hj_growth = (med(col(hi, "hj_nosampler")) or 0) / (med(col(lo, "hj_nosampler")) or 1)
+    hj_growth = (med(col(hi, "hj_random")) or 0) / (med(col(lo, "hj_random")) or 1)
+    startup_growth = (med(col(hi, "hj_nosampler")) or 0) / (med(col(lo, "hj_nosampler")) or 1)
     target = {
-        "target": f"hj per-trial overhead at {hi} <= 1.5x at {lo} (no sampler)",
+        "target": f"hj per-trial overhead at {hi} <= 1.2x at {lo} (RandomSampler: apart from the sampler)",
         "value": hj_growth,
-        "goal": 1.5,
-        "met": hj_growth <= 1.5,
+        "goal": 1.2,
+        "met": hj_growth <= 1.2,
+        "tpe_startup_phase_growth": startup_growth,
     }
     seq = med(col(lo, "sqlite_random"))
     text = (
@@ -215,6 +234,7 @@ def main() -> None:
         + "\n\nApart from the sampler (ms/trial minus the measured sampler time; hparam_joblib's no-sampler run):\n\n"
         + markdown_table(["series", f"at {lo}", f"at {hi}", "growth"], net_rows)
         + f"\n\nTarget: {target['target']}: measured x{hj_growth:.2f} -> {'met' if target['met'] else '**not met**'}"
+        + f" (TPE start-up phase, whose suggest calls count the study's finished trials: x{startup_growth:.2f})"
     )
     payload = {
         "script": "overhead.py",
