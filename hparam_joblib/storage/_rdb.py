@@ -264,11 +264,16 @@ class SearchStorage(RDBStorage):
         # A worker opens a schema the launcher created and checked: Optuna's version manager
         # (which imports alembic, 0.15 s per process, and reads two tables) is built only if used.
         # The launcher's checks a schema at this Optuna's head with two plain reads.
-        self._retry(
-            lambda: _with_version_manager(init, _CheckedVersionManager if create_tables else _LazyVersionManager),
-            write=create_tables,  # workers only open the file: no need to queue as writers
-            setup=create_tables,
-        )
+        try:
+            self._retry(
+                lambda: _with_version_manager(init, _CheckedVersionManager if create_tables else _LazyVersionManager),
+                write=create_tables,  # workers only open the file: no need to queue as writers
+                setup=create_tables,
+            )
+        except BaseException:  # e.g. a schema of an older Optuna: release the file before raising
+            if getattr(self, "engine", None) is not None:
+                self.engine.dispose()
+            raise
         if heartbeat_interval is not None and not self.is_sqlite:
             # Set after construction: Optuna's constructor wants whole seconds and warns.
             self.heartbeat_interval = heartbeat_interval  # type: ignore[assignment]

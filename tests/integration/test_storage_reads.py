@@ -5,6 +5,7 @@ RDBStorage returns."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,14 @@ def test_incremental_read_is_primary_key_searches_and_matches_optuna(tmp_path: P
     if worker._version_conn is not None:  # the data_version connection
         worker._version_conn.close()
     worker.engine.dispose()
-    launcher.engine.dispose()
+    _dispose(launcher)
+
+
+def _dispose(storage: Any) -> None:
+    """Close what a storage holds: its data_version connection and its engine's pool."""
+    if storage._version_conn is not None:
+        storage._version_conn.close()
+    storage.engine.dispose()
 
 
 def test_a_worker_opens_the_file_without_alembic_and_the_version_is_still_answered(tmp_path: Path) -> None:
@@ -69,7 +77,7 @@ def test_a_worker_opens_the_file_without_alembic_and_the_version_is_still_answer
     launcher = open_storage(location, create_tables=True)
     optuna.create_study(storage=launcher, study_name="s").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     head = launcher.get_head_version()
-    launcher.engine.dispose()
+    _dispose(launcher)
     code = f"""
 import sys
 from hparam_joblib.storage import StorageLocation, open_storage
@@ -101,7 +109,7 @@ def test_the_launcher_checks_a_stamped_schema_without_alembic_and_an_old_one_sti
     first = open_storage(location, create_tables=True)  # a new file: Optuna's manager stamps it
     optuna.create_study(storage=first, study_name="s")
     head = first.get_head_version()  # alembic's ScriptDirectory
-    first.engine.dispose()
+    _dispose(first)
     code = f"""
 import sys
 from hparam_joblib.storage import StorageLocation, open_storage
@@ -112,8 +120,9 @@ print("alembic" in sys.modules)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False"]
 
-    with sqlite3.connect(db) as conn:  # as if made by an older Optuna
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # as if made by an older Optuna
         conn.execute("UPDATE alembic_version SET version_num = 'v3.0.0.d'")
+        conn.commit()
     assert head != "v3.0.0.d"
     with pytest.raises(RuntimeError, match="optuna storage upgrade"):
         open_storage(location, create_tables=True)
@@ -132,7 +141,7 @@ def test_a_new_file_gets_the_version_rows_optuna_writes_and_plain_optuna_opens_i
     optuna.storages.RDBStorage(f"sqlite:///{theirs}").engine.dispose()
 
     def rows(db: Path) -> tuple[list[Any], list[Any], list[str]]:
-        with sqlite3.connect(db) as conn:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
             tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
             return (conn.execute("SELECT * FROM version_info").fetchall(),
                     conn.execute("SELECT * FROM alembic_version").fetchall(), tables)
