@@ -234,11 +234,11 @@ class TrialProcess:
 
     def close(self, grace: float = _EXIT_GRACE_SECONDS) -> None:
         """Ask the process to exit; kill it past ``grace`` seconds (also when it is busy)."""
-        proc, conn = self.proc, self.conn
+        proc, conn, ready = self.proc, self.conn, self.ready
         self.proc, self.conn, self.ready = None, None, False
         if proc is None:
             return
-        if not self.ready:  # still loading the script (no trial needed it): no need to wait
+        if not ready:  # still loading the script (no trial needed it): no need to wait
             grace = 0.0
         elif conn is not None:
             try:

@@ -295,3 +295,35 @@ def test_search_started_at_import_time_fails_clearly(project: Project) -> None:
     assert [r["state"] for r in rows] == ["PRUNED", "PRUNED"], done.stderr
     assert "if __name__ == \"__main__\":" in rows[0]["user_attrs"]["failure_reason"]
     assert os.path.exists(project.root / "optuna_studies" / "exp_t" / "process_w000.log")
+
+
+ATEXIT_SCRIPT = '''
+import atexit, os
+from hparam_joblib import hparam_search
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+atexit.register(lambda: open(os.path.join(HERE, f"atexit_{os.getpid()}"), "w").close())
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    with open(os.path.join(HERE, "trial_pids.txt"), "a") as fh:
+        fh.write(f"{os.getpid()}\\n")
+    return config["x"]
+
+if __name__ == "__main__":
+    train()
+'''
+
+
+def test_trial_processes_exit_cleanly_at_the_end_and_run_atexit_handlers(project: Project) -> None:
+    """At the end of the search each warm trial process is asked to exit, not killed: what the
+    script registered with atexit (a logger's flush, a tracker's finish) runs in every one."""
+    project.script.write_text(ATEXIT_SCRIPT)
+    _config(project, 2, 6)
+    done = project.run()
+    assert done.returncode == 0, done.stderr
+    assert states(project.db("exp_t")) == {"COMPLETE": 6}
+    pids = set((project.root / "trial_pids.txt").read_text().split())
+    assert len(pids) == 2
+    ran = {p.name.split("_", 1)[1] for p in project.root.glob("atexit_*")}
+    assert pids <= ran  # (the launcher's own atexit file is there too)
