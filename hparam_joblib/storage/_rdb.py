@@ -68,6 +68,11 @@ _RETRIED_METHODS = (
 )
 
 
+_STUDY_FOR_UPDATE = _STUDY_EXISTS.with_for_update()
+_BUDGET_TAKEN = select(func.count(_T.c.trial_id)).where(
+    _T.c.study_id == bindparam("sid"), _T.c.state.in_(list(BUDGET_STATES))
+)
+
 _HAS_WAITING = (
     select(_T.c.trial_id).where(_T.c.study_id == bindparam("sid"), _T.c.state == TrialState.WAITING).limit(1)
 )
@@ -416,14 +421,12 @@ class SearchStorage(RDBStorage):
         with _create_scoped_session(self.scoped_session) as session:
             # Locks the study row on servers; on SQLite the first write takes the file lock, and
             # SQLite's serialisable isolation turns a stale count into a lock error we retry.
-            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+            # (Core statements: this runs while the write lock is held, so its Python is short.)
+            conn = session.connection()
+            if conn.execute(_STUDY_FOR_UPDATE, {"sid": study_id}).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)
             if self.budget is not None:
-                taken = (
-                    session.query(func.count(models.TrialModel.trial_id))
-                    .filter(models.TrialModel.study_id == study_id)
-                    .filter(models.TrialModel.state.in_(BUDGET_STATES))
-                    .scalar()
-                )
+                taken = int(conn.execute(_BUDGET_TAKEN, {"sid": study_id}).scalar() or 0)
                 if taken >= self.budget:
                     raise BudgetExhausted(f"{taken} of {self.budget} trials taken")
             trial = self._get_prepared_new_trial(study_id, template_trial, session)
