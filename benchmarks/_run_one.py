@@ -57,6 +57,19 @@ def read_trials(db: str) -> list[dict[str, Any]]:
     return [{"number": n, "state": s, "start": ts(a), "complete": ts(b)} for n, s, a, b in rows]
 
 
+def study_trials(study: Any) -> list[dict[str, Any]]:
+    """``read_trials``'s rows, from a study object (in-memory or journal storage: no SQLite file)."""
+    return [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "start": t.datetime_start.timestamp() if t.datetime_start else None,
+            "complete": t.datetime_complete.timestamp() if t.datetime_complete else None,
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
+
+
 def load_yaml_config(path: str, overrides: dict[str, Any]) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
         raw = yaml.safe_load(handle)
@@ -230,15 +243,7 @@ def run_optuna_in_process(spec: dict[str, Any]) -> dict[str, Any]:
         "phase_first": phase_first,
     }
     if storage is None:
-        out["trials"] = [
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "start": t.datetime_start.timestamp() if t.datetime_start else None,
-                "complete": t.datetime_complete.timestamp() if t.datetime_complete else None,
-            }
-            for t in study.get_trials(deepcopy=False)
-        ]
+        out["trials"] = study_trials(study)
     if sampler_s:
         out["sampler_s"] = sampler_s
     return out
@@ -423,15 +428,7 @@ def run_optuna_procs(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if spec["framework"] == "optuna_journal":
         study = optuna.load_study(study_name=_study_name(spec, raw), storage=_recipe_storage(spec))
-        out["trials"] = [
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "start": t.datetime_start.timestamp() if t.datetime_start else None,
-                "complete": t.datetime_complete.timestamp() if t.datetime_complete else None,
-            }
-            for t in study.get_trials(deepcopy=False)
-        ]
+        out["trials"] = study_trials(study)
         Path(_journal_path(spec)).unlink(missing_ok=True)
     return out
 
