@@ -88,6 +88,10 @@ class FlockLock(BaseJournalFileLock):
                 self._pid = os.getpid()
             self._lock()
         except BaseException:
+            # A Ctrl-C raised just after flock() returned must not leave it held for the life
+            # of this process (unlocking a lock not taken is a no-op).
+            if self._fd >= 0 and self._pid == os.getpid():
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._thread.release()
             raise
         self._depth = 1

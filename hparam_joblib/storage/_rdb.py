@@ -332,10 +332,13 @@ class SearchStorage(RDBStorage):
         self._tx.write = outer or write
         self._tx.depth = nested + 1
         locked = write and not outer and self._write_lock is not None
-        if locked:
-            assert self._write_lock is not None
-            self._write_lock.acquire()
         try:
+            if locked:
+                # Inside the try: a Ctrl-C (KeyboardInterrupt) raised just after flock() returned
+                # must not leave the lock held for the life of this process (a notebook kernel:
+                # the next search would wait on it forever). Releasing a lock not taken is a no-op.
+                assert self._write_lock is not None
+                self._write_lock.acquire()
             return self._retry_loop(call, start, attempt, setup, after_lost_commit)
         finally:
             if locked:

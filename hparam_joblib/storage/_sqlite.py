@@ -84,7 +84,8 @@ class _WriteLock:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        if self.fd >= 0 and self.pid == os.getpid():  # flock(LOCK_UN) of a lock not held: no-op
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
 def sqlite_preflight(db_path: Path, study_name: str, direction: str | Sequence[str]) -> bool:

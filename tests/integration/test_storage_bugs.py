@@ -225,3 +225,46 @@ def test_a_database_without_the_whole_schema_yet_is_a_new_study(project: Project
     run = project.run()
     assert run.returncode == 0, run.stderr[-3000:]
     assert states(db) == {"COMPLETE": 3}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_ctrl_c_just_after_the_write_lock_is_taken_does_not_keep_it(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt raised the moment flock() returns (Ctrl-C, a notebook's stop button)
+    leaves the file's write lock free: before, the launcher (a notebook kernel) kept it, and the
+    next search in that kernel waited on it forever."""
+    import fcntl
+
+    from hparam_joblib.storage import _journal, _sqlite
+
+    if kind == "sqlite":
+        location = StorageLocation.sqlite(tmp_path / "study.db")
+        lock_file = str(tmp_path / "study.db") + ".lock"
+        module: Any = _sqlite
+    else:
+        location = StorageLocation("journal", path=str(tmp_path / "study.journal"))
+        lock_file = str(tmp_path / "study.journal") + _journal.LOCK_SUFFIX
+        module = _journal
+    prepare(location, RetryPolicy())
+    storage: Any = open_storage(location, create_tables=True)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
+    real_flock = fcntl.flock
+
+    def interrupted(fd: int, op: int) -> None:
+        real_flock(fd, op)
+        if op & fcntl.LOCK_EX:
+            raise KeyboardInterrupt  # delivered right after the lock was taken
+
+    monkeypatch.setattr(module.fcntl, "flock", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        storage.set_study_user_attr(study_id, "k", 1)
+    monkeypatch.setattr(module.fcntl, "flock", real_flock)
+    probe = subprocess.run(  # another process takes the lock at once
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+         "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')", lock_file],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert probe.stdout.strip() == "free", probe.stderr
+    storage.set_study_user_attr(study_id, "k", 2)  # and this process writes again
+    assert storage.get_study_user_attrs(study_id) == {"k": 2}
