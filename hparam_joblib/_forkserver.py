@@ -108,11 +108,6 @@ def start() -> None:
         _SERVER.ensure_running()
 
 
-def server_pid() -> int | None:
-    """The running server's pid, or None."""
-    return _SERVER._forkserver_pid if _AVAILABLE else None
-
-
 def launcher_gone() -> bool:
     """In a worker forked from the server: has the launcher ended (or the server died)?
 
