@@ -119,6 +119,47 @@ def wait_for(predicate: Callable[[], Any], timeout: float, poll: float = 0.05) -
     pytest.fail("condition not reached in time")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children first found through /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            found.append(child)
+            frontier.append(child)
+    return found
+
+
+def dump_processes(root: int) -> str:
+    """What ``root`` and its descendants are doing: state, kernel wait channel, command line and,
+    when py-spy is installed (the dev extra), each Python process's stacks. For the failure
+    message of a test that timed out waiting on them (a hang is otherwise a bare timeout)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    lines = []
+    for pid in [root, *descendants(root)]:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+        except OSError:
+            continue
+        lines.append(f"--- pid {pid} state {_state(pid)} wchan {wchan}: {cmd[:200]}")
+        if spy.exists():
+            try:
+                out = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True,
+                                     timeout=60)
+                lines.append(out.stdout.strip() or out.stderr.strip())
+            except (OSError, subprocess.TimeoutExpired) as err:
+                lines.append(f"py-spy: {err}")
+    return "\n".join(lines)
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

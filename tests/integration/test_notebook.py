@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, dump_processes, wait_for
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -35,6 +35,34 @@ def _client(nb: Any, cwd: Path) -> Any:
     return nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
     )
+
+
+def _run_cell(client: Any, cell: Any, index: int, db: Path, limit: float = 240) -> None:
+    """``client.execute_cell``, but a cell still running after ``limit`` s fails the test with what
+    every process of the kernel was doing (their stacks), the study's states and the cell's output
+    so far, and the kernel is killed; a bare timeout says nothing about a hang."""
+    done = threading.Event()
+    found: list[str] = []
+
+    def watch() -> None:
+        if done.wait(limit):
+            return
+        kernel = client.km.provisioner.process.pid
+        found.append(f"states {_states(db) if db.exists() else None}\noutput so far:\n{_texts(cell)}\n"
+                     + dump_processes(kernel))
+        os.kill(kernel, 9)
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        client.execute_cell(cell, index)
+    except Exception:
+        if found:
+            pytest.fail(f"cell {index} still ran after {limit:g} s:\n{found[0]}")
+        raise
+    finally:
+        done.set()
+    if found:
+        pytest.fail(f"cell {index} still ran after {limit:g} s:\n{found[0]}")
 
 
 def _texts(cell: Any) -> str:
@@ -154,7 +182,7 @@ def test_kernel_interrupt_stops_the_workers_and_the_cell_resumes(tmp_path: Path)
 
         thread = threading.Thread(target=interrupt, daemon=True)
         thread.start()
-        client.execute_cell(nb.cells[2], 2)
+        _run_cell(client, nb.cells[2], 2, db)
         ended = time.monotonic()
         thread.join(10)
         assert "at" in sent, "the interrupt was never sent"
@@ -170,7 +198,7 @@ def test_kernel_interrupt_stops_the_workers_and_the_cell_resumes(tmp_path: Path)
         wait_for(lambda: not [p for p in _kernel_children(kernel_pid) if _is_trial_process(p)], 30)
         again = nbformat.v4.new_code_cell(SLOW_CELLS[2] + "\n" + SLOW_CELLS[3])
         nb.cells.append(again)
-        client.execute_cell(again, 4)
+        _run_cell(client, again, 4, db)
     final = _states(db)
     assert final.get("COMPLETE", 0) == 12, final
     assert "RUNNING" not in final and set(final) <= {"COMPLETE", "FAIL"}, final
