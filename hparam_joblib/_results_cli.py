@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from hparam_joblib._results import StudyData
 
 PROG = "hparam-joblib"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 PLOTS_INSTALL = 'pip install "hparam_joblib[plots]"'
 DASHBOARD_INSTALL = 'pip install "hparam_joblib[dashboard]"'
 
@@ -212,17 +211,19 @@ def open_database(text: str) -> Database:
         raise StorageError(text, "no such file")
     if path.is_dir():
         raise StorageError(text, "is a directory, not a database file")
+    # Not read with open(): closing it would drop this process's SQLite locks on the file
+    # (sqlite_file_kind); only a file that is not SQLite is read as a journal.
+    from hparam_joblib.storage import sqlite_file_kind
+
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(SQLITE_MAGIC))
-    except OSError as err:
-        raise StorageError(text, f"cannot read the file ({err.strerror or err})") from err
-    if head != SQLITE_MAGIC and head[:1] == b"{":
+        kind = sqlite_file_kind(path) if path.stat().st_size > 0 else "other"
+    except (OSError, sqlite3.Error) as err:
+        raise StorageError(text, f"cannot read the file ({getattr(err, 'strerror', None) or err})") from err
+    if kind == "other":
         from hparam_joblib.storage import is_journal_file
 
-        if is_journal_file(path):
+        if path.stat().st_size > 0 and is_journal_file(path):
             return _open_journal(text, path)
-    if head != SQLITE_MAGIC:
         raise StorageError(text, "is not a SQLite database (expected a study .db file written by a search)")
     path = path.resolve()
     last: sqlite3.Error | None = None

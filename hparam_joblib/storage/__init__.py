@@ -60,6 +60,7 @@ from hparam_joblib.storage._owners import (
 from hparam_joblib.storage._postgresql import driver_url, server_engine, server_problem
 from hparam_joblib.storage._rdb import SearchStorage
 from hparam_joblib.storage._retry import RetryPolicy, server_transient
+from hparam_joblib.storage._sqlite import sqlite_file_kind
 
 __all__ = [
     "BUDGET_STATES",
@@ -96,5 +97,6 @@ __all__ = [
     "server_engine",
     "server_problem",
     "server_transient",
+    "sqlite_file_kind",
     "sqlite_url",
 ]

@@ -88,6 +88,36 @@ class _WriteLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
+def sqlite_file_kind(path: Path) -> str:
+    """``"sqlite"`` (a SQLite database; an empty file is one), ``"damaged"`` (SQLite's header but
+    SQLite cannot read it) or ``"other"`` (not SQLite: text, a journal, anything else).
+
+    Asked through SQLite first, never by reading the header with ``open()``: closing any
+    descriptor of a file drops every POSIX lock this process holds on it, SQLite's included. A
+    live connection of this process (the previous search's in a notebook kernel, or the user's
+    own ``optuna.load_study``) would go on as if it held its lock, so another process closing its
+    last connection deletes the WAL under it: its reads freeze at that moment and its next write
+    corrupts the file. SQLite's own opens are safe (it keeps a descriptor open while the process
+    holds locks on the file). Only a file SQLite refuses, which no connection can be using, is
+    read directly. ``immutable=1``: no lock taken, no -wal/-shm file, nothing written.
+
+    Raises:
+        sqlite3.Error: SQLite cannot open the file (for another reason than its content).
+    """
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as err:
+        if "not a database" not in str(err):
+            raise
+    else:
+        return "sqlite"
+    finally:
+        conn.close()
+    with open(path, "rb") as handle:
+        return "damaged" if handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC else "other"
+
+
 def sqlite_preflight(db_path: Path, study_name: str, direction: str | Sequence[str]) -> bool:
     """Check the save directory and an existing database without changing anything.
 
@@ -112,11 +142,13 @@ def sqlite_preflight(db_path: Path, study_name: str, direction: str | Sequence[s
         raise StorageError(str(db_path), "is a directory, not a database file")
     if not os.access(db_path, os.R_OK | os.W_OK):
         raise StorageError(str(db_path), "database file is not readable and writable")
-    with open(db_path, "rb") as handle:
-        head = handle.read(16)
-    if not head:
+    if db_path.stat().st_size == 0:
         return False
-    if head != SQLITE_MAGIC:
+    try:
+        kind = sqlite_file_kind(db_path)
+    except sqlite3.Error as err:
+        raise StorageError(str(db_path), f"cannot read the database ({err})") from err
+    if kind == "other":
         raise StorageError(str(db_path), "exists but is not a SQLite database; move it or pick another tag")
     try:
         # Without a -wal file the database is fully checkpointed: open it immutable so that not

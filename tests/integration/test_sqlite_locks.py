@@ -1,0 +1,84 @@
+"""Reading a study file must not drop this process's SQLite locks on it.
+
+Closing any descriptor of a file drops every POSIX lock the process holds on that file, SQLite's
+included. A notebook kernel holds connections to the study (the previous search's, or the user's
+own ``optuna.load_study``) when it runs the next search, whose pre-flight used to read the file's
+header with ``open()``. Another process closing its last connection then deleted the WAL under
+the kernel's connections: their reads froze (the re-run cell waited forever for trials it could
+not see) and their next write corrupted the file. Real SQLite files, real processes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hparam_joblib._results_cli import open_database
+from hparam_joblib.storage._sqlite import sqlite_preflight
+
+READERS: dict[str, Callable[[Path], object]] = {
+    "search pre-flight": lambda db: sqlite_preflight(db, "s", "minimize"),
+    "results commands": lambda db: open_database(str(db)),
+}
+
+
+def _other_process(db: Path, code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", f"import sqlite3, sys, time\nc = sqlite3.connect({str(db)!r}, isolation_level=None)\n{code}"],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_reading_the_file_keeps_this_process_s_locks(tmp_path: Path, reader: str) -> None:
+    db = tmp_path / "s.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    optuna.create_study(storage=storage, study_name="s")
+    storage.engine.dispose()
+    ours = sqlite3.connect(db, isolation_level=None)  # e.g. the notebook's previous search
+    ours.execute("PRAGMA journal_mode=WAL")
+    ours.execute("CREATE TABLE t (x INTEGER)")
+    ours.execute("INSERT INTO t VALUES (1)")
+
+    READERS[reader](db)
+
+    # Another process reads and closes its only connection (a dashboard, a status command).
+    assert _other_process(db, "c.execute('SELECT COUNT(*) FROM t').fetchall(); c.close()").wait(60) == 0
+    assert Path(f"{db}-wal").exists(), "the WAL was deleted under this process's live connection"
+    # A long-lived writer (the next search's worker) commits while ours stays open.
+    writer = _other_process(db, "c.executemany('INSERT INTO t VALUES (?)', [(2,)] * 5)\nprint('ok', flush=True)\n"
+                                "time.sleep(30)")
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ok"
+        assert ours.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 6  # froze at 1 before the fix
+        ours.execute("INSERT INTO t VALUES (3)")
+    finally:
+        writer.kill()
+        writer.wait(60)
+    ours.close()
+    check = sqlite3.connect(db)
+    try:
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert check.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 7
+    finally:
+        check.close()
+
+
+def test_a_file_that_is_not_sqlite_is_still_refused(tmp_path: Path) -> None:
+    """The header is now checked by SQLite: text, or anything else, is refused as before."""
+    from hparam_joblib._errors import StorageError
+
+    bad = tmp_path / "s.db"
+    bad.write_text("not a database, just text long enough to fill a SQLite header and more\n" * 3)
+    with pytest.raises(StorageError, match="exists but is not a SQLite database"):
+        sqlite_preflight(bad, "s", "minimize")
+    with pytest.raises(StorageError, match="is not a SQLite database"):
+        open_database(str(bad))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]  # no -wal/-shm side files
