@@ -181,58 +181,63 @@ def _run_search(
     preflight(location, cfg.study_name, list(cfg.directions))
     prepare(location, policy)
     storage = open_storage(location, create_tables=True, policy=policy, heartbeat_interval=cfg.heartbeat_interval)
-    storage.add_budget_index()
-    storage.family = os.getpid()
-    # The pruner is not stored in the database: each worker builds its own (it is consulted by
-    # the worker whose trial reports), so the launcher's study needs none.
-    study = optuna.create_study(
-        storage=cast(BaseStorage, storage), study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
-    )
-    # Again after creation: a launch that created the study between our pre-flight and here.
-    check_directions(location.display, cfg.study_name, [d.name.lower() for d in study.directions],
-                     list(cfg.directions))
-    study_id = study._study_id
-    run_id = uuid.uuid4().hex[:12]
-    work, n_retired = _begin_run(cfg, storage, study_id, run_id, location, retry_failed)
-    if cfg.enqueue:
-        _enqueue(study, storage, work)
+    try:
+        storage.add_budget_index()
+        storage.family = os.getpid()
+        # The pruner is not stored in the database: each worker builds its own (it is consulted by
+        # the worker whose trial reports), so the launcher's study needs none.
+        study = optuna.create_study(
+            storage=cast(BaseStorage, storage), study_name=cfg.study_name, directions=_directions(cfg), load_if_exists=True
+        )
+        # Again after creation: a launch that created the study between our pre-flight and here.
+        check_directions(location.display, cfg.study_name, [d.name.lower() for d in study.directions],
+                         list(cfg.directions))
+        study_id = study._study_id
+        run_id = uuid.uuid4().hex[:12]
+        work, n_retired = _begin_run(cfg, storage, study_id, run_id, location, retry_failed)
+        if cfg.enqueue:
+            _enqueue(study, storage, work)
 
-    reports: list[WorkerReport] = []
-    interrupted = 0
-    stop_state = None
-    time_limit = None
-    if run_seconds is None and cfg.stop.active:  # the search's own stop rules (not --tune-n-jobs)
-        time_limit = cfg.stop.timeout
-        stop_state = _StopState(run_id, cfg.stop, None if time_limit is None else time.time() + time_limit)
-    tracking = None
-    if n_finished(storage.count_states(study_id)) < work.n_trials:
-        if cfg.mlflow is not None:
-            tracking = start_parent(cfg.mlflow, cfg.study_name, storage, study_id, cfg.n_trials)
-        deadline = None if time_limit is None else time.time() + time_limit
-        if stop_state is not None:
-            stop_state.deadline = deadline
-        interrupted = _supervise(
-            function, work, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
-            backend=backend, retired=n_retired, log_dir=log_dir_for(cfg, save_dir).resolve(),
-            stop_state=stop_state, tracking=tracking, run_seconds=run_seconds,
+        reports: list[WorkerReport] = []
+        interrupted = 0
+        stop_state = None
+        time_limit = None
+        if run_seconds is None and cfg.stop.active:  # the search's own stop rules (not --tune-n-jobs)
+            time_limit = cfg.stop.timeout
+            stop_state = _StopState(run_id, cfg.stop, None if time_limit is None else time.time() + time_limit)
+        tracking = None
+        if n_finished(storage.count_states(study_id)) < work.n_trials:
+            if cfg.mlflow is not None:
+                tracking = start_parent(cfg.mlflow, cfg.study_name, storage, study_id, cfg.n_trials)
+            deadline = None if time_limit is None else time.time() + time_limit
+            if stop_state is not None:
+                stop_state.deadline = deadline
+            interrupted = _supervise(
+                function, work, location, storage, study_id, run_id, policy, reports, show_progress, deadline,
+                backend=backend, retired=n_retired, log_dir=log_dir_for(cfg, save_dir).resolve(),
+                stop_state=stop_state, tracking=tracking, run_seconds=run_seconds,
+            )
+        else:
+            errors = count_errors(storage, study_id, exclude=retired(storage, study_id))
+            hint = (
+                f"; {errors} of them failed by an error: after fixing the code, run the same command "
+                "with --retry-failed to re-run those" if errors else ""
+            )
+            logger.info(
+                "study %s already holds %d finished trials; nothing to run%s", cfg.study_name, cfg.n_trials, hint
+            )
+        result = _result(
+            study, storage, cfg, location, started, reports, interrupted, n_retired, log_dir_for(cfg, save_dir)
         )
-    else:
-        errors = count_errors(storage, study_id, exclude=retired(storage, study_id))
-        hint = (
-            f"; {errors} of them failed by an error: after fixing the code, run the same command "
-            "with --retry-failed to re-run those" if errors else ""
-        )
-        logger.info(
-            "study %s already holds %d finished trials; nothing to run%s", cfg.study_name, cfg.n_trials, hint
-        )
-    result = _result(
-        study, storage, cfg, location, started, reports, interrupted, n_retired, log_dir_for(cfg, save_dir)
-    )
-    if stop_state is not None and not interrupted and result.n_finished < cfg.n_trials:
-        result = dataclasses.replace(result, stop_reason=stop_state.summary())
-    if tracking is not None:
-        finish_parent(tracking, dict(result.counts), result.best_value, result.interrupted)
-    return result
+        if stop_state is not None and not interrupted and result.n_finished < cfg.n_trials:
+            result = dataclasses.replace(result, stop_reason=stop_state.summary())
+        if tracking is not None:
+            finish_parent(tracking, dict(result.counts), result.best_value, result.interrupted)
+        return result
+    finally:
+        # The kernel of a notebook runs the next search in this process: no connection of this
+        # one stays open (they would wait for the garbage collector).
+        storage.close()
 
 
 def _begin_run(

@@ -641,6 +641,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     trials: TrialProcess | None = None
     tracker: TrialLogger | None = None
     threads = 0
+    storage: StudyStore | None = None
     gate = _startup_gate(task)
     if not cfg.gpus and gate is None:  # the trial process warms up while the storage and the study load
         trials, threads = _start_trial_process(task, None)
@@ -690,6 +691,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
             tracker.close()
         if lease is not None:
             lease.release()
+        if storage is not None:
+            storage.close()  # a reused loky worker keeps no connection of a finished search
 
 
 def _skip_empty_waiting_reads(study: optuna.Study, storage: StudyStore) -> None:

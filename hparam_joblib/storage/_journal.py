@@ -97,6 +97,12 @@ class FlockLock(BaseJournalFileLock):
         self._depth = 1
         return True
 
+    def close(self) -> None:
+        """Close this process's lock file (held or not: closing it releases the flock)."""
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd, self._pid = -1, -1
+
     def _lock(self) -> None:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -279,6 +285,10 @@ class JournalSearchStorage(JournalStorage):
         trial = copy.deepcopy(trial)
         trial.user_attrs = {**trial.user_attrs, **pending}
         return trial
+
+    def close(self) -> None:
+        """Release this process's lock file (the log itself is opened per append)."""
+        self._flock.close()
 
     def flush_trial(self, trial_id: int) -> None:
         """Write the attrs buffered so far (the trial's config) in one append, before it runs."""

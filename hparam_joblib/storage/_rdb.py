@@ -727,6 +727,19 @@ class SearchStorage(RDBStorage):
             if items:
                 _upsert_attrs(conn, table, trial_id, items)
 
+    def close(self) -> None:
+        """Close this process's connections to the database (the pool, the data_version one, the
+        writers' lock file). A search's launcher and workers call it when they are done: a
+        notebook kernel or a reused loky worker otherwise keeps them open until the garbage
+        collector finds them, and open connections are what a careless read of the file in the
+        same process (a plain ``open()``/``close()``) would strip of their locks."""
+        self.engine.dispose()
+        if self._version_conn is not None and self._version_pid == os.getpid():
+            self._version_conn.close()
+        self._version_conn, self._version_pid = None, -1
+        if self._write_lock is not None:
+            self._write_lock.close()
+
     def flush_trial(self, trial_id: int) -> None:
         """Write the buffered params and attrs of a running trial of ours in one transaction."""
         pending = self._pending.pop(trial_id, None)

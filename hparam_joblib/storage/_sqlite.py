@@ -87,6 +87,12 @@ class _WriteLock:
         if self.fd >= 0 and self.pid == os.getpid():  # flock(LOCK_UN) of a lock not held: no-op
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
+    def close(self) -> None:
+        """Close this process's lock file (releases the lock if held)."""
+        if self.fd >= 0 and self.pid == os.getpid():
+            os.close(self.fd)
+        self.fd, self.pid = -1, -1
+
 
 def sqlite_file_kind(path: Path) -> str:
     """``"sqlite"`` (a SQLite database; an empty file is one), ``"damaged"`` (SQLite's header but

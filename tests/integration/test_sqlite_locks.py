@@ -10,6 +10,7 @@ not see) and their next write corrupted the file. Real SQLite files, real proces
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 
 from hparam_joblib._results_cli import open_database
 from hparam_joblib.storage._sqlite import sqlite_preflight
+from tests.conftest import Project, states
 
 READERS: dict[str, Callable[[Path], object]] = {
     "search pre-flight": lambda db: sqlite_preflight(db, "s", "minimize"),
@@ -82,3 +84,56 @@ def test_a_file_that_is_not_sqlite_is_still_refused(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="is not a SQLite database"):
         open_database(str(bad))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]  # no -wal/-shm side files
+
+
+TWO_SEARCHES = '''
+import json, os
+from hparam_joblib import hparam_search
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    return config["x"]
+
+def open_on_the_study():
+    """This process's descriptors on the study's files (the database, -wal, -shm, lock)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "exp_t.db" in target:
+            found.append(target)
+    return found
+
+if __name__ == "__main__":
+    first = train([])                          # a notebook cell
+    after_first = open_on_the_study()
+    second = train(["--set", "n_trials=8"])    # the next cell: more trials of the same study
+    print(json.dumps({"after_first": after_first, "after_second": open_on_the_study(),
+                      "counts": [first.counts, second.counts]}))
+'''
+
+TWO_SEARCHES_CONFIG = """
+experiment_name: exp
+tag: t
+direction: minimize
+n_jobs: 2
+n_trials: 4
+sampler: {type: random}
+sweep_parameters:
+  x: {type: float, low: 0.0, high: 1.0}
+"""
+
+
+def test_a_search_leaves_no_connection_open_in_the_calling_process(project: Project) -> None:
+    """After a search returns, the calling process (a notebook kernel) holds nothing open on the
+    study: the next search starts from a clean slate, and the user can move or delete the file."""
+    project.script.write_text(TWO_SEARCHES)
+    project.write_config(TWO_SEARCHES_CONFIG)
+    done = project.run()
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["after_first"] == [] and seen["after_second"] == [], seen
+    assert seen["counts"] == [{"COMPLETE": 4}, {"COMPLETE": 8}]
+    assert states(project.db("exp_t")) == {"COMPLETE": 8}
