@@ -419,6 +419,7 @@ def _supervise(
         raise StorageError(str(log_dir), f"cannot create the trial log directory ({err.strerror})") from err
     follower = LogFollower(log_dir, WORKERS_LOG, trials=cfg.trial_output == "terminal")
     deaths = _DeathCount(cfg.max_worker_deaths, n_finished(counts))
+    fruitless = EarlyEnds(2 * cfg.n_jobs + 5, location.display, cfg.n_trials)
     next_index = 0
 
     def start(n: int) -> None:
@@ -471,6 +472,8 @@ def _supervise(
                 # fired: start it again in the first two cases.
                 early = len(news.reports) if not timed and remaining > 0 and not stopping else 0
                 if early:
+                    if not backend.remote:  # a Dask loop also ends when its lease lapsed
+                        fruitless.check(news.reports, cfg.n_trials - remaining, storage)
                     logger.warning("%d worker loop(s) stopped before the study was done; starting again", early)
                 if remaining > 0 and news.lost + early:
                     start(min(news.lost + early, max(1, remaining)))
@@ -494,6 +497,53 @@ def _supervise(
         install_handlers(previous)
         progress.close()
         follower.close()
+
+
+class EarlyEnds:
+    """Loops that ended by themselves before the study was done, in the launcher's view, without
+    running a trial or the launcher's finished count moving: each one found the study done.
+
+    One now and then is a race (a loop saw the last trial finish just before the launcher's read).
+    Many in a row mean the launcher's reads of the file are stale: loops would be restarted for
+    ever. Then its connections are opened again once; if that does not help, the search stops
+    with one line (a file system that does not keep SQLite's locks, such as a network one).
+    """
+
+    def __init__(self, limit: int, db: str, budget: int) -> None:
+        self.limit = limit
+        self.db = db
+        self.budget = budget
+        self.row = 0
+        self.finished: int | None = None
+        self.reopened = False
+
+    def check(self, reports: list[WorkerReport], finished: int, storage: StudyStore) -> None:
+        """Count these ends.
+
+        Raises:
+            StorageError: still in a row after the launcher opened its connections again.
+        """
+        if any(r.trials_run for r in reports) or finished != self.finished:
+            self.row, self.finished = 0, finished
+            return
+        self.row += len(reports)
+        if self.row < self.limit:
+            return
+        self.row = 0
+        if not self.reopened:
+            self.reopened = True
+            logger.warning(
+                "%d worker loops in a row found the study done while this launcher reads %d of %d "
+                "trials finished: reading %s again over new connections", self.limit, finished, self.budget, self.db,
+            )
+            storage.close()
+            return
+        raise StorageError(
+            self.db,
+            f"worker loops keep finding the study done while the launcher reads {finished} of "
+            f"{self.budget} trials finished, even over new connections: its reads of the file are "
+            "stale (is it on a network file system? SQLite needs a local disk)",
+        )
 
 
 class _DeathCount:

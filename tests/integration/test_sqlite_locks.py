@@ -137,3 +137,39 @@ def test_a_search_leaves_no_connection_open_in_the_calling_process(project: Proj
     assert seen["after_first"] == [] and seen["after_second"] == [], seen
     assert seen["counts"] == [{"COMPLETE": 4}, {"COMPLETE": 8}]
     assert states(project.db("exp_t")) == {"COMPLETE": 8}
+
+
+def test_loops_that_keep_finding_the_study_done_reopen_then_stop_the_launcher(tmp_path: Path) -> None:
+    """The guard behind the stale reads above: loky loops that end one after another without a
+    trial while the launcher's finished count stands still make it read over new connections
+    once, then stop the search with one line, instead of restarting loops for ever."""
+    from hparam_joblib._errors import StorageError
+    from hparam_joblib._runner import EarlyEnds
+    from hparam_joblib._worker import WorkerReport
+    from hparam_joblib.storage import StorageLocation, open_storage, prepare
+    from hparam_joblib.storage._retry import RetryPolicy
+
+    location = StorageLocation.sqlite(tmp_path / "s.db")
+    prepare(location, RetryPolicy())
+    storage = open_storage(location, create_tables=True)
+    optuna.create_study(storage=storage, study_name="s")  # type: ignore[arg-type]
+    study_id = storage.get_study_id_from_name("s")
+    idle = [WorkerReport(pid=1, trials_run=0, lock_retries=0, lock_wait_seconds=0.0)]
+    busy = [WorkerReport(pid=1, trials_run=1, lock_retries=0, lock_wait_seconds=0.0)]
+    guard = EarlyEnds(4, location.display, 10)
+    for _ in range(3):
+        guard.check(idle, 2, storage)
+    guard.check(busy, 2, storage)   # a loop that ran a trial: not in a row
+    guard.check(idle, 3, storage)   # the count moved: not in a row
+    for _ in range(3):
+        guard.check(idle, 3, storage)
+    assert storage.count_states(study_id) == {}
+    assert storage.engine.pool.checkedin() > 0  # type: ignore[attr-defined]
+    guard.check(idle, 3, storage)   # the 4th in a row: new connections
+    assert storage.engine.pool.checkedin() == 0  # type: ignore[attr-defined]
+    assert storage.count_states(study_id) == {}  # and reads work again over them
+    for _ in range(3):
+        guard.check(idle, 3, storage)
+    with pytest.raises(StorageError, match=r"keep finding the study done while the launcher reads 3 of 10"):
+        guard.check(idle, 3, storage)
+    storage.close()
