@@ -220,8 +220,8 @@ def run_entry(
 
 def append_run(storage: Any, study_id: int, entry: Mapping[str, Any]) -> None:
     """Add ``entry`` to the study's run history and make its config the study's ``config``."""
-    runs = storage.get_study_user_attrs(study_id).get(RUNS_KEY)
-    runs = list(runs) if isinstance(runs, list) else []
-    runs.append(dict(entry))
-    storage.set_study_user_attr(study_id, RUNS_KEY, runs)
+    # One atomic step: launches of the study that start at once each keep their entry.
+    storage.update_study_user_attr(
+        study_id, RUNS_KEY, lambda runs: [*(runs if isinstance(runs, list) else []), dict(entry)]
+    )
     storage.set_study_user_attr(study_id, "config", entry["config"])

@@ -5,7 +5,7 @@ states that take a budget slot, and the owner system attr's key.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any, Protocol, TypeVar
 
 from optuna.trial import FrozenTrial, TrialState
@@ -62,6 +62,7 @@ class StudyStore(Protocol):
     def get_study_system_attrs(self, study_id: int) -> dict[str, Any]: ...
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]: ...
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None: ...
+    def update_study_user_attr(self, study_id: int, key: str, update: Callable[[Any], Any]) -> None: ...
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
     ) -> list[FrozenTrial]: ...

@@ -37,7 +37,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -252,6 +252,14 @@ class JournalSearchStorage(JournalStorage):
             self.created_trial_ids.add(trial_id)
         self.op_seconds.append(time.monotonic() - started)
         return trial_id
+
+    def update_study_user_attr(self, study_id: int, key: str, update: Callable[[Any], Any]) -> None:
+        """Set a study user attr to ``update(its value or None)`` under the log's lock: no other
+        writer's append comes between the read and the write."""
+        with self._thread_lock, self.backend.flock_held():
+            self._sync_with_backend()
+            current = self._replay_result.get_study(study_id).user_attrs.get(key)
+            JournalStorage.set_study_user_attr(self, study_id, key, update(current))
 
     def _counts(self, study_id: int) -> Counter[TrialState]:
         with self._thread_lock:

@@ -843,6 +843,25 @@ class SearchStorage(RDBStorage):
         with self.engine.begin() as conn:
             conn.exec_driver_sql(sql)
 
+    def update_study_user_attr(self, study_id: int, key: str, update: Callable[[Any], Any]) -> None:
+        """Set a study user attr to ``update(its value or None)`` in one write transaction: no
+        other writer comes between the read and the write (the run history of launches that
+        start at once). SQLite: the writers' lock and ``BEGIN IMMEDIATE``; a server: the study's
+        row locked ``FOR UPDATE`` first, as trial creation does."""
+        table = models.StudyUserAttributeModel.__table__
+
+        def once() -> None:
+            with self.engine.begin() as conn:
+                if conn.execute(_STUDY_FOR_UPDATE, {"sid": study_id}).first() is None:
+                    raise KeyError(models.NOT_FOUND_MSG)
+                where = (table.c.study_id == study_id, table.c.key == key)
+                row = conn.execute(select(table.c.value_json).where(*where)).first()
+                value = update(None if row is None else json.loads(row[0]))
+                conn.execute(table.delete().where(*where))
+                conn.execute(table.insert(), [{"study_id": study_id, "key": key, "value_json": json.dumps(value)}])
+
+        self._retry(once, write=True)
+
     def count_states(self, study_id: int) -> dict[str, int]:
         """``{state name: count}`` for the study, in one cheap query."""
 

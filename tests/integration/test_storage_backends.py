@@ -503,6 +503,9 @@ def test_concurrent_launches_of_one_study_cooperate(project: Project, store: Sto
     assert counts(study) == {"COMPLETE": 30}
     assert sorted(t.number for t in study.trials) == list(range(30))
     assert len({t.system_attrs[OWNER]["run"] for t in study.trials}) >= 2
+    # Each launch recorded its run: appending to the history is one atomic step, not a read
+    # and a write that another launch can come between (a lost entry).
+    assert len(study.user_attrs["runs"]) == 3, study.user_attrs["runs"]
 
 
 def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:

@@ -268,3 +268,45 @@ def test_ctrl_c_just_after_the_write_lock_is_taken_does_not_keep_it(
     assert probe.stdout.strip() == "free", probe.stderr
     storage.set_study_user_attr(study_id, "k", 2)  # and this process writes again
     assert storage.get_study_user_attrs(study_id) == {"k": 2}
+
+
+# -- the run history of launches that start at once ------------------------------------------------
+
+APPEND_RUNS = """
+import json, sys
+from hparam_joblib._history import append_run
+from hparam_joblib.storage import StorageLocation, open_storage
+spec, name, writer = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+storage = open_storage(StorageLocation(spec["kind"], path=spec["path"], url=spec["url"]))
+study_id = storage.get_study_id_from_name(name)
+for i in range(15):
+    append_run(storage, study_id, {"run": f"{writer}-{i}", "config": {"writer": writer}})
+storage.close()
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
+def test_launches_appending_to_the_run_history_at_once_keep_every_entry(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Every launch appends its run to the study's history (a user attr). Read, append and write
+    were three steps, so a launch that started at the same moment as another could overwrite
+    its entry: four processes appending 15 entries each now leave all 60."""
+    import json
+
+    location = _location(kind, tmp_path, request)
+    storage = _launcher_then_worker(location)
+    name = f"runs_{tmp_path.name}"[-60:]
+    optuna.create_study(storage=storage, study_name=name)
+    spec = json.dumps({"kind": location.kind, "path": location.path, "url": location.url})
+    writers = [
+        subprocess.Popen([sys.executable, "-c", APPEND_RUNS, spec, name, f"w{n}"], env=child_env(),
+                         stderr=subprocess.PIPE, text=True)
+        for n in range(4)
+    ]
+    for proc in writers:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+    runs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))["runs"]
+    assert sorted(r["run"] for r in runs) == sorted(f"w{n}-{i}" for n in range(4) for i in range(15))
+    storage.close()
