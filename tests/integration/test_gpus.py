@@ -65,7 +65,9 @@ def test_concurrent_trials_never_share_a_device(project: Project, backend: str, 
     for t in trials(db):
         by_process.setdefault(t["user_attrs"]["trial_pid"], set()).add(t["user_attrs"]["gpu"])
     assert all(len(devices) == 1 for devices in by_process.values()), by_process
-    assert len(by_process) == len(gpus)  # one warm process per worker, none replaced
+    # One warm process per worker, none replaced. (<=: on a loaded machine the last loop may pass
+    # the start-up gate after the others have taken every trial; it then runs none.)
+    assert 2 <= len(by_process) <= len(gpus), by_process
     usage = Counter(r["gpu"] for r in rows)
     print(f"{backend} gpus={gpus}: {n_trials} trials, device use {dict(usage)}, "
           f"peak concurrency {max_overlap(rows)}, no slot shared")
