@@ -216,13 +216,14 @@ def open_database(text: str) -> Database:
     from hparam_joblib.storage import sqlite_file_kind
 
     try:
-        kind = sqlite_file_kind(path) if path.stat().st_size > 0 else "other"
+        empty = path.stat().st_size == 0
+        kind = "other" if empty else sqlite_file_kind(path)
     except (OSError, sqlite3.Error) as err:
         raise StorageError(text, f"cannot read the file ({getattr(err, 'strerror', None) or err})") from err
     if kind == "other":
         from hparam_joblib.storage import is_journal_file
 
-        if path.stat().st_size > 0 and is_journal_file(path):
+        if not empty and is_journal_file(path):
             return _open_journal(text, path)
         raise StorageError(text, "is not a SQLite database (expected a study .db file written by a search)")
     path = path.resolve()

@@ -120,6 +120,12 @@ def sqlite_file_kind(path: Path) -> str:
         return "sqlite"
     finally:
         conn.close()
+    return _refused_kind(path)
+
+
+def _refused_kind(path: Path) -> str:
+    """For a file SQLite refused as "not a database" (so no connection can be using it, and
+    reading it directly is safe): ``"damaged"`` with SQLite's header, else ``"other"``."""
     with open(path, "rb") as handle:
         return "damaged" if handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC else "other"
 
@@ -150,12 +156,8 @@ def sqlite_preflight(db_path: Path, study_name: str, direction: str | Sequence[s
         raise StorageError(str(db_path), "database file is not readable and writable")
     if db_path.stat().st_size == 0:
         return False
-    try:
-        kind = sqlite_file_kind(db_path)
-    except sqlite3.Error as err:
-        raise StorageError(str(db_path), f"cannot read the database ({err})") from err
-    if kind == "other":
-        raise StorageError(str(db_path), "exists but is not a SQLite database; move it or pick another tag")
+    # The file is read through SQLite only (see sqlite_file_kind): a file it refuses is then
+    # told apart as not SQLite at all, or damaged.
     try:
         # Without a -wal file the database is fully checkpointed: open it immutable so that not
         # even -wal/-shm side files appear (bad input must leave the disk as it was).
@@ -176,6 +178,8 @@ def sqlite_preflight(db_path: Path, study_name: str, direction: str | Sequence[s
         finally:
             conn.close()
     except sqlite3.DatabaseError as err:
+        if "not a database" in str(err) and _refused_kind(db_path) == "other":
+            raise StorageError(str(db_path), "exists but is not a SQLite database; move it or pick another tag") from err
         raise StorageError(str(db_path), f"cannot read the database ({err})") from err
     if not rows:
         return False
