@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, dump_processes, wait_for
+from tests.conftest import REPO, _state, descendants, dump_processes, wait_for
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -140,22 +140,7 @@ sweep_parameters:
 
 def _kernel_children(pid: int) -> set[int]:
     """Every live descendant process of ``pid`` (workers, trial processes)."""
-    found: set[int] = set()
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == parent and fields[0] != "Z" and int(entry) not in found:
-                found.add(int(entry))
-                frontier.append(int(entry))
-    return found
+    return {p for p in descendants(pid) if _state(p) != "Z"}
 
 
 def test_kernel_interrupt_stops_the_workers_and_the_cell_resumes(tmp_path: Path) -> None:
