@@ -34,9 +34,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    count_descendants,
     CONFIG_DIR,
     base_parser,
+    count_descendants,
     fmt,
     fmt_spread,
     machine_info,

@@ -55,9 +55,9 @@ WORKLOADS = {"zero": "zero-work", "sleep": "sleep-bound (0.05 s)"}
 # -- one point, in a fresh process ----------------------------------------------------------------
 def child(spec: dict[str, Any]) -> None:
     """Run one search (``--child SPEC``) and print ``@@RESULT {...}``."""
+    import _workloads
     import cloudpickle
 
-    import _workloads
     from hparam_joblib import hparam_search
 
     cloudpickle.register_pickle_by_value(_workloads)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hparam_joblib._results_cli import main
+from hparam_joblib.results._cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

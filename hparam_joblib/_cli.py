@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from hparam_joblib._errors import UsageError
-from hparam_joblib._overrides import Override, parse_override
+from hparam_joblib.config._overrides import Override, parse_override
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hparam_joblib._errors import ConfigError, HparamError, UsageError
-from hparam_joblib._funcref import WRAPPED_ATTR
 from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._result import SearchResult
-from hparam_joblib._signals import install_handlers
-from hparam_joblib._trial_process import IN_TRIAL_PROCESS_ENV
+from hparam_joblib.runtime.launcher._signals import install_handlers
+from hparam_joblib.runtime.trial._funcref import WRAPPED_ATTR
+from hparam_joblib.runtime.trial._trial_process import IN_TRIAL_PROCESS_ENV
 
 if TYPE_CHECKING:
     from hparam_joblib._cli import ScriptArgs
-    from hparam_joblib._config import SearchConfig
+    from hparam_joblib.config._config import SearchConfig
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -52,9 +52,9 @@ def _check_signature(func: Callable[..., Any], source: str) -> None:
 
 
 def _dry_run_text(cfg: SearchConfig, save_dir: Path, why: str = "") -> str:
-    from hparam_joblib._runner import storage_display, threads_display
-    from hparam_joblib._space import describe_space
-    from hparam_joblib._yaml import dump_yaml
+    from hparam_joblib.config._space import describe_space
+    from hparam_joblib.config._yaml import dump_yaml
+    from hparam_joblib.runtime.launcher._runner import storage_display, threads_display
 
     direction = (
         f"directions: {list(cfg.directions)}" if cfg.multi_objective else f"direction: {cfg.direction}"
@@ -178,7 +178,7 @@ def hparam_search(
 def _tune(func: Callable[[dict[str, Any]], Any], cfg: SearchConfig, args: ScriptArgs) -> None:
     from loky import cpu_count
 
-    from hparam_joblib import _tune as tune
+    from hparam_joblib.runtime.launcher import _tune as tune
 
     ladder = list(args.tune_ladder) or tune.default_ladder(cpu_count(), cfg.n_jobs)
     print(
@@ -210,7 +210,7 @@ def _launch(
 
     args = parse_args(argv, prog=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None)
     if not (args.dry_run or args.best):
-        from hparam_joblib import _forkserver
+        from hparam_joblib.runtime.loops import _forkserver
 
         # The workers' preloaded server imports Optuna beside this process's own imports and
         # set-up (it runs no user code and writes nothing; it ends with this process).
@@ -218,10 +218,10 @@ def _launch(
 
     from loky import cpu_count  # joblib.cpu_count() is this (joblib itself costs 0.1 s to import)
 
-    from hparam_joblib._config import load_config, resolve_config_path
-    from hparam_joblib._progress import format_summary
-    from hparam_joblib._runner import run_search
-    from hparam_joblib._savedir import resolve_save_dir
+    from hparam_joblib.config._config import load_config, resolve_config_path
+    from hparam_joblib.config._savedir import resolve_save_dir
+    from hparam_joblib.runtime.launcher._progress import format_summary
+    from hparam_joblib.runtime.launcher._runner import run_search
 
     path = resolve_config_path(args.config or config_path, defining_file)
     cfg, notes = load_config(path, args.overrides, cpu_count())
@@ -233,7 +233,7 @@ def _launch(
         cfg = dataclasses.replace(cfg, verbosity=args.verbosity)  # type: ignore[arg-type]
     set_verbosity(cfg.verbosity)
     if args.best:
-        from hparam_joblib._retrain import retrain
+        from hparam_joblib.results._retrain import retrain
 
         retrain(func, cfg, save_dir, args.overrides)
         return None

@@ -13,8 +13,8 @@ import math
 import numbers
 from typing import Any
 
-from hparam_joblib import _trial_process
 from hparam_joblib._errors import HparamError
+from hparam_joblib.runtime.trial import _trial_process
 
 logger = logging.getLogger("hparam_joblib")
 _SAID: set[str] = set()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import closing
-
 import os
 import signal
 import sqlite3
@@ -12,11 +10,13 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests._pgserver import pg_url, postgres_server  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,6 @@ written with plain Optuna on a SQLite file.
 
 from __future__ import annotations
 
-from contextlib import closing
-
 import csv
 import hashlib
 import json
@@ -22,6 +20,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -64,7 +63,7 @@ def cli(*args: str, cwd: Path | None = None, prelude: str = "", env: dict[str, s
         ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m hparam_joblib ARGS`` (after ``prelude`` Python code when given)."""
     if prelude:
-        code = f"{prelude}\nimport sys\nfrom hparam_joblib._results_cli import main\n"
+        code = f"{prelude}\nimport sys\nfrom hparam_joblib.results._cli import main\n"
         code += "sys.exit(main(sys.argv[1:]))"
         command = [sys.executable, "-c", code, *args]
     else:
@@ -87,7 +86,7 @@ def assert_user_error(done: subprocess.CompletedProcess[str], *fragments: str) -
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
     """Call the CLI's ``main`` in this process (fast; for the many error cases)."""
-    from hparam_joblib._results_cli import main
+    from hparam_joblib.results._cli import main
 
     capsys.readouterr()
     code = main(list(args))

@@ -4,8 +4,6 @@ SQLite file and real Optuna; every test asserts on the database."""
 
 from __future__ import annotations
 
-from contextlib import closing
-
 import contextlib
 import importlib.util
 import json
@@ -17,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -353,8 +352,9 @@ def test_sigterm_on_external_cluster_stops_the_loops_not_the_workers(scale: Proj
 def test_a_cluster_without_workers_ends_with_one_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A scheduler with no worker: the search stops with a BackendError after the bound (shortened
     here from 60 s), never hangs, and leaves no trial RUNNING. Runs in-process to shorten the bound."""
-    from hparam_joblib import _backend, hparam_search
-    from hparam_joblib._backend import BackendError
+    from hparam_joblib import hparam_search
+    from hparam_joblib.runtime.loops import _backend
+    from hparam_joblib.runtime.loops._backend import BackendError
 
     monkeypatch.setattr(_backend, "NO_WORKERS_TIMEOUT", 3.0)
     empty = ExternalCluster(tmp_path, n_workers=0)

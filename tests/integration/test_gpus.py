@@ -80,7 +80,7 @@ def test_leases_are_per_host_files_freed_by_the_kernel(tmp_path: Path) -> None:
     import os
     import signal
 
-    from hparam_joblib._gpus import lease_device
+    from hparam_joblib.runtime.loops._gpus import lease_device
 
     key = f"test-{os.getpid()}"
     first = lease_device(["7", "7", "8"], key, lambda: False)

@@ -307,7 +307,7 @@ def test_slow_server_loses_no_run_at_the_end_and_a_lost_answer_makes_no_duplicat
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from hparam_joblib._tracking import TrackingTarget, TrialLogger
+    from hparam_joblib.runtime._tracking import TrackingTarget, TrialLogger
 
     client = MlflowClient(server.url)
     experiment = client.create_experiment("hj-slow")

@@ -194,7 +194,7 @@ def test_kernel_interrupt_stops_the_workers_and_the_cell_resumes(tmp_path: Path)
 def _is_trial_process(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"hparam_joblib._trial_process" in fh.read()
+            return b"hparam_joblib.runtime.trial._trial_process" in fh.read()
     except OSError:
         return False
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hparam_joblib._results_cli import open_database
+from hparam_joblib.results._cli import open_database
 from hparam_joblib.storage._sqlite import sqlite_preflight
 from tests.conftest import Project, states
 
@@ -144,8 +144,8 @@ def test_loops_that_keep_finding_the_study_done_reopen_then_stop_the_launcher(tm
     trial while the launcher's finished count stands still make it read over new connections
     once, then stop the search with one line, instead of restarting loops for ever."""
     from hparam_joblib._errors import StorageError
-    from hparam_joblib._runner import EarlyEnds
-    from hparam_joblib._worker import WorkerReport
+    from hparam_joblib.runtime.launcher._runner import EarlyEnds
+    from hparam_joblib.runtime.loops._worker import WorkerReport
     from hparam_joblib.storage import StorageLocation, open_storage, prepare
     from hparam_joblib.storage._retry import RetryPolicy
 

@@ -124,7 +124,7 @@ def project_pids(root: Path) -> list[int]:
 
 
 def results_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from hparam_joblib._results_cli import main; sys.exit(main())"
+    code = "import sys; from hparam_joblib.results._cli import main; sys.exit(main())"
     return subprocess.run(
         [sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, timeout=120,
         env=env or child_env(),
@@ -244,8 +244,7 @@ def test_kill9_launcher_then_resume(project: Project, store: Store) -> None:
 def _race(location: Any, budget: int, barrier: Any, out: Any) -> None:
     from optuna.trial import TrialState
 
-    from hparam_joblib.storage import BudgetExhausted
-    from hparam_joblib.storage import open_storage
+    from hparam_joblib.storage import BudgetExhausted, open_storage
 
     storage: Any = open_storage(location, budget=budget, run_id=f"race{os.getpid()}")
     study_id = storage.get_study_id_from_name("race")
@@ -270,8 +269,7 @@ def test_budget_race_many_processes(kind: str, tmp_path: Path, request: pytest.F
     """12 processes race to create trials against a budget of 30: exactly 30 hold a slot."""
     import optuna
 
-    from hparam_joblib.storage import StorageLocation
-    from hparam_joblib.storage import open_storage
+    from hparam_joblib.storage import StorageLocation, open_storage
 
     if kind == "postgresql":
         location = StorageLocation("postgresql", url=request.getfixturevalue("pg_url"))

@@ -274,7 +274,7 @@ def test_ctrl_c_just_after_the_write_lock_is_taken_does_not_keep_it(
 
 APPEND_RUNS = """
 import json, sys
-from hparam_joblib._history import append_run
+from hparam_joblib.runtime._history import append_run
 from hparam_joblib.storage import StorageLocation, open_storage
 spec, name, writer = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 storage = open_storage(StorageLocation(spec["kind"], path=spec["path"], url=spec["url"]))

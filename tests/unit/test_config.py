@@ -1,4 +1,4 @@
-"""Unit tests for YAML loading, validation and config-file search (hparam_joblib._config, _yaml)."""
+"""Unit tests for YAML loading, validation and config-file search (hparam_joblib.config._config, _yaml)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from hparam_joblib._config import (
+from hparam_joblib._errors import ConfigError, OverrideError
+from hparam_joblib.config._config import (
     ParamSpec,
     SearchConfig,
     load_config,
@@ -17,9 +18,8 @@ from hparam_joblib._config import (
     resolve_config_path,
     validate,
 )
-from hparam_joblib._errors import ConfigError, OverrideError
-from hparam_joblib._overrides import parse_override
-from hparam_joblib._yaml import dump_yaml, load_yaml
+from hparam_joblib.config._overrides import parse_override
+from hparam_joblib.config._yaml import dump_yaml, load_yaml
 
 SRC = "config.yaml"
 

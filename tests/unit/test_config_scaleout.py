@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from hparam_joblib._config import SearchConfig, load_config, validate
 from hparam_joblib._errors import ConfigError, OverrideError, redact_secrets
-from hparam_joblib._overrides import parse_override
+from hparam_joblib.config._config import SearchConfig, load_config, validate
+from hparam_joblib.config._overrides import parse_override
 from hparam_joblib.storage._location import StorageSpec, parse_storage, redact_url
 
 SRC = "config.yaml"

@@ -1,4 +1,4 @@
-"""Unit tests for ``--set`` parsing and application (hparam_joblib._overrides)."""
+"""Unit tests for ``--set`` parsing and application (hparam_joblib.config._overrides)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from hparam_joblib._errors import ConfigError, OverrideError
-from hparam_joblib._overrides import Override, apply_overrides, parse_override
+from hparam_joblib.config._overrides import Override, apply_overrides, parse_override
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from hparam_joblib._config import StopRules, load_config
 from hparam_joblib._errors import ConfigError, OverrideError
-from hparam_joblib._overrides import apply_overrides, parse_override, resolve_path
-from hparam_joblib._yaml import dump_yaml
+from hparam_joblib.config._config import StopRules, load_config
+from hparam_joblib.config._overrides import apply_overrides, parse_override, resolve_path
+from hparam_joblib.config._yaml import dump_yaml
 
 SWEPT: dict[str, Any] = {
     "n_trials": 10,

@@ -1,4 +1,4 @@
-"""Unit tests for parameter specs -> Optuna distributions and trial configs (hparam_joblib._space)."""
+"""Unit tests for parameter specs -> Optuna distributions and trial configs (hparam_joblib.config._space)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hparam_joblib._config import ParamSpec, validate
-from hparam_joblib._space import build_config, describe_space, suggest_all, to_distribution
+from hparam_joblib.config._config import ParamSpec, validate
+from hparam_joblib.config._space import build_config, describe_space, suggest_all, to_distribution
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -9,12 +9,12 @@ from typing import Any
 import optuna
 import pytest
 
-from hparam_joblib._algorithms import AlgorithmSpec, worker_seed
-from hparam_joblib._config import validate
 from hparam_joblib._errors import ConfigError
-from hparam_joblib._failures import Frame, kind_of, user_frame
-from hparam_joblib._history import check_space, previous_run, settings_changes, space_of
-from hparam_joblib._savedir import resolve_save_dir
+from hparam_joblib.config._algorithms import AlgorithmSpec, worker_seed
+from hparam_joblib.config._config import validate
+from hparam_joblib.config._savedir import resolve_save_dir
+from hparam_joblib.runtime._failures import Frame, kind_of, user_frame
+from hparam_joblib.runtime._history import check_space, previous_run, settings_changes, space_of
 
 
 def test_worker_seeds_differ_per_run_but_not_for_a_fresh_study() -> None:
@@ -57,7 +57,7 @@ def test_user_frame_is_the_last_frame_of_the_users_code() -> None:
     """Frames of hparam_joblib, the standard library and installed packages are skipped."""
     import json
 
-    import hparam_joblib._isolation as iso
+    import hparam_joblib.runtime.trial._isolation as iso
 
     text = (
         "Traceback (most recent call last):\n"
@@ -96,7 +96,7 @@ def _cfg(space: dict[str, Any], **extra: Any) -> Any:
 
 
 def _trials(cfg: Any, n: int = 3) -> list[optuna.trial.FrozenTrial]:
-    from hparam_joblib._space import suggest_all
+    from hparam_joblib.config._space import suggest_all
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -36,20 +36,20 @@ from typing import Any, cast
 import optuna
 from optuna.storages import BaseStorage
 
-from hparam_joblib import _forkserver
-from hparam_joblib._algorithms import build, worker_seed
-from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError
-from hparam_joblib._failures import ErrorStop
-from hparam_joblib._funcref import FunctionRef
-from hparam_joblib._gpus import DeviceLease, lease_device, lease_key
-from hparam_joblib._isolation import Outcome, TrialProcess, thread_env
 from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
-from hparam_joblib._slots import Slot, slot_directory, take_slot
-from hparam_joblib._space import build_config, suggest_all
-from hparam_joblib._stop import read_stop, result_rule_met, stop_key, stop_record
-from hparam_joblib._tracking import TrackingTarget, TrialLogger
+from hparam_joblib.config._algorithms import build, worker_seed
+from hparam_joblib.config._config import SearchConfig
+from hparam_joblib.config._space import build_config, suggest_all
+from hparam_joblib.runtime._failures import ErrorStop
+from hparam_joblib.runtime._stop import read_stop, result_rule_met, stop_key, stop_record
+from hparam_joblib.runtime._tracking import TrackingTarget, TrialLogger
+from hparam_joblib.runtime.loops import _forkserver
+from hparam_joblib.runtime.loops._gpus import DeviceLease, lease_device, lease_key
+from hparam_joblib.runtime.loops._slots import Slot, slot_directory, take_slot
+from hparam_joblib.runtime.trial._funcref import FunctionRef
+from hparam_joblib.runtime.trial._isolation import Outcome, TrialProcess, thread_env
 from hparam_joblib.storage import (
     OWNER_KEY,
     BudgetExhausted,

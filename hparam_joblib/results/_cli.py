@@ -42,7 +42,7 @@ from hparam_joblib.storage import StorageLocation
 if TYPE_CHECKING:
     import optuna
 
-    from hparam_joblib._results import StudyData
+    from hparam_joblib.results._read import StudyData
 
 PROG = "hparam-joblib"
 PLOTS_INSTALL = 'pip install "hparam_joblib[plots]"'
@@ -311,7 +311,7 @@ def load_study(db: Database, name: str, shown: str, resources: contextlib.ExitSt
 
 def read_study(ns: argparse.Namespace) -> tuple[Database, optuna.Study, StudyData]:
     """Open ``ns.db``, pick ``ns.study``, load it and take a snapshot of it."""
-    from hparam_joblib._results import snapshot
+    from hparam_joblib.results._read import snapshot
 
     db = open_database(ns.db)
     name = pick_study(db, ns.study, db.shown)
@@ -330,7 +330,7 @@ def _one_line(err: BaseException) -> str:
 
 def cmd_status(ns: argparse.Namespace) -> int:
     """Print counts, best trial or Pareto front, running trials, throughput, failures."""
-    from hparam_joblib._results import format_status
+    from hparam_joblib.results._read import format_status
 
     db, _, data = read_study(ns)
     heartbeats = _heartbeat_ages(db, data.name) if db.location is not None and db.location.is_server else None
@@ -362,7 +362,7 @@ def _heartbeat_ages(db: Database, study_name: str) -> dict[int, float]:
 
 
 def _require_best(data: StudyData) -> None:
-    from hparam_joblib._results import state_counts
+    from hparam_joblib.results._read import state_counts
 
     if not data.best:
         counts = ", ".join(f"{k} {v}" for k, v in state_counts(data.trials).items()) or "no trials"
@@ -371,7 +371,7 @@ def _require_best(data: StudyData) -> None:
 
 def cmd_best(ns: argparse.Namespace) -> int:
     """Print the best trial's config (one per Pareto-optimal trial for several objectives)."""
-    from hparam_joblib._results import best_json, best_yaml
+    from hparam_joblib.results._read import best_json, best_yaml
 
     db, _, data = read_study(ns)
     _require_best(data)
@@ -382,7 +382,7 @@ def cmd_best(ns: argparse.Namespace) -> int:
 
 def cmd_trials(ns: argparse.Namespace) -> int:
     """Print the trials table, or write it as CSV to ``--csv`` (``-``: stdout)."""
-    from hparam_joblib._results import csv_cell, format_table, trials_table
+    from hparam_joblib.results._read import csv_cell, format_table, trials_table
 
     _, _, data = read_study(ns)
     columns, rows = trials_table(data)

@@ -21,7 +21,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hparam_joblib._config import StopRules
+from hparam_joblib.config._config import StopRules
 from hparam_joblib.storage import OWNER_KEY
 
 #: Study system attr prefix of a run's stop record (followed by the run id).

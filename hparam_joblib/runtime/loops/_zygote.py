@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-from hparam_joblib._isolation import THREAD_VARS
+from hparam_joblib.runtime.trial._isolation import THREAD_VARS
 
 _SAVED = {var: os.environ.get(var) for var in THREAD_VARS}
 for _var in THREAD_VARS:
@@ -24,7 +24,7 @@ def _after_fork_in_child() -> None:
             os.environ.pop(var, None)
         else:
             os.environ[var] = value
-    from hparam_joblib import _forkserver
+    from hparam_joblib.runtime.loops import _forkserver
 
     _forkserver.forked_child(os.getppid())
 
@@ -39,7 +39,7 @@ import loky.process_executor  # noqa: F401
 import sqlalchemy.dialects.sqlite.pysqlite  # noqa: F401  - an engine imports its dialect on first use
 from sqlalchemy.orm import configure_mappers
 
-import hparam_joblib._backend  # noqa: F401  - Optuna, SQLAlchemy, the worker and storage code
+import hparam_joblib.runtime.loops._backend  # noqa: F401  - Optuna, SQLAlchemy, the worker and storage code
 
 # Done on the first query of every process otherwise (Optuna's models' ORM mappers).
 configure_mappers()

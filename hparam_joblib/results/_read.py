@@ -21,9 +21,9 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hparam_joblib._failures import LABELS, RETIRED_KEY, trial_kind
-from hparam_joblib._space import build_config
-from hparam_joblib._yaml import dump_yaml
+from hparam_joblib.config._space import build_config
+from hparam_joblib.config._yaml import dump_yaml
+from hparam_joblib.runtime._failures import LABELS, RETIRED_KEY, trial_kind
 
 #: The order states are listed in (every Optuna state).
 STATE_ORDER: tuple[str, ...] = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")

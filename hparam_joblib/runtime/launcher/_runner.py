@@ -30,10 +30,10 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
-from hparam_joblib._backend import Backend, Death, make_backend
-from hparam_joblib._config import SearchConfig, StopRules
 from hparam_joblib._errors import HparamError, StorageError, UsageError
-from hparam_joblib._failures import (
+from hparam_joblib._result import BestTrial, SearchResult
+from hparam_joblib.config._config import SearchConfig, StopRules
+from hparam_joblib.runtime._failures import (
     ErrorStop,
     broken_code_error,
     count_errors,
@@ -41,8 +41,7 @@ from hparam_joblib._failures import (
     retire_errors,
     retired,
 )
-from hparam_joblib._funcref import FunctionRef, make_ref
-from hparam_joblib._history import (
+from hparam_joblib.runtime._history import (
     append_run,
     changes_note,
     check_space,
@@ -50,14 +49,21 @@ from hparam_joblib._history import (
     run_entry,
     settings_changes,
 )
-from hparam_joblib._isolation import THREAD_VARS
-from hparam_joblib._progress import Progress
-from hparam_joblib._result import BestTrial, SearchResult
-from hparam_joblib._signals import install_handlers
-from hparam_joblib._stop import read_stop
-from hparam_joblib._tail import LogFollower
-from hparam_joblib._tracking import TrackingTarget, finish_parent, start_parent
-from hparam_joblib._worker import WORKERS_LOG, LauncherLease, WorkerReport, WorkerTask, trial_threads
+from hparam_joblib.runtime._stop import read_stop
+from hparam_joblib.runtime._tracking import TrackingTarget, finish_parent, start_parent
+from hparam_joblib.runtime.launcher._progress import Progress
+from hparam_joblib.runtime.launcher._signals import install_handlers
+from hparam_joblib.runtime.launcher._tail import LogFollower
+from hparam_joblib.runtime.loops._backend import Backend, Death, make_backend
+from hparam_joblib.runtime.loops._worker import (
+    WORKERS_LOG,
+    LauncherLease,
+    WorkerReport,
+    WorkerTask,
+    trial_threads,
+)
+from hparam_joblib.runtime.trial._funcref import FunctionRef, make_ref
+from hparam_joblib.runtime.trial._isolation import THREAD_VARS
 from hparam_joblib.storage import (
     BudgetExhausted,
     RetryPolicy,

@@ -15,7 +15,7 @@ process imports the user's script once and runs trial after trial (``_trial_proc
 replaced only when it died, was killed (timeout, shutdown), or ran ``trials_per_process`` trials.
 
 Fork-safety rules kept here: the worker never imports or runs user code (it holds a
-:class:`~hparam_joblib._funcref.FunctionRef`, plain data) and never forks without exec; thread
+:class:`~hparam_joblib.runtime.trial._funcref.FunctionRef`, plain data) and never forks without exec; thread
 caps and the GPU are in the trial process's environment before its interpreter starts.
 """
 
@@ -33,8 +33,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal
 
-from hparam_joblib._funcref import FunctionRef
-from hparam_joblib._trial_process import BOOTSTRAP, peak_mib
+from hparam_joblib.runtime.trial._funcref import FunctionRef
+from hparam_joblib.runtime.trial._trial_process import BOOTSTRAP, peak_mib
 
 _POLL_SECONDS = 0.2
 #: How long a trial process may take to exit when asked to, before it is killed.

@@ -1,6 +1,6 @@
 """Where the worker loops run: the one place that chooses loky or Dask (add Ray here).
 
-Every backend runs the same task, :func:`~hparam_joblib._worker.worker_main` (a ``study.optimize``
+Every backend runs the same task, :func:`~hparam_joblib.runtime.loops._worker.worker_main` (a ``study.optimize``
 loop with the exact budget in the database), n times at once, and answers the launcher's poll
 with what happened since the last one (:class:`Poll`): reports of loops that ended, worker
 processes that died (with the host and pid that ran them, when known, so that their trials can be
@@ -34,9 +34,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import HparamError
-from hparam_joblib._worker import WorkerReport, WorkerTask, worker_main
+from hparam_joblib.config._config import SearchConfig
+from hparam_joblib.runtime.loops._worker import WorkerReport, WorkerTask, worker_main
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -136,7 +136,7 @@ class LokyBackend(Backend):
         self.futures: set[Future[WorkerReport]] = set()
 
     def warm(self, n: int) -> None:
-        from hparam_joblib import _forkserver
+        from hparam_joblib.runtime.loops import _forkserver
 
         if _forkserver.context() is not None:
             # The preloaded server imports the worker code once, beside the launcher's set-up;
@@ -154,7 +154,7 @@ class LokyBackend(Backend):
     def _executor(size: int) -> Any:
         from loky import get_reusable_executor
 
-        from hparam_joblib import _forkserver
+        from hparam_joblib.runtime.loops import _forkserver
 
         # reuse="auto": an executor the user's own code made in this process (joblib.Parallel
         # in a notebook) has other arguments, so it is replaced rather than borrowed.

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from hparam_joblib._errors import OverrideError
-from hparam_joblib._yaml import load_yaml
+from hparam_joblib.config._yaml import load_yaml
 
 #: The section whose keys are sweep-parameter names (often dotted).
 SWEEP_KEY = "sweep_parameters"

@@ -19,13 +19,13 @@ from typing import Any, Literal
 
 import yaml
 
-from hparam_joblib import _algorithms
-from hparam_joblib._algorithms import AlgorithmSpec
 from hparam_joblib._errors import ConfigError, OverrideError
-from hparam_joblib._gpus import detect_gpus
-from hparam_joblib._overrides import SWEEP_KEY, Override, apply_overrides, resolve_path
-from hparam_joblib._tracking import MlflowSpec
-from hparam_joblib._yaml import load_yaml
+from hparam_joblib.config import _algorithms
+from hparam_joblib.config._algorithms import AlgorithmSpec
+from hparam_joblib.config._overrides import SWEEP_KEY, Override, apply_overrides, resolve_path
+from hparam_joblib.config._yaml import load_yaml
+from hparam_joblib.runtime._tracking import MlflowSpec
+from hparam_joblib.runtime.loops._gpus import detect_gpus
 from hparam_joblib.storage._location import StorageSpec, parse_storage, redact_url
 
 logger = logging.getLogger("hparam_joblib")

@@ -3,7 +3,7 @@
 A fresh loky worker is a new interpreter that imports Optuna, SQLAlchemy and our worker code
 (about 0.7 CPU-s each); 32 of them on 2 cores take 10 s before the first trial. Here the worker
 code is imported once, in a *server*: a fresh interpreter (fork+exec from the launcher, like any
-subprocess) that imports :mod:`hparam_joblib._zygote` and then only forks. Each loky worker is a
+subprocess) that imports :mod:`hparam_joblib.runtime.loops._zygote` and then only forks. Each loky worker is a
 fork of it, with the modules already in memory.
 
 Fork safety (docs/ARCHITECTURE.md): the server never imports or runs user code and has one
@@ -34,7 +34,7 @@ from typing import Any
 logger = logging.getLogger("hparam_joblib")
 
 #: What the server imports (and nothing else).
-PRELOAD = ["hparam_joblib._zygote"]
+PRELOAD = ["hparam_joblib.runtime.loops._zygote"]
 #: Set in a worker forked from the server: the server's pid (the worker's parent).
 FORKED_FROM: int | None = None
 

@@ -6,8 +6,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from hparam_joblib._failures import LABELS, SHORT, kind_counts
 from hparam_joblib._logging import tqdm_class
+from hparam_joblib.runtime._failures import LABELS, SHORT, kind_counts
 from hparam_joblib.storage import n_finished
 
 #: How many Pareto-optimal trials the summary lists.

@@ -33,9 +33,9 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial
 
-from hparam_joblib._config import SearchConfig
 from hparam_joblib._errors import ConfigError
-from hparam_joblib._space import to_distribution
+from hparam_joblib.config._config import SearchConfig
+from hparam_joblib.config._space import to_distribution
 
 #: Study user attr: the list of runs.
 RUNS_KEY = "runs"

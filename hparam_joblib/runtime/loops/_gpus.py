@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hparam_joblib._slots import Slot, slot_directory, take_slot
+from hparam_joblib.runtime.loops._slots import Slot, slot_directory, take_slot
 
 _SMI_TIMEOUT = 10.0
 
@@ -63,7 +63,7 @@ def lease_key(*parts: str) -> str:
 
 
 class DeviceLease(Slot):
-    """Slot ``slot`` of the ``gpus`` list (a :class:`~hparam_joblib._slots.Slot`) and its device.
+    """Slot ``slot`` of the ``gpus`` list (a :class:`~hparam_joblib.runtime.loops._slots.Slot`) and its device.
 
     The kernel frees the lock when every process holding the file is gone, so a killed worker
     (and its forked trial, which inherits the descriptor while it runs) cannot leave it held.

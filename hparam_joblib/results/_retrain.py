@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hparam_joblib._config import RESERVED_KEYS, SearchConfig
 from hparam_joblib._errors import StorageError, UsageError
-from hparam_joblib._overrides import SWEEP_KEY, Override, apply_overrides
+from hparam_joblib.config._config import RESERVED_KEYS, SearchConfig
+from hparam_joblib.config._overrides import SWEEP_KEY, Override, apply_overrides
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -31,8 +31,8 @@ def best_config(cfg: SearchConfig, save_dir: Path) -> tuple[dict[str, Any], int,
         StorageError: no database or no such study yet.
         UsageError: no completed trial, or several objectives (no single best trial).
     """
-    from hparam_joblib import _results_cli as cli
-    from hparam_joblib._results import snapshot, trial_config
+    from hparam_joblib.results import _cli as cli
+    from hparam_joblib.results._read import snapshot, trial_config
     from hparam_joblib.storage import location_for
 
     location = location_for(cfg, save_dir)

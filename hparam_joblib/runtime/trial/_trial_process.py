@@ -178,7 +178,7 @@ def main(fd: int, parent: int) -> None:
     _, ref, process_log = request
     if process_log:
         _redirect_output(process_log)
-    from hparam_joblib._funcref import load
+    from hparam_joblib.runtime.trial._funcref import load
 
     try:
         func = load(ref)
@@ -210,4 +210,4 @@ def main(fd: int, parent: int) -> None:
 
 #: The command line a worker starts a trial process with (``-c``, not ``-m``: with ``-m`` this
 #: module would run as ``__main__`` and ``report()`` would see another copy of :data:`CURRENT`).
-BOOTSTRAP = "import sys; from hparam_joblib._trial_process import main; main(int(sys.argv[1]), int(sys.argv[2]))"
+BOOTSTRAP = "import sys; from hparam_joblib.runtime.trial._trial_process import main; main(int(sys.argv[1]), int(sys.argv[2]))"

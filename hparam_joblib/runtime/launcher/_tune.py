@@ -23,9 +23,9 @@ from typing import Any
 
 import optuna
 
-from hparam_joblib._algorithms import DEFAULT_PRUNER
-from hparam_joblib._config import SearchConfig, StopRules
-from hparam_joblib._runner import run_search
+from hparam_joblib.config._algorithms import DEFAULT_PRUNER
+from hparam_joblib.config._config import SearchConfig, StopRules
+from hparam_joblib.runtime.launcher._runner import run_search
 from hparam_joblib.storage import StorageLocation, driver_url, location_for, open_study_readonly
 
 logger = logging.getLogger("hparam_joblib")

@@ -1,0 +1,1 @@
+"""Reading a study: counts, best trials, failures, the results command line, retrain."""

@@ -1,0 +1,1 @@
+"""The launcher: create the study, start the loops, supervise them, show progress, summarise."""
