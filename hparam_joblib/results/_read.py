@@ -21,13 +21,25 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hparam_joblib._keys import (
+    CONFIG_KEY,
+    ERROR,
+    FAILURE_REASON_KEY,
+    INTERRUPTED,
+    LOG_FILE_KEY,
+    OWNER_KEY,
+    PEAK_RSS_MIB_KEY,
+    RETIRED_KEY,
+    STUDY_CONFIG_KEY,
+    TIMEOUT,
+    WORKER_DIED,
+)
 from hparam_joblib.config._space import build_config
 from hparam_joblib.config._yaml import dump_yaml
-from hparam_joblib.runtime._failures import LABELS, RETIRED_KEY, trial_kind
+from hparam_joblib.runtime._failures import LABELS, trial_kind
 
 #: The order states are listed in (every Optuna state).
 STATE_ORDER: tuple[str, ...] = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-OWNER_KEY = "hparam_joblib:owner"
 #: How many Pareto-optimal / running trials ``status`` lists before "... and N more".
 LIST_LIMIT = 10
 
@@ -84,7 +96,7 @@ def snapshot(study: optuna.Study) -> StudyData:
                 best = (study.best_trial,)
         except ValueError:  # e.g. every completed value is non-finite
             best = ()
-    config = study.user_attrs.get("config")
+    config = study.user_attrs.get(STUDY_CONFIG_KEY)
     metric_names = study.metric_names
     retired = study._storage.get_study_system_attrs(study._study_id).get(RETIRED_KEY) or []
     return StudyData(
@@ -111,7 +123,7 @@ def failure_reason(trial: FrozenTrial) -> str | None:
     """The stored one-line reason of a PRUNED or FAIL trial (a placeholder when none was stored)."""
     if trial.state not in (TrialState.PRUNED, TrialState.FAIL):
         return None
-    reason = trial.user_attrs.get("failure_reason")
+    reason = trial.user_attrs.get(FAILURE_REASON_KEY)
     if reason:
         return str(reason).splitlines()[0]
     return f"({trial.state.name.lower()}, no reason recorded)"
@@ -271,7 +283,7 @@ def trial_config(data: StudyData, trial: FrozenTrial) -> tuple[dict[str, Any], b
         The config, and False when it was stored on the trial, True when it had to be rebuilt
         (the study config without ``sweep_parameters``, the trial's params at their paths).
     """
-    stored = trial.user_attrs.get("config")
+    stored = trial.user_attrs.get(CONFIG_KEY)
     if isinstance(stored, Mapping):
         return copy.deepcopy(dict(stored)), False
     base = {k: v for k, v in (data.config or {}).items() if k != "sweep_parameters"}
@@ -327,8 +339,8 @@ def trials_table(data: StudyData) -> tuple[list[str], list[list[Any]]]:
                 t.datetime_start.isoformat(sep=" ") if t.datetime_start else None,
                 t.datetime_complete.isoformat(sep=" ") if t.datetime_complete else None,
                 failure_reason(t),
-                t.user_attrs.get("peak_rss_mib"),
-                t.user_attrs.get("log_file"),
+                t.user_attrs.get(PEAK_RSS_MIB_KEY),
+                t.user_attrs.get(LOG_FILE_KEY),
             ]
         )
     return columns, rows
@@ -442,10 +454,10 @@ def format_status(
 
 #: How each kind of trial that did not complete is accounted, for ``status``.
 _ACCOUNTED = {
-    "error": "PRUNED, counted toward n_trials; after a fix, --retry-failed re-runs them",
-    "timeout": "PRUNED, counted toward n_trials",
-    "worker_died": "FAIL, not counted: re-run",
-    "interrupted": "FAIL, not counted: re-run",
+    ERROR: "PRUNED, counted toward n_trials; after a fix, --retry-failed re-runs them",
+    TIMEOUT: "PRUNED, counted toward n_trials",
+    WORKER_DIED: "FAIL, not counted: re-run",
+    INTERRUPTED: "FAIL, not counted: re-run",
 }
 
 
@@ -463,7 +475,7 @@ def _failure_lines(data: StudyData) -> list[str]:
     if pruned:
         lines.append(f"pruned:     {len(pruned)} by the pruner (by reason)")
         lines += _reason_lines(pruned, "  ")
-    failed = [k for k in ("error", "timeout", "worker_died", "interrupted") if by_kind.get(k)]
+    failed = [k for k in (ERROR, TIMEOUT, WORKER_DIED, INTERRUPTED) if by_kind.get(k)]
     if not failed:
         lines.append("failures:   none")
     else:

@@ -15,7 +15,7 @@ kind            state   what happened                                           
 =============== ======= ======================================================= ==============
 
 "counts" is toward ``n_trials``. ``--retry-failed`` *retires* the ``error`` trials (study
-system attr :data:`RETIRED_KEY`): they stay PRUNED with their reason but no longer count.
+system attr :data:`~hparam_joblib._keys.RETIRED_KEY`): they stay PRUNED with their reason but no longer count.
 
 The stop-fast rule (:class:`ErrorStop`): when the first ``max_trial_errors`` trials that one
 run finishes all failed by an error, the code is broken, not a region of the space; the
@@ -37,16 +37,23 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from hparam_joblib._errors import TrainingCodeError
+from hparam_joblib._keys import (
+    ERROR,
+    FAILURE_KIND_KEY,
+    FAILURE_REASON_KEY,
+    FAILURE_TRACEBACK_KEY,
+    FAILURE_TYPE_KEY,
+    INTERRUPTED,
+    OWNER_KEY,
+    PRUNED_STEP_KEY,
+    PRUNER,
+    RETIRED_KEY,
+    TIMEOUT,
+    WORKER_DIED,
+)
 
 logger = logging.getLogger("hparam_joblib")
 
-#: Trial user attr holding the kind.
-KIND_KEY = "failure_kind"
-ERROR = "error"
-PRUNER = "pruner"
-TIMEOUT = "timeout"
-WORKER_DIED = "worker_died"
-INTERRUPTED = "interrupted"
 #: Kinds in the order they are shown, with their label.
 LABELS: dict[str, str] = {
     ERROR: "failed by an error",
@@ -60,10 +67,7 @@ SHORT: dict[str, str] = {
     ERROR: "errors", PRUNER: "pruned", TIMEOUT: "timeouts", WORKER_DIED: "worker_died",
     INTERRUPTED: "interrupted",
 }
-#: Study system attr: numbers of the error trials retired by ``--retry-failed``.
-RETIRED_KEY = "hparam_joblib:retired"
-OWNER_KEY = "hparam_joblib:owner"
-_ATTRS = (KIND_KEY, "pruned_step", "failure_reason")
+_ATTRS = (FAILURE_KIND_KEY, PRUNED_STEP_KEY, FAILURE_REASON_KEY)
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>.+)$', re.MULTILINE)
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _LIBRARY_DIRS = tuple(
@@ -74,16 +78,16 @@ _LIBRARY_DIRS = tuple(
 def kind_of(state: str, attrs: Mapping[str, Any]) -> str | None:
     """The kind of a trial in ``state`` (a state name) with these user attrs; None unless
     PRUNED or FAIL."""
-    stored = attrs.get(KIND_KEY)
+    stored = attrs.get(FAILURE_KIND_KEY)
     if state not in ("PRUNED", "FAIL"):
         return None
     if isinstance(stored, str) and stored in LABELS:
         return stored
-    reason = str(attrs.get("failure_reason") or "")
+    reason = str(attrs.get(FAILURE_REASON_KEY) or "")
     if state == "FAIL":
         stopped = ("interrupted", "stopped", "not run:", "the search stopped")
         return INTERRUPTED if any(s in reason for s in stopped) else WORKER_DIED
-    if "pruned_step" in attrs or reason.startswith("pruned by the pruner") or not reason:
+    if PRUNED_STEP_KEY in attrs or reason.startswith("pruned by the pruner") or not reason:
         return PRUNER
     if reason.startswith("timeout"):
         return TIMEOUT
@@ -216,10 +220,10 @@ def broken_code_error(
     ``main_file`` names frames that cloudpickle shipped by value (``<dynamic-code>``: code
     defined in the script itself, whose line numbers it keeps)."""
     last = first[-1]
-    reason = str(last.user_attrs.get("failure_reason") or "an error").splitlines()[0]
-    types = Counter(str(t.user_attrs.get("failure_type") or "error") for t in first)
+    reason = str(last.user_attrs.get(FAILURE_REASON_KEY) or "an error").splitlines()[0]
+    types = Counter(str(t.user_attrs.get(FAILURE_TYPE_KEY) or "error") for t in first)
     same = "" if len(types) == 1 else f" (types: {', '.join(f'{k} x{v}' for k, v in types.most_common())})"
-    frame = user_frame(str(last.user_attrs.get("failure_traceback") or ""))
+    frame = user_frame(str(last.user_attrs.get(FAILURE_TRACEBACK_KEY) or ""))
     if frame is not None and frame.file == "<dynamic-code>" and main_file:
         frame = Frame(main_file, frame.line, frame.func)
     where = f" at {frame}" if frame else ""

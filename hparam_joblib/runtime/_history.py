@@ -34,11 +34,10 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial
 
 from hparam_joblib._errors import ConfigError
+from hparam_joblib._keys import RUNS_KEY, STUDY_CONFIG_KEY
 from hparam_joblib.config._config import SearchConfig
 from hparam_joblib.config._space import to_distribution
 
-#: Study user attr: the list of runs.
-RUNS_KEY = "runs"
 #: Values longer than this are shown as "(changed)" in the note.
 _SHOWN = 40
 
@@ -94,7 +93,7 @@ def previous_run(user_attrs: Mapping[str, Any]) -> dict[str, Any] | None:
     runs = user_attrs.get(RUNS_KEY)
     if isinstance(runs, list) and runs and isinstance(runs[-1], Mapping):
         return dict(runs[-1])
-    config = user_attrs.get("config")
+    config = user_attrs.get(STUDY_CONFIG_KEY)
     if isinstance(config, Mapping):
         sweep = config.get("sweep_parameters")
         return {"config": dict(config), "space": None, "names": list(sweep) if isinstance(sweep, Mapping) else None}
@@ -224,4 +223,4 @@ def append_run(storage: Any, study_id: int, entry: Mapping[str, Any]) -> None:
     storage.update_study_user_attr(
         study_id, RUNS_KEY, lambda runs: [*(runs if isinstance(runs, list) else []), dict(entry)]
     )
-    storage.set_study_user_attr(study_id, "config", entry["config"])
+    storage.set_study_user_attr(study_id, STUDY_CONFIG_KEY, entry["config"])

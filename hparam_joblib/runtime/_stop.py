@@ -21,11 +21,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hparam_joblib._keys import OWNER_KEY, STOP_KEY_PREFIX
 from hparam_joblib.config._config import StopRules
-from hparam_joblib.storage import OWNER_KEY
-
-#: Study system attr prefix of a run's stop record (followed by the run id).
-STOP_KEY_PREFIX = "hparam_joblib:stop:"
 
 
 def stop_key(run_id: str) -> str:

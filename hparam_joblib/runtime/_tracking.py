@@ -1,7 +1,7 @@
 """MLflow tracking (``tracking: {mlflow: {...}}``): one parent run per search, one nested run per trial.
 
 The launcher only finds (or creates) the experiment and the search's parent run, whose id is kept
-in the study's system attrs (:data:`PARENT_KEY`), so a resumed search adds to the same run. Each
+in the study's system attrs (:data:`MLFLOW_PARENT_KEY`), so a resumed search adds to the same run. Each
 worker writes the nested runs of the trials it ran, from a background thread, after Optuna has
 recorded the trial: a slow or unreachable tracking server never delays, fails or stops a trial.
 
@@ -27,10 +27,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hparam_joblib._keys import (
+    CONFIG_KEY,
+    FAILURE_REASON_KEY,
+    FAILURE_TYPE_KEY,
+    GPU_KEY,
+    LOG_FILE_KEY,
+    MLFLOW_PARENT_KEY,
+    PEAK_RSS_MIB_KEY,
+    PRUNED_STEP_KEY,
+    TRIAL_PID_KEY,
+)
+
 logger = logging.getLogger("hparam_joblib")
 
-#: Study system attr: ``{"<tracking_uri> <experiment>": parent run id}``.
-PARENT_KEY = "hparam_joblib:mlflow_parent_run"
 RETRY_SECONDS = 5.0
 FLUSH_SECONDS = 30.0
 #: The launcher's bound on reaching the server at the start (it then runs untracked).
@@ -84,7 +94,7 @@ def start_parent(spec: MlflowSpec, study_name: str, storage: Any, study_id: int,
         return None
     experiment = spec.experiment_name or study_name
     key = f"{spec.tracking_uri} {experiment}"
-    known = dict(storage.get_study_system_attrs(study_id).get(PARENT_KEY) or {})
+    known = dict(storage.get_study_system_attrs(study_id).get(MLFLOW_PARENT_KEY) or {})
     box: dict[str, Any] = {}
 
     def work() -> None:
@@ -115,7 +125,7 @@ def start_parent(spec: MlflowSpec, study_name: str, storage: Any, study_id: int,
         return None
     if known.get(key) != target.parent_run_id:
         known[key] = target.parent_run_id
-        storage.set_study_system_attr(study_id, PARENT_KEY, known)
+        storage.set_study_system_attr(study_id, MLFLOW_PARENT_KEY, known)
     logger.info("MLflow: experiment %s, parent run %s", experiment, target.parent_run_id)
     return target
 
@@ -167,10 +177,10 @@ def _created_before(client: Any, target: TrackingTarget, number: int) -> str | N
 def _outcome(trial: Any) -> tuple[str, str, str]:
     """(state tag, MLflow status, reason) of a finished Optuna trial."""
     state = trial.state.name
-    reason = str(trial.user_attrs.get("failure_reason") or "")
+    reason = str(trial.user_attrs.get(FAILURE_REASON_KEY) or "")
     if state == "COMPLETE":
         return state, "FINISHED", reason
-    if state == "PRUNED" and "pruned_step" in trial.user_attrs:
+    if state == "PRUNED" and PRUNED_STEP_KEY in trial.user_attrs:
         return state, "KILLED", reason
     return state, "FAILED", reason  # hparam_joblib records a failed run as PRUNED with its reason
 
@@ -274,7 +284,7 @@ class TrialLogger:
             }
             if reason:
                 tags["failure_reason" if status == "FAILED" else "pruning_reason"] = reason[:_TAG_LIMIT]
-            for attr in ("pruned_step", "failure_type", "peak_rss_mib", "trial_pid", "gpu"):
+            for attr in (PRUNED_STEP_KEY, FAILURE_TYPE_KEY, PEAK_RSS_MIB_KEY, TRIAL_PID_KEY, GPU_KEY):
                 if attr in trial.user_attrs:
                     tags[attr] = str(trial.user_attrs[attr])
             stamp = end or int(time.time() * 1000)
@@ -292,10 +302,10 @@ class TrialLogger:
                                  tags=tag_list if i == 0 else [])
             record.done.add("batch")
         if "config" not in record.done:
-            client.log_text(run_id, json.dumps(trial.user_attrs.get("config", {}), indent=2, default=str),
+            client.log_text(run_id, json.dumps(trial.user_attrs.get(CONFIG_KEY, {}), indent=2, default=str),
                             "config.json")
             record.done.add("config")
-        log_file = trial.user_attrs.get("log_file")
+        log_file = trial.user_attrs.get(LOG_FILE_KEY)
         if "log" not in record.done:
             if log_file and os.path.exists(log_file):
                 client.log_artifact(run_id, log_file)

@@ -7,7 +7,7 @@ Laid out like Optuna's own ``optuna/storages/``; each module has one job:
 * ``_factory``: the only place that turns a location into a storage (open, pre-flight,
   prepare, read-only load); the other modules never look at the storage kind.
 * ``_base``: what the launcher and workers use of a storage (:class:`StudyStore`), the budget
-  states, the owner key.
+  states.
 * ``_retry``: the retry policy and which errors are transient (SQLite locks, PostgreSQL
   deadlocks, serialization failures, lost connections).
 * ``_owners``: who runs a trial (host, pid, start time), and reaping: dead owners, trials
@@ -27,7 +27,6 @@ from hparam_joblib._errors import StorageBusyError, StorageError
 from hparam_joblib.storage._base import (
     BUDGET_STATES,
     FINISHED_STATES,
-    OWNER_KEY,
     BudgetExhausted,
     StudyStore,
     n_finished,
@@ -65,7 +64,6 @@ from hparam_joblib.storage._sqlite import sqlite_file_kind
 __all__ = [
     "BUDGET_STATES",
     "FINISHED_STATES",
-    "OWNER_KEY",
     "BudgetExhausted",
     "JournalSearchStorage",
     "RetryPolicy",

@@ -1,5 +1,5 @@
 """What the launcher, workers and progress bar use of a storage (:class:`StudyStore`), the
-states that take a budget slot, and the owner system attr's key.
+states that take a budget slot.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from hparam_joblib.storage._location import StorageLocation
 
 logger = logging.getLogger("hparam_joblib")
 
-
-OWNER_KEY = "hparam_joblib:owner"
 
 
 #: States that use up a slot of the budget. FAIL (a crashed or interrupted trial) does not.

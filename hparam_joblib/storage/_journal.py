@@ -50,7 +50,8 @@ from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
 from hparam_joblib._errors import StorageBusyError, StorageError
-from hparam_joblib.storage._base import BUDGET_STATES, OWNER_KEY, BudgetExhausted
+from hparam_joblib._keys import OWNER_KEY
+from hparam_joblib.storage._base import BUDGET_STATES, BudgetExhausted
 from hparam_joblib.storage._location import StorageLocation, check_directions
 from hparam_joblib.storage._owners import owner_record
 from hparam_joblib.storage._retry import RetryPolicy

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hparam_joblib._keys import FAILURE_KIND_KEY, FAILURE_REASON_KEY, WORKER_DIED
 from hparam_joblib.storage._base import StudyStore
 
 logger = logging.getLogger("hparam_joblib")
@@ -106,12 +107,12 @@ def describe_holders(db_path: str, family: int | None = None) -> str:
     return "processes with it open: " + ", ".join(holders[:8])
 
 
-def fail_trial(storage: StudyStore, trial_id: int, reason: str, kind: str = "worker_died") -> bool:
+def fail_trial(storage: StudyStore, trial_id: int, reason: str, kind: str = WORKER_DIED) -> bool:
     """Mark a RUNNING trial FAIL with ``reason`` and ``failure_kind`` (``worker_died`` or
     ``interrupted``, see ``_failures``); False if it had already finished."""
     try:
-        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
-        storage.set_trial_user_attr(trial_id, "failure_kind", kind)
+        storage.set_trial_user_attr(trial_id, FAILURE_REASON_KEY, reason)
+        storage.set_trial_user_attr(trial_id, FAILURE_KIND_KEY, kind)
         return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
     except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
         return False

@@ -32,7 +32,8 @@ from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy import inspect as sqlalchemy_inspect
 
 from hparam_joblib._errors import StorageBusyError, StorageError
-from hparam_joblib.storage._base import BUDGET_STATES, OWNER_KEY, BudgetExhausted, T
+from hparam_joblib._keys import FAILURE_REASON_KEY, OWNER_KEY
+from hparam_joblib.storage._base import BUDGET_STATES, BudgetExhausted, T
 from hparam_joblib.storage._fast_path import (
     _P,
     _PAST_TRIALS,
@@ -791,7 +792,7 @@ class SearchStorage(RDBStorage):
         ids = []
         for trial_id, number, why in stale_with_reasons(self, study_id):
             try:
-                self.set_trial_user_attr(trial_id, "failure_reason", why)
+                self.set_trial_user_attr(trial_id, FAILURE_REASON_KEY, why)
             except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
                 continue  # finished meanwhile
             logger.warning("trial %d: %s", number, why)

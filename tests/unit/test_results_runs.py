@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from hparam_joblib.results._read import OWNER_KEY, throughput_lines
+from hparam_joblib._keys import OWNER_KEY
+from hparam_joblib.results._read import throughput_lines
 
 T0 = datetime(2026, 12, 1, 12, 0, 0)
 

@@ -9,11 +9,11 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hparam_joblib._keys import OWNER_KEY
 from hparam_joblib._result import SearchResult
 from hparam_joblib.config._config import StopRules
 from hparam_joblib.runtime._stop import read_stop, result_rule_met, stop_key, stop_record
 from hparam_joblib.runtime.launcher._progress import format_summary
-from hparam_joblib.storage import OWNER_KEY
 
 T0 = datetime(2026, 12, 1, 12, 0, 0)
 OPS = {"count": 10.0, "p50_ms": 1.0, "p99_ms": 5.0, "max_ms": 9.0}

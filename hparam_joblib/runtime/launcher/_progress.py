@@ -6,6 +6,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from hparam_joblib._keys import ERROR, INTERRUPTED, PRUNER, TIMEOUT, WORKER_DIED
 from hparam_joblib._logging import tqdm_class
 from hparam_joblib.runtime._failures import LABELS, SHORT, kind_counts
 from hparam_joblib.storage import n_finished
@@ -78,8 +79,8 @@ class Progress:
         failed = counts.get("PRUNED", 0) + counts.get("FAIL", 0)
         if failed and failed != self._failed_seen:
             self._kinds = kind_counts(storage, study_id)
-            if self.offset and "error" in self._kinds:  # retired errors are not this study's count
-                self._kinds["error"] -= self.offset
+            if self.offset and ERROR in self._kinds:  # retired errors are not this study's count
+                self._kinds[ERROR] -= self.offset
             self._failed_seen = failed
         return {SHORT[k]: v for k, v in self._kinds.items() if v > 0}
 
@@ -169,10 +170,10 @@ def _storage_lines(result: SearchResult, verbose: bool) -> list[str]:
 def _kind_lines(result: SearchResult) -> list[str]:
     """Why trials did not complete, by kind (counted ones, then re-run ones), and the retired."""
     kinds = dict(result.kinds)
-    if result.retired and kinds.get("error"):
-        kinds["error"] -= result.retired
-    counted = [f"{kinds[k]} {LABELS[k]}" for k in ("error", "pruner", "timeout") if kinds.get(k)]
-    rerun = [f"{kinds[k]} {LABELS[k]}" for k in ("worker_died", "interrupted") if kinds.get(k)]
+    if result.retired and kinds.get(ERROR):
+        kinds[ERROR] -= result.retired
+    counted = [f"{kinds[k]} {LABELS[k]}" for k in (ERROR, PRUNER, TIMEOUT) if kinds.get(k)]
+    rerun = [f"{kinds[k]} {LABELS[k]}" for k in (WORKER_DIED, INTERRUPTED) if kinds.get(k)]
     lines = []
     if counted or rerun:
         text = "; ".join(filter(None, [

@@ -31,6 +31,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from hparam_joblib._errors import HparamError, StorageError, UsageError
+from hparam_joblib._keys import CONFIG_KEY, ENQUEUED_KEY, FAILURE_REASON_KEY, FAILURE_TRACEBACK_KEY
 from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib.config._config import SearchConfig, StopRules
 from hparam_joblib.runtime._failures import (
@@ -85,8 +86,6 @@ logger = logging.getLogger("hparam_joblib")
 _POLL_SECONDS = 0.5
 #: A death with an unknown pid and a dead process found within this many seconds are one death.
 _SAME_DEATH_SECONDS = 5.0
-#: Study system attr: keys of the ``enqueue`` entries already queued (see :func:`enqueue_keys`).
-ENQUEUED_KEY = "hparam_joblib:enqueued"
 
 
 class WorkerCrashError(HparamError):
@@ -723,11 +722,11 @@ def _write_traceback(log_dir: Path, study_name: str, trial: FrozenTrial) -> Path
     """Write a failed trial's full traceback beside its log (``trial_00004.traceback.txt`` in the
     study's log directory); returns the file, or None when it cannot be written (the trial's
     ``failure_traceback`` attr holds it)."""
-    text = trial.user_attrs.get("failure_traceback")
+    text = trial.user_attrs.get(FAILURE_TRACEBACK_KEY)
     if not text:
         return None
     path = log_dir / f"trial_{trial.number:05d}.traceback.txt"
-    reason = str(trial.user_attrs.get("failure_reason") or "").splitlines()[0:1]
+    reason = str(trial.user_attrs.get(FAILURE_REASON_KEY) or "").splitlines()[0:1]
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# trial {trial.number} of study {study_name}: {''.join(reason)}\n{text}")
@@ -780,12 +779,12 @@ def _result(
         best = front[0]
         best_value = best.value
         best_params = dict(best.params)
-        best_config = dict(best.user_attrs.get("config", {}))
+        best_config = dict(best.user_attrs.get(CONFIG_KEY, {}))
         best_number = best.number
     best_trials = tuple(
         BestTrial(
             number=t.number, values=tuple(t.values or ()), params=dict(t.params),
-            config=dict(t.user_attrs.get("config", {})),
+            config=dict(t.user_attrs.get(CONFIG_KEY, {})),
         )
         for t in front
     )

@@ -37,6 +37,24 @@ import optuna
 from optuna.storages import BaseStorage
 
 from hparam_joblib._errors import HparamError
+from hparam_joblib._keys import (
+    CONFIG_KEY,
+    ERROR,
+    FAILURE_EXIT_CODE_KEY,
+    FAILURE_KIND_KEY,
+    FAILURE_REASON_KEY,
+    FAILURE_TRACEBACK_KEY,
+    FAILURE_TYPE_KEY,
+    GPU_KEY,
+    LAUNCHER_KEY_PREFIX,
+    LOG_FILE_KEY,
+    OWNER_KEY,
+    PEAK_RSS_MIB_KEY,
+    PRUNED_STEP_KEY,
+    PRUNER,
+    TIMEOUT,
+    TRIAL_PID_KEY,
+)
 from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib.config._algorithms import build, worker_seed
@@ -51,7 +69,6 @@ from hparam_joblib.runtime.loops._slots import Slot, slot_directory, take_slot
 from hparam_joblib.runtime.trial._funcref import FunctionRef
 from hparam_joblib.runtime.trial._isolation import Outcome, TrialProcess, thread_env
 from hparam_joblib.storage import (
-    OWNER_KEY,
     BudgetExhausted,
     RetryPolicy,
     StorageLocation,
@@ -68,8 +85,6 @@ logger = logging.getLogger("hparam_joblib")
 _WAIT_FOR_OTHERS_SECONDS = 0.25
 #: How often a loop waiting at the start-up gate looks for a free slot.
 _GATE_POLL_SECONDS = 0.02
-#: Study system attr prefix of a launcher's lease (followed by the run id).
-LAUNCHER_KEY_PREFIX = "hparam_joblib:launcher:"
 #: A lease unchanged for this many intervals means the launcher is gone.
 LEASE_MISSES = 3
 
@@ -308,7 +323,7 @@ class _Objective:
     def gone(self, trial: optuna.Trial) -> _LauncherGone:
         """The exception that ends this loop, after giving ``trial`` (FAIL) its reason."""
         reason = f"not run: {self.watch.why or 'the launcher is gone'}"
-        trial.set_user_attr("failure_reason", reason)
+        trial.set_user_attr(FAILURE_REASON_KEY, reason)
         return _LauncherGone(reason)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
@@ -320,13 +335,13 @@ class _Objective:
         cfg = self.task.config
         sampled = suggest_all(trial, cfg.params)
         config = build_config(cfg.fixed, sampled)
-        trial.set_user_attr("config", _jsonable(config))
+        trial.set_user_attr(CONFIG_KEY, _jsonable(config))
         log_path = None
         if self.task.log_dir:
             log_path = os.path.join(self.task.log_dir, trial_log_name(trial.number))
-            trial.set_user_attr("log_file", log_path)
+            trial.set_user_attr(LOG_FILE_KEY, log_path)
         if self.device is not None:
-            trial.set_user_attr("gpu", self.device)
+            trial.set_user_attr(GPU_KEY, self.device)
         # Params, sampler attrs and the config in one write, before the trial runs: other
         # workers' samplers see a running trial's params, and the dashboard its config.
         self.storage.flush_trial(trial._trial_id)
@@ -350,9 +365,9 @@ class _Objective:
             on_report=on_report,
         )
         if outcome.peak_mib is not None:
-            trial.set_user_attr("peak_rss_mib", round(outcome.peak_mib, 1))
+            trial.set_user_attr(PEAK_RSS_MIB_KEY, round(outcome.peak_mib, 1))
         if outcome.pid is not None:
-            trial.set_user_attr("trial_pid", outcome.pid)
+            trial.set_user_attr(TRIAL_PID_KEY, outcome.pid)
         if outcome.kind == "value" and outcome.value is not None:
             values, why = _fit_directions(outcome.value, len(cfg.directions))
             if values is not None:
@@ -362,13 +377,13 @@ class _Objective:
             outcome = Outcome("stopped", reason=outcome.reason, pid=outcome.pid)
         if outcome.kind == "stopped":
             reason = self.watch.stop_reason or f"stopped while the trial ran: {self.watch.why}; it will be re-run"
-            trial.set_user_attr("failure_reason", reason)
+            trial.set_user_attr(FAILURE_REASON_KEY, reason)
             raise _LauncherGone(reason)
         if outcome.kind == "pruned":
             reason = f"pruned by the pruner at step {outcome.step}"
-            trial.set_user_attr("failure_reason", reason)
-            trial.set_user_attr("pruned_step", outcome.step)
-            trial.set_user_attr("failure_kind", "pruner")
+            trial.set_user_attr(FAILURE_REASON_KEY, reason)
+            trial.set_user_attr(PRUNED_STEP_KEY, outcome.step)
+            trial.set_user_attr(FAILURE_KIND_KEY, PRUNER)
             logger.debug("Trial %d %s", trial.number, reason)  # counted in the bar; one line each at --verbose
             raise optuna.TrialPruned(reason)
         _record_failure(trial, outcome)
@@ -393,14 +408,14 @@ def _record_failure(trial: optuna.Trial, outcome: Outcome) -> None:
     reason = outcome.reason
     if outcome.output_tail:
         reason += "\nlast output lines:\n" + outcome.output_tail
-    trial.set_user_attr("failure_reason", reason)
-    trial.set_user_attr("failure_kind", "timeout" if outcome.kind == "timeout" else "error")
+    trial.set_user_attr(FAILURE_REASON_KEY, reason)
+    trial.set_user_attr(FAILURE_KIND_KEY, TIMEOUT if outcome.kind == "timeout" else ERROR)
     if outcome.error_type:
-        trial.set_user_attr("failure_type", outcome.error_type)
+        trial.set_user_attr(FAILURE_TYPE_KEY, outcome.error_type)
     if outcome.traceback:
-        trial.set_user_attr("failure_traceback", outcome.traceback[-20000:])
+        trial.set_user_attr(FAILURE_TRACEBACK_KEY, outcome.traceback[-20000:])
     if outcome.exit_code is not None:
-        trial.set_user_attr("failure_exit_code", outcome.exit_code)
+        trial.set_user_attr(FAILURE_EXIT_CODE_KEY, outcome.exit_code)
 
 
 def _setup_worker_logging(task: WorkerTask) -> None:
