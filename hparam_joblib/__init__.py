@@ -15,25 +15,34 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hparam_joblib._decorator import hparam_search
     from hparam_joblib._errors import (
+        BackendError,
         ConfigError,
         HparamError,
+        MissingExtraError,
+        OutsideSearchError,
         OverrideError,
         StorageBusyError,
         StorageError,
+        TrainingCodeError,
         UsageError,
+        WorkerCrashError,
     )
-    from hparam_joblib._report import OutsideSearchError, current_trial_number, report
+    from hparam_joblib._report import current_trial_number, report
     from hparam_joblib._result import BestTrial, SearchResult
 
 _WHERE = {
     "hparam_search": "_decorator",
+    "BackendError": "_errors",
     "ConfigError": "_errors",
     "HparamError": "_errors",
+    "MissingExtraError": "_errors",
+    "OutsideSearchError": "_errors",
     "OverrideError": "_errors",
     "StorageBusyError": "_errors",
     "StorageError": "_errors",
+    "TrainingCodeError": "_errors",
     "UsageError": "_errors",
-    "OutsideSearchError": "_report",
+    "WorkerCrashError": "_errors",
     "current_trial_number": "_report",
     "report": "_report",
     "BestTrial": "_result",
@@ -41,15 +50,19 @@ _WHERE = {
 }
 
 __all__ = [
+    "BackendError",
     "BestTrial",
     "ConfigError",
     "HparamError",
+    "MissingExtraError",
     "OutsideSearchError",
     "OverrideError",
     "SearchResult",
     "StorageBusyError",
     "StorageError",
+    "TrainingCodeError",
     "UsageError",
+    "WorkerCrashError",
     "current_trial_number",
     "hparam_search",
     "report",

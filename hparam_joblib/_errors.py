@@ -4,10 +4,14 @@
 
     HparamError                 anything the user can fix; the CLI prints it on one line, exit 2
     ├── UsageError              a bad command-line flag
+    ├── MissingExtraError       an optional dependency is not installed (matplotlib, optuna-dashboard)
     ├── ConfigError             a bad YAML file or value (.path = file, .key = key path)
     │   └── OverrideError       a bad ``--set`` item (.text = the raw item)
     ├── StorageError            the study database cannot be used (.db = its path or URL)
     │   └── StorageBusyError    SQLite stayed locked past the retry bound (.attempts)
+    ├── BackendError            the cluster cannot run the search (scheduler unreachable, no workers)
+    ├── WorkerCrashError        ``max_worker_deaths`` workers died in a row without a finished trial
+    ├── OutsideSearchError      kept for code that catches it (also a RuntimeError); never raised now
     └── TrainingCodeError       the training function failed in every trial a run started with
                                 (``max_trial_errors``); exit status 1, not 2
 
@@ -138,3 +142,20 @@ class TrainingCodeError(HparamError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (TrainingCodeError, (str(self), self.short))
+
+
+class MissingExtraError(HparamError):
+    """An optional dependency (matplotlib, optuna-dashboard) is not installed."""
+
+
+class BackendError(HparamError):
+    """The cluster cannot run the search (scheduler unreachable, no workers, ...)."""
+
+
+class WorkerCrashError(HparamError):
+    """``max_worker_deaths`` worker processes died in a row without a trial finishing."""
+
+
+class OutsideSearchError(HparamError, RuntimeError):
+    """Kept for code that catches it: ``report()`` and ``current_trial_number()`` no longer raise
+    it outside a search (they do nothing there)."""

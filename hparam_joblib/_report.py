@@ -13,16 +13,10 @@ import math
 import numbers
 from typing import Any
 
-from hparam_joblib._errors import HparamError
 from hparam_joblib.runtime.trial import _trial_process
 
 logger = logging.getLogger("hparam_joblib")
 _SAID: set[str] = set()
-
-
-class OutsideSearchError(HparamError, RuntimeError):
-    """Kept for code that catches it: ``report()`` and ``current_trial_number()`` no longer raise
-    it outside a search (they do nothing there)."""
 
 
 def _context(name: str) -> _trial_process.TrialContext | None:

@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from hparam_joblib._errors import HparamError, StorageError, UsageError
+from hparam_joblib._errors import HparamError, MissingExtraError, StorageError, UsageError
 from hparam_joblib.storage import StorageLocation
 
 if TYPE_CHECKING:
@@ -47,10 +47,6 @@ if TYPE_CHECKING:
 PROG = "hparam-joblib"
 PLOTS_INSTALL = 'pip install "hparam_joblib[plots]"'
 DASHBOARD_INSTALL = 'pip install "hparam_joblib[dashboard]"'
-
-
-class MissingExtraError(HparamError):
-    """An optional dependency (matplotlib, optuna-dashboard) is not installed."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -353,8 +353,8 @@ def test_a_cluster_without_workers_ends_with_one_error(tmp_path: Path, monkeypat
     """A scheduler with no worker: the search stops with a BackendError after the bound (shortened
     here from 60 s), never hangs, and leaves no trial RUNNING. Runs in-process to shorten the bound."""
     from hparam_joblib import hparam_search
+    from hparam_joblib._errors import BackendError
     from hparam_joblib.runtime.loops import _backend
-    from hparam_joblib.runtime.loops._backend import BackendError
 
     monkeypatch.setattr(_backend, "NO_WORKERS_TIMEOUT", 3.0)
     empty = ExternalCluster(tmp_path, n_workers=0)

@@ -25,3 +25,33 @@ def test_errors_round_trip_through_pickle(error: Exception) -> None:
     assert type(copy) is type(error)
     assert str(copy) == str(error)
     assert vars(copy) == vars(error)
+
+
+def test_every_error_class_is_in_errors_module_tree_and_all() -> None:
+    """Every HparamError subclass the package defines lives in ``_errors``, is drawn in its tree
+    and is importable from ``hparam_joblib`` (so a user can catch it)."""
+    import ast
+    from pathlib import Path
+
+    import hparam_joblib
+    from hparam_joblib import _errors
+
+    package = Path(hparam_joblib.__file__).resolve().parent
+    outside = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "_errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(b, ast.Name) and b.id.endswith("Error") for b in node.bases
+            ):
+                outside.append(f"{path.relative_to(package)}: {node.name}")
+    assert outside == []
+    defined = {
+        name for name, value in vars(_errors).items()
+        if isinstance(value, type) and issubclass(value, _errors.HparamError)
+    }
+    tree = _errors.__doc__ or ""
+    assert {name for name in defined if name not in tree} == set()
+    assert defined <= set(hparam_joblib.__all__)
+    assert all(getattr(hparam_joblib, name) is getattr(_errors, name) for name in defined)
