@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,10 +86,12 @@ class Project:
     def db(self, name: str) -> Path:
         return self.root / "optuna_studies" / f"{name}.db"
 
-    def run(self, *args: str, timeout: float = 240, script: Path | None = None) -> subprocess.CompletedProcess[str]:
-        """Run the script to completion; returns the finished process (stdout, stderr, rc)."""
+    def run(self, *args: str, timeout: float = 240, script: Path | None = None,
+            prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        """Run the script to completion (under ``prefix``, e.g. :func:`unprivileged_prefix`);
+        returns the finished process (stdout, stderr, rc)."""
         return subprocess.run(
-            [sys.executable, str(script or self.script), *args],
+            [*prefix, sys.executable, str(script or self.script), *args],
             cwd=self.root, capture_output=True, text=True, timeout=timeout, env=child_env(),
         )
 
@@ -103,6 +108,51 @@ class Project:
             str(p.relative_to(self.root)): (p.stat().st_size, p.stat().st_mtime)
             for p in sorted(self.root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts
         }
+
+
+def unprivileged_prefix(project: Project) -> list[str]:
+    """How to run the project's script as an ordinary user: ``[]`` when the suite is not root.
+
+    As root (CI) the project's files become ``nobody``'s and the prefix is ``setpriv`` (or
+    ``runuser``) to ``nobody``: root passes every permission check, so a test of a permission the
+    user lacks proves nothing as root. The project must lie where ``nobody`` may enter
+    (:func:`user_project`). The interpreter may sit where only root can enter (pyenv under
+    ``/root``): then ``nobody`` also gets ``CAP_DAC_READ_SEARCH`` (read and enter any directory),
+    which bypasses no write permission, and ``access()`` ignores it. Skips, saying why, when no
+    way works here.
+    """
+    if os.geteuid() != 0:
+        return []
+    try:
+        user = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("running as root and there is no 'nobody' user to run the script as")
+    for path in [project.root, *project.root.rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid)  # the user's own project
+    ids = [f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    candidates = []
+    if shutil.which("setpriv"):
+        candidates.append(["setpriv", *ids, "--"])
+    if shutil.which("runuser"):
+        candidates.append(["runuser", "-u", user.pw_name, "--"])
+    if shutil.which("setpriv"):
+        caps = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+        candidates.append(["setpriv", *ids, *caps, "--"])
+    # The probe: our interpreter (not another one found in its place), the package, the script.
+    code = "import os, sys, hparam_joblib; open(sys.argv[1]).close(); print(os.geteuid(), sys.version)"
+    expected = f"{user.pw_uid} {sys.version}"
+    tried = []
+    for prefix in candidates:
+        probe = subprocess.run(
+            [*prefix, sys.executable, "-c", code, str(project.script)],
+            check=False, cwd=project.root, capture_output=True, text=True, timeout=60, env=child_env(),
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == expected:
+            return prefix
+        last = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}, {probe.stdout.strip()!r}"])[-1]
+        tried.append(f"{' '.join(prefix[:-1])}: {last}")
+    pytest.skip("running as root, and the script cannot run as 'nobody' here: "
+                + ("; ".join(tried) or "neither setpriv nor runuser is installed"))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, poll: float = 0.05) -> None:
@@ -174,6 +224,21 @@ def project(tmp_path: Path) -> Iterator[Project]:
     proj.script.write_text(SCRIPT)
     yield proj
     _kill_leftovers(tmp_path)
+
+
+@pytest.fixture
+def user_project() -> Iterator[Project]:
+    """:func:`project`, in a directory of its own under the system's temporary directory, which
+    any user may enter (``tmp_path`` lies under a directory only its owner may enter): for a
+    script run as another user (:func:`unprivileged_prefix`)."""
+    root = Path(tempfile.mkdtemp(prefix="hj-user-project-"))
+    proj = Project(root)
+    proj.script.write_text(SCRIPT)
+    try:
+        yield proj
+        _kill_leftovers(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _kill_leftovers(root: Path) -> None:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import Project
+from tests.conftest import Project, unprivileged_prefix
 
 GOOD = """\
 experiment_name: exp
@@ -97,14 +97,16 @@ def test_save_directory_blocked_by_a_file(project: Project) -> None:
     assert project.snapshot() == before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only directory")
-def test_unwritable_save_directory(project: Project) -> None:
-    """A save directory without write permission: one-line error, nothing created."""
+def test_unwritable_save_directory(user_project: Project) -> None:
+    """A save directory without write permission: one-line error, nothing created. The script
+    runs as an ordinary user (root, as in CI, may write into any directory)."""
+    project = user_project
     project.write_config(GOOD)
     (project.root / "optuna_studies").mkdir()
+    as_user = unprivileged_prefix(project)  # the project becomes that user's
     os.chmod(project.root / "optuna_studies", 0o555)
     try:
-        done = project.run()
+        done = project.run(prefix=as_user)
         _assert_one_line_error(done, ["optuna_studies", "not writable"])
         assert list((project.root / "optuna_studies").iterdir()) == []
     finally:
