@@ -264,20 +264,25 @@ def _race(location: Any, budget: int, barrier: Any, out: Any) -> None:
     out.put(made)
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "journal"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "journal"])
 def test_budget_race_many_processes(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """12 processes race to create trials against a budget of 30: exactly 30 hold a slot."""
+    """12 processes race to create trials against a budget of 30: exactly 30 hold a slot, and
+    every trial made is finished (COMPLETE, or FAIL, which frees its slot): none extra."""
     import optuna
 
-    from hparam_joblib.storage import StorageLocation, open_storage
+    from hparam_joblib.storage import RetryPolicy, StorageLocation, open_storage, prepare
 
     if kind == "postgresql":
         location = StorageLocation("postgresql", url=request.getfixturevalue("pg_url"))
-    else:
+    elif kind == "journal":
         location = StorageLocation("journal", path=str(tmp_path / "race.journal"))
+    else:
+        location = StorageLocation.sqlite(tmp_path / "race.db")
+    prepare(location, RetryPolicy())  # as the launcher does: WAL on SQLite, nothing on a server
     setup: Any = open_storage(location, create_tables=True)
     setup.add_budget_index()
     optuna.create_study(storage=setup, study_name="race")
+    setup.close()  # the racers fork from here: no connection of this process goes with them
     ctx = multiprocessing.get_context("fork")
     barrier, out = ctx.Barrier(12), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(location, 30, barrier, out)) for _ in range(12)]
@@ -289,7 +294,9 @@ def test_budget_race_many_processes(kind: str, tmp_path: Path, request: pytest.F
         assert p.exitcode == 0
     reader: Any = open_storage(location)
     c = reader.count_states(reader.get_study_id_from_name("race"))
+    reader.close()
     assert c.get("COMPLETE", 0) + c.get("PRUNED", 0) + c.get("RUNNING", 0) == 30, c
+    assert c.get("COMPLETE", 0) == 30 and set(c) <= {"COMPLETE", "FAIL"}, c  # each racer finished its trials
     assert sum(made) == 30 + c.get("FAIL", 0)
     trials = load_race(location)
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # no number used twice
