@@ -29,7 +29,9 @@ import yaml
 
 from tests.conftest import SCRIPT, Project, _kill_leftovers, child_env, running_count, states
 
-pytestmark = pytest.mark.timeout(120)
+# Above the 120 s its searches may take (the module's `real` fixture; a search with `status` run
+# beside it), so that their own bounds say what hung.
+pytestmark = pytest.mark.timeout(180)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONFIG = """

@@ -100,6 +100,7 @@ def test_trial_timeout_prunes_hung_trials(project: Project) -> None:
     assert time.monotonic() - started < 10 + len(hung) * 2
 
 
+@pytest.mark.timeout(480)  # the final run's 300 s bound, after five launches
 def test_kill9_launcher_five_times_then_finish(project: Project) -> None:
     """SIGKILL the launcher at random moments 5 times during a 200-trial search; then finish.
 
@@ -252,10 +253,11 @@ def test_optuna_dashboard_polling_during_search_fails_nothing(project: Project, 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # 64 workers on a loaded 2-core machine: the run's own bound says if it hung
 def test_64_workers_1000_trials_exact(project: Project) -> None:
     """64 workers, 0.02 s trials, 1000 trials on one file: exactly 1000, none FAIL, no errors."""
     project.write_config(CONFIG.format(n_jobs=64, n_trials=1000, sleep=0.02))
-    done = project.run(timeout=900)
+    done = project.run(timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     db = project.db("exp_t")
     assert states(db) == {"COMPLETE": 1000}

@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import Project, child_env, finished, states, trials
 
-pytestmark = pytest.mark.timeout(240)
 
 #: A training function that reports 5 steps (the pruner may stop it) and returns a value
 #: chosen by ``kind``: ``const`` (1.0 always), ``x`` (the sampled x), else (x - 0.25)^2.

@@ -380,6 +380,7 @@ def test_a_cluster_without_workers_ends_with_one_error(tmp_path: Path, monkeypat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)  # the guide's 100 trials of 2 s: the run's own 300 s bound says if it hung
 def test_guide_example_as_written_on_a_local_cluster(tmp_path: Path) -> None:
     """The guide's script and config verbatim (8 jobs, 100 trials of 2 s) with
     --set backend=dask: exactly 100 COMPLETE, in exactly 8 worker processes, no overshoot."""

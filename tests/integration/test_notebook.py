@@ -32,8 +32,9 @@ def _states(db: Path) -> dict[str, int]:
 
 
 def _client(nb: Any, cwd: Path) -> Any:
+    """A client whose cells may each run 270 s: under the test's timeout, above _run_cell's limit."""
     return nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
+        nb, timeout=270, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
     )
 
 
@@ -158,7 +159,7 @@ def test_kernel_interrupt_stops_the_workers_and_the_cell_resumes(tmp_path: Path)
         kernel_pid = client.km.provisioner.process.pid
 
         def interrupt() -> None:
-            wait_for(lambda: _states(db).get("COMPLETE", 0) >= 2 and _states(db).get("RUNNING", 0) >= 1, 300)
+            wait_for(lambda: _states(db).get("COMPLETE", 0) >= 2 and _states(db).get("RUNNING", 0) >= 1, 240)
             sent["at"] = time.monotonic()
             sent["pids"] = len(_kernel_children(kernel_pid))
             # Jupyter's stop button: the kernel manager's interrupt (SIGINT to the kernel's

@@ -26,6 +26,7 @@ sweep_parameters:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # two runs of the guide's 2 s trials, 300 s each at most
 def test_guide_example_as_written_then_ten_more(tmp_path: Path) -> None:
     """The guide's script and config verbatim: 100 finished trials in range, then exactly +10."""
     shutil.copytree(REPO / "config", tmp_path / "config")
@@ -277,6 +278,7 @@ def test_sigterm_exits_143(project: Project) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # 32 workers on a loaded 2-core machine: the run's own bound says if it hung
 def test_32_workers_500_trials_exact_no_errors(project: Project) -> None:
     """32 workers sharing one SQLite file finish exactly 500 trials; no storage error surfaces."""
     project.write_config(BASE.format(n_jobs=32, n_trials=500) + "sleep: 0.05\n")

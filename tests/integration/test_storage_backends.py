@@ -578,6 +578,7 @@ def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # two runs of the guide's 2 s trials, 300 s each at most
 @pytest.mark.parametrize("backend", ["loky", "dask"])
 def test_guide_example_on_postgresql_then_ten_more(tmp_path: Path, pg_url: str, backend: str) -> None:
     """The guide's script and config, with ``--set storage=<url with a password>`` (and

@@ -125,6 +125,7 @@ def test_inner_thread_pools_are_capped_like_joblib(proj: Project, n_jobs: int, e
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(540)  # two searches (n_jobs 1 and 2) of 240 s each at most
 def test_openmp_at_import_then_in_every_trial(project: Project) -> None:
     """A script that fits a HistGradientBoosting model at import time, then in each trial: all
     trials finish on n_jobs 1 and 2 (a worker that forked after OpenMP ran would hang them)."""
@@ -148,7 +149,7 @@ def test_openmp_at_import_then_in_every_trial(project: Project) -> None:
     '''))
     for n_jobs in (1, 2):
         project.write_config(CONFIG.format(n_jobs=n_jobs, n_trials=4) + "trial_timeout: 200\n")
-        done = project.run("--set", f"tag=nj{n_jobs}", timeout=400)
+        done = project.run("--set", f"tag=nj{n_jobs}", timeout=240)
         assert done.returncode == 0, done.stderr
         assert states(project.db(f"exp_nj{n_jobs}")) == {"COMPLETE": 4}, done.stderr
 
@@ -196,7 +197,7 @@ def test_fault_costs_only_its_own_trial_process(proj: Project, fault: str, reaso
     # 29 other trials of 0.5 s outlast the 8 s timeout: the hanging trial's worker runs more after it.
     timeout = 8 if fault == "hang" else 120
     _config(proj, 2, 30, f"fault: {fault}\nfault_trial: 2\ntrial_timeout: {timeout}\nsleep: 0.5\n")
-    done = proj.run(timeout=400)
+    done = proj.run(timeout=240)
     assert done.returncode == 0, done.stderr
     assert states(proj.db("exp_t")) == {"COMPLETE": 29, "PRUNED": 1}
     rows = {t["number"]: t for t in trials(proj.db("exp_t"))}

@@ -249,7 +249,7 @@ def test_guide_example_from_its_directory_then_from_another_resumes_one_study(tm
     def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, str(script), "--set", "n_jobs=4", *args], cwd=cwd, capture_output=True,
-            text=True, env=child_env(), timeout=300,
+            text=True, env=child_env(), timeout=240,
         )
 
     db = project / "optuna_studies" / "ImageNet_exp_first_sweep.db"
