@@ -1,9 +1,12 @@
-"""A throwaway PostgreSQL server for the tests: started once per test session with the
-machine's own ``initdb``/``pg_ctl`` on a private port and socket directory, removed at the end.
+"""A throwaway PostgreSQL server for the tests, started once per test session on a private port
+and directory by ``scripts/pg_throwaway.sh`` (the one starter: ``.ci/run`` and
+``tests/optuna_suite/run.py`` use it too), removed at the end.
 
 * ``postgres_server`` (session): the server's base URL. ``HPARAM_JOBLIB_TEST_PG_URL`` points the
   tests at an existing server instead (a database per test is created in it).
 * ``pg_url`` (function): a fresh, empty database on that server, dropped after the test.
+* :func:`start_server` / :func:`stop_server`, :func:`create_database` / :func:`drop_database`:
+  the same steps for ``tests/optuna_suite`` (which loads this file by its path).
 
 Without PostgreSQL binaries the tests that need it are skipped, unless
 ``HPARAM_JOBLIB_REQUIRE_PG=1`` (set by ``.ci/run``, which installs the server): then they fail.
@@ -24,8 +27,12 @@ from pathlib import Path
 
 import pytest
 
+#: Starts and stops the server (installs Debian's package when missing, as root with apt).
+STARTER = Path(__file__).resolve().parents[1] / "scripts" / "pg_throwaway.sh"
 
-def _bin_dir() -> Path | None:
+
+def bin_dir() -> Path | None:
+    """Where ``initdb`` and ``pg_ctl`` are (the newest version's), or None."""
     found = shutil.which("pg_ctl")
     if found and shutil.which("initdb"):
         return Path(os.path.realpath(found)).parent
@@ -33,10 +40,33 @@ def _bin_dir() -> Path | None:
     return Path(dirs[-1]) if dirs else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_server(root: Path, port: int) -> str:
+    """Start a server with its files in ``root`` on ``port``; returns its base URL
+    (``postgresql://postgres@127.0.0.1:PORT``).
+
+    Raises:
+        RuntimeError: it did not start (the message ends with its log), ``root`` removed.
+    """
+    started = subprocess.run(["bash", str(STARTER), "start", str(root), str(port)],
+                             check=False, capture_output=True, text=True, timeout=180)
+    if started.returncode != 0:
+        log = root / "server.log"
+        tail = log.read_text()[-2000:] if log.exists() else started.stderr[-2000:]
+        stop_server(root)
+        raise RuntimeError(f"could not start PostgreSQL: {tail}")
+    return started.stdout.strip().split("=", 1)[1]
+
+
+def stop_server(root: Path) -> None:
+    """Stop the server started in ``root`` and remove its files."""
+    subprocess.run(["bash", str(STARTER), "stop", str(root)], check=False, capture_output=True, timeout=90)
 
 
 def _unavailable(why: str) -> None:
@@ -45,53 +75,27 @@ def _unavailable(why: str) -> None:
     pytest.skip(f"no PostgreSQL server for the tests: {why}")
 
 
-def _as_postgres(cmd: list[str]) -> list[str]:
-    """initdb and postgres refuse to run as root: run them as the postgres user then."""
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     external = os.environ.get("HPARAM_JOBLIB_TEST_PG_URL")
     if external:
         yield external.rstrip("/")
         return
-    bin_dir = _bin_dir()
-    if bin_dir is None:
+    if bin_dir() is None:
         _unavailable("initdb/pg_ctl not found (apt-get install postgresql)")
     try:
         import psycopg2  # noqa: F401
     except ImportError:
         _unavailable("psycopg2 is not installed (pip install -e '.[postgresql]')")
     root = Path(tempfile.mkdtemp(prefix="hj-pg-"))
-    data, log = root / "data", root / "server.log"
-    port = _free_port()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    os.chmod(root, 0o755)
-    subprocess.run(
-        _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]),
-        check=True, capture_output=True, timeout=120,
-    )
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off"
-    started = subprocess.run(
-        _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"]),
-        capture_output=True, text=True, timeout=90,
-    )
-    if started.returncode != 0:
-        tail = log.read_text()[-2000:] if log.exists() else started.stderr
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {tail}")
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        url = start_server(root, free_port())
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    try:
+        yield url
     finally:
-        subprocess.run(
-            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-            capture_output=True, timeout=60,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        stop_server(root)
 
 
 def _admin(base: str, sql: str) -> None:
@@ -106,17 +110,29 @@ def _admin(base: str, sql: str) -> None:
         conn.close()
 
 
+def create_database(base: str, prefix: str = "t") -> str:
+    """A fresh empty database on the server at ``base``: ``<base>/<prefix>_<hex>``."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _admin(base, f"CREATE DATABASE {name}")
+    return f"{base}/{name}"
+
+
+def drop_database(url: str) -> None:
+    """Drop the database of ``url`` (its connections ended first)."""
+    base, name = url.rsplit("/", 1)
+    for attempt in range(3):
+        try:
+            _admin(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            return
+        except Exception:  # noqa: BLE001 - a straggling connection: try again shortly
+            time.sleep(1 + attempt)
+
+
 @pytest.fixture()
 def pg_url(postgres_server: str) -> Iterator[str]:
     """A fresh empty database for one test: ``postgresql://postgres@127.0.0.1:PORT/t_<hex>``."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    _admin(postgres_server, f"CREATE DATABASE {name}")
+    url = create_database(postgres_server)
     try:
-        yield f"{postgres_server}/{name}"
+        yield url
     finally:
-        for attempt in range(3):
-            try:
-                _admin(postgres_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-                break
-            except Exception:  # a straggling connection: try again shortly
-                time.sleep(1 + attempt)
+        drop_database(url)

@@ -36,9 +36,10 @@ skipped, or fail when ``HPARAM_JOBLIB_REQUIRE_PG=1``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -207,8 +208,7 @@ class _OurStorage:
         self.mode = mode
         self.extra = extra
         self.tmp: tempfile.TemporaryDirectory[str] | None = None
-        self.pg_base = ""
-        self.pg_name = ""
+        self.pg_url = ""
         self.opened: list[Any] = []
 
     def open(self) -> Any:
@@ -249,10 +249,8 @@ class _OurStorage:
             if os.environ.get("HPARAM_JOBLIB_REQUIRE_PG") == "1":
                 pytest.fail(why)
             pytest.skip(why)
-        self.pg_base = base
-        self.pg_name = f"hj_optuna_{uuid.uuid4().hex[:12]}"
-        _admin(base, f"CREATE DATABASE {self.pg_name}")
-        return f"{base}/{self.pg_name}"
+        self.pg_url = _pgserver().create_database(base, "hj_optuna")
+        return self.pg_url
 
     @staticmethod
     def _dispose(storage: Any) -> None:
@@ -266,13 +264,8 @@ class _OurStorage:
     def close(self) -> None:
         for storage in self.opened:
             self._dispose(storage)
-        if self.pg_name:
-            for attempt in range(3):
-                try:
-                    _admin(self.pg_base, f"DROP DATABASE IF EXISTS {self.pg_name} WITH (FORCE)")
-                    break
-                except Exception:  # noqa: BLE001 - a straggling connection: try again shortly
-                    time.sleep(1 + attempt)
+        if self.pg_url:
+            _pgserver().drop_database(self.pg_url)
         if self.tmp is not None:
             self.tmp.cleanup()
 
@@ -283,15 +276,15 @@ def _policy() -> Any:
     return RetryPolicy()
 
 
-def _admin(base: str, sql: str) -> None:
-    # A copy of tests/_pgserver._admin: here `tests` is Optuna's own test package (the sdist's),
-    # which shadows ours, so ours cannot be imported.
-    import psycopg2
-
-    conn = psycopg2.connect(f"{base}/postgres", connect_timeout=10)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
+def _pgserver() -> Any:
+    """Our ``tests/_pgserver.py`` (its database steps), loaded by its path: here ``tests`` is
+    Optuna's own test package (the sdist's), which shadows ours."""
+    module = sys.modules.get("hj_pgserver")
+    if module is None:
+        path = Path(__file__).resolve().parents[1] / "_pgserver.py"
+        spec = importlib.util.spec_from_file_location("hj_pgserver", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["hj_pgserver"] = module
+        spec.loader.exec_module(module)
+    return module

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -25,6 +24,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))  # our tests package (the PostgreSQL starter), when run as a script
+
+from tests._pgserver import bin_dir, free_port, start_server, stop_server
 
 
 def cache_dir() -> Path:
@@ -59,25 +61,15 @@ def optuna_tests(version: str) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main(argv: list[str]) -> int:
     version = importlib.metadata.version("optuna")
     root = optuna_tests(version)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")])
-    pg_dir = ""
-    script = REPO / "scripts" / "pg_throwaway.sh"
-    has_pg = bool(shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb")))
-    if not env.get("HPARAM_JOBLIB_TEST_PG_URL") and "--hj-storages=optuna" not in argv and has_pg:
-        pg_dir = tempfile.mkdtemp(prefix="hj-optuna-pg-")
-        out = subprocess.run(["bash", str(script), "start", pg_dir, str(_free_port())],
-                             check=True, capture_output=True, text=True).stdout
-        env["HPARAM_JOBLIB_TEST_PG_URL"] = out.strip().split("=", 1)[1]
+    pg_dir: Path | None = None
+    if not env.get("HPARAM_JOBLIB_TEST_PG_URL") and "--hj-storages=optuna" not in argv and bin_dir():
+        pg_dir = Path(tempfile.mkdtemp(prefix="hj-optuna-pg-"))
+        env["HPARAM_JOBLIB_TEST_PG_URL"] = start_server(pg_dir, free_port())
     cmd = [
         sys.executable, "-m", "pytest", "-p", "hj_optuna_modes", "-c", str(HERE / "pytest.ini"),
         "--rootdir", str(root), str(root / "tests" / "storages_tests"), *argv,
@@ -86,8 +78,8 @@ def main(argv: list[str]) -> int:
     try:
         return subprocess.run(cmd, cwd=root, env=env, check=False).returncode
     finally:
-        if pg_dir:
-            subprocess.run(["bash", str(script), "stop", pg_dir], capture_output=True, check=False)
+        if pg_dir is not None:
+            stop_server(pg_dir)
 
 
 if __name__ == "__main__":
