@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     REPO,
     base_parser,
     child_env,
@@ -103,7 +103,7 @@ def run_point(spec: dict[str, Any], pg_base: str | None, work: Path) -> dict[str
     t_popen = time.time()
     proc = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True, text=True, cwd=str(REPO), env=child_env(), timeout=900,
+        check=False, capture_output=True, text=True, cwd=str(REPO), env=child_env(), timeout=900,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -161,13 +161,14 @@ class PgServer:
 
     def __exit__(self, *exc: object) -> None:
         if self.dir:
-            subprocess.run(["bash", str(REPO / "scripts" / "pg_throwaway.sh"), "stop", self.dir], capture_output=True)
+            subprocess.run(["bash", str(REPO / "scripts" / "pg_throwaway.sh"), "stop", self.dir], check=False,
+                           capture_output=True)
 
 
 # -- the table ------------------------------------------------------------------------------------------
 def table(results: list[dict[str, Any]], combos: list[str]) -> str:
     rows = []
-    for workload in WORKLOADS:
+    for workload, label in WORKLOADS.items():
         for k in sorted({r["spec"]["n_jobs"] for r in results}):
             base = next((r for r in results if r["spec"]["combo"] == "loky+sqlite"
                          and r["spec"]["workload"] == workload and r["spec"]["n_jobs"] == k), None)
@@ -178,7 +179,7 @@ def table(results: list[dict[str, Any]], combos: list[str]) -> str:
                     continue
                 ratio = (r["ss_rate"] / base["ss_rate"]) if base and r["ss_rate"] and base["ss_rate"] else None
                 rows.append([
-                    WORKLOADS[workload], k, combo, f"{r['n_finished']}/{r['spec']['n_trials']}",
+                    label, k, combo, f"{r['n_finished']}/{r['spec']['n_trials']}",
                     r["n_worker_pids"], fmt(r["e2e_s"]), fmt(r["startup_s"]), fmt(r["ss_rate"]),
                     fmt(ratio, 2),
                 ])

@@ -35,7 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import count_descendants, reap_descendants  # noqa: E402
+from _common import count_descendants, reap_descendants
 
 FRAMEWORKS = ("hparam_joblib", "joblib", "optuna_procs", "optuna_journal", "optuna_threads")
 
@@ -132,7 +132,7 @@ def measure(framework: str, k: int, timeout: float = 600) -> dict[str, Any]:
                    json.dumps({"framework": framework, "n_jobs": k, "n_trials": n, "dir": tmp})]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         launch = time.time()
-        done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, check=False, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
         wall = time.time() - launch
         reap_descendants()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
