@@ -118,7 +118,7 @@ def run_hparam_joblib(spec: dict[str, Any]) -> dict[str, Any]:
 
 # -- plain Optuna peers ------------------------------------------------------------------------
 def _space(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from hparam_joblib.config._config import STUDY_KEYS  # the package's own rule for fixed parameters
+    from hparam_joblib.config._schema import STUDY_KEYS  # the package's own rule for fixed parameters
 
     fixed = {k: v for k, v in raw.items() if k not in STUDY_KEYS}
     return fixed, dict(raw.get("sweep_parameters") or {})

@@ -28,7 +28,7 @@ from hparam_joblib.runtime.trial._trial_process import IN_TRIAL_PROCESS_ENV
 
 if TYPE_CHECKING:
     from hparam_joblib._cli import ScriptArgs
-    from hparam_joblib.config._config import SearchConfig
+    from hparam_joblib.config._schema import SearchConfig
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -218,13 +218,14 @@ def _launch(
 
     from loky import cpu_count  # joblib.cpu_count() is this (joblib itself costs 0.1 s to import)
 
-    from hparam_joblib.config._config import load_config, resolve_config_path
+    from hparam_joblib.config._load import load_config, resolve_config_path
     from hparam_joblib.config._savedir import resolve_save_dir
     from hparam_joblib.runtime.launcher._progress import format_summary
     from hparam_joblib.runtime.launcher._runner import run_search
+    from hparam_joblib.runtime.loops._gpus import detect_gpus  # what gpus: auto means here
 
     path = resolve_config_path(args.config or config_path, defining_file)
-    cfg, notes = load_config(path, args.overrides, cpu_count())
+    cfg, notes = load_config(path, args.overrides, cpu_count(), detect_gpus)
     for note in notes:
         logger.warning("note: %s", note)
     _check_signature(func, str(path))

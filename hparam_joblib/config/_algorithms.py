@@ -1,9 +1,9 @@
 """The samplers and pruners a config may name, what each accepts from YAML, and how to build them.
 
-``_config`` asks this module which keyword arguments a type takes (read from the Optuna class's
-signature with :mod:`inspect`) and builds each object once to check the values; workers build
-their own (a pruner is consulted in the worker that runs the trial, and a sampler carries the
-worker's seed). No I/O.
+``_algorithm_checks`` asks this module which keyword arguments a type takes (read from the
+Optuna class's signature with :mod:`inspect`) and builds each object once to check the values;
+workers build their own (a pruner is consulted in the worker that runs the trial, and a sampler
+carries the worker's seed). No I/O.
 """
 
 from __future__ import annotations

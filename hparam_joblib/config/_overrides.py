@@ -22,7 +22,7 @@ from hparam_joblib.config._yaml import load_yaml
 
 #: The section whose keys are sweep-parameter names (often dotted).
 SWEEP_KEY = "sweep_parameters"
-#: The settings a sweep-parameter spec takes (``_config`` checks which fit which type).
+#: The settings a sweep-parameter spec takes (``_params`` checks which fit which type).
 PARAM_SETTINGS: tuple[str, ...] = ("type", "low", "high", "log", "step", "choices", "when")
 
 

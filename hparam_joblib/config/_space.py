@@ -14,7 +14,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from hparam_joblib.config._config import ParamSpec
+from hparam_joblib.config._schema import ParamSpec
 
 
 def to_distribution(spec: ParamSpec) -> BaseDistribution:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from hparam_joblib._errors import StorageError, UsageError
-from hparam_joblib.config._config import RESERVED_KEYS, SearchConfig
 from hparam_joblib.config._overrides import SWEEP_KEY, Override, apply_overrides
+from hparam_joblib.config._schema import RESERVED_KEYS, SearchConfig
 
 logger = logging.getLogger("hparam_joblib")
 

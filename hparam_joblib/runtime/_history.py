@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial
 
 from hparam_joblib._errors import ConfigError
 from hparam_joblib._keys import RUNS_KEY, STUDY_CONFIG_KEY
-from hparam_joblib.config._config import SearchConfig
+from hparam_joblib.config._schema import SearchConfig
 from hparam_joblib.config._space import to_distribution
 
 #: Values longer than this are shown as "(changed)" in the note.

@@ -22,7 +22,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from hparam_joblib._keys import OWNER_KEY, STOP_KEY_PREFIX
-from hparam_joblib.config._config import StopRules
+from hparam_joblib.config._schema import StopRules
 
 
 def stop_key(run_id: str) -> str:

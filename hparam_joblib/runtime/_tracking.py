@@ -38,6 +38,7 @@ from hparam_joblib._keys import (
     PRUNED_STEP_KEY,
     TRIAL_PID_KEY,
 )
+from hparam_joblib.config._schema import MlflowSpec
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -51,15 +52,6 @@ _CLIENT_ENV = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # no "View run" line per trial above the bar
 }
 _TAG_LIMIT = 5000
-
-
-@dataclass(frozen=True)
-class MlflowSpec:
-    """``tracking.mlflow`` from the YAML."""
-
-    tracking_uri: str
-    #: The MLflow experiment; empty: the study name.
-    experiment_name: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from hparam_joblib._errors import StorageError
 
 if TYPE_CHECKING:
-    from hparam_joblib.config._config import SearchConfig
+    from hparam_joblib.config._schema import SearchConfig
 from hparam_joblib.storage import _journal
 from hparam_joblib.storage._base import StudyStore
 from hparam_joblib.storage._location import StorageLocation

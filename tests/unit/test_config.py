@@ -1,4 +1,4 @@
-"""Unit tests for YAML loading, validation and config-file search (hparam_joblib.config._config, _yaml)."""
+"""Unit tests for YAML loading, validation and config-file search (hparam_joblib.config: _load, _validate, _yaml)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 
 from hparam_joblib._errors import ConfigError, OverrideError
-from hparam_joblib.config._config import (
-    ParamSpec,
-    SearchConfig,
-    load_config,
-    read_raw,
-    resolve_config_path,
-    validate,
-)
+from hparam_joblib.config._load import load_config, read_raw, resolve_config_path
 from hparam_joblib.config._overrides import parse_override
+from hparam_joblib.config._schema import ParamSpec, SearchConfig
+from hparam_joblib.config._validate import validate
 from hparam_joblib.config._yaml import dump_yaml, load_yaml
 
 SRC = "config.yaml"

@@ -15,8 +15,10 @@ from hparam_joblib import current_trial_number, report
 from hparam_joblib._errors import ConfigError
 from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib.config._algorithms import AlgorithmSpec, build, settable, worker_seed
-from hparam_joblib.config._config import ParamSpec, SearchConfig, load_config, validate
+from hparam_joblib.config._load import load_config
+from hparam_joblib.config._schema import ParamSpec, SearchConfig
 from hparam_joblib.config._space import build_config, suggest_all
+from hparam_joblib.config._validate import validate
 from hparam_joblib.runtime.launcher._progress import format_summary
 from hparam_joblib.runtime.launcher._runner import enqueue_keys
 from hparam_joblib.runtime.loops._worker import _fit_directions

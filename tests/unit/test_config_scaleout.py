@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from hparam_joblib._errors import ConfigError, OverrideError, redact_secrets
-from hparam_joblib.config._config import SearchConfig, load_config, validate
+from hparam_joblib.config._load import load_config
 from hparam_joblib.config._overrides import parse_override
+from hparam_joblib.config._schema import SearchConfig
+from hparam_joblib.config._validate import validate
 from hparam_joblib.storage._location import StorageSpec, parse_storage, redact_url
 
 SRC = "config.yaml"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from hparam_joblib._errors import ConfigError
-from hparam_joblib.runtime._tracking import MlflowSpec
+from hparam_joblib.config._schema import MlflowSpec
 from tests.unit.test_config import base, check
 
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from hparam_joblib._errors import ConfigError, OverrideError
-from hparam_joblib.config._config import StopRules, load_config
+from hparam_joblib.config._load import load_config
 from hparam_joblib.config._overrides import apply_overrides, parse_override, resolve_path
+from hparam_joblib.config._schema import StopRules
 from hparam_joblib.config._yaml import dump_yaml
 
 SWEPT: dict[str, Any] = {

@@ -10,8 +10,9 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hparam_joblib.config._config import ParamSpec, validate
+from hparam_joblib.config._schema import ParamSpec
 from hparam_joblib.config._space import build_config, describe_space, suggest_all, to_distribution
+from hparam_joblib.config._validate import validate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

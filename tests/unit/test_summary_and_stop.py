@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hparam_joblib._keys import OWNER_KEY
 from hparam_joblib._result import SearchResult
-from hparam_joblib.config._config import StopRules
+from hparam_joblib.config._schema import StopRules
 from hparam_joblib.runtime._stop import read_stop, result_rule_met, stop_key, stop_record
 from hparam_joblib.runtime.launcher._progress import format_summary
 

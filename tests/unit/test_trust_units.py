@@ -11,8 +11,8 @@ import pytest
 
 from hparam_joblib._errors import ConfigError
 from hparam_joblib.config._algorithms import AlgorithmSpec, worker_seed
-from hparam_joblib.config._config import validate
 from hparam_joblib.config._savedir import resolve_save_dir
+from hparam_joblib.config._validate import validate
 from hparam_joblib.runtime._failures import Frame, kind_of, user_frame
 from hparam_joblib.runtime._history import check_space, previous_run, settings_changes, space_of
 

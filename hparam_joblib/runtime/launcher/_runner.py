@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial
 from hparam_joblib._errors import HparamError, StorageError, UsageError
 from hparam_joblib._keys import CONFIG_KEY, ENQUEUED_KEY, FAILURE_REASON_KEY, FAILURE_TRACEBACK_KEY
 from hparam_joblib._result import BestTrial, SearchResult
-from hparam_joblib.config._config import SearchConfig, StopRules
+from hparam_joblib.config._schema import SearchConfig, StopRules
 from hparam_joblib.runtime._failures import (
     ErrorStop,
     broken_code_error,

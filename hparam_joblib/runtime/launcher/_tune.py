@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 
 from hparam_joblib.config._algorithms import DEFAULT_PRUNER
-from hparam_joblib.config._config import SearchConfig, StopRules
+from hparam_joblib.config._schema import SearchConfig, StopRules
 from hparam_joblib.runtime.launcher._runner import run_search
 from hparam_joblib.storage import StorageLocation, driver_url, location_for, open_study_readonly
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from hparam_joblib._errors import HparamError
-from hparam_joblib.config._config import SearchConfig
+from hparam_joblib.config._schema import SearchConfig
 from hparam_joblib.runtime.loops._worker import WorkerReport, WorkerTask, worker_main
 
 logger = logging.getLogger("hparam_joblib")

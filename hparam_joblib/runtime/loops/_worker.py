@@ -58,7 +58,7 @@ from hparam_joblib._keys import (
 from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib.config._algorithms import build, worker_seed
-from hparam_joblib.config._config import SearchConfig
+from hparam_joblib.config._schema import SearchConfig
 from hparam_joblib.config._space import build_config, suggest_all
 from hparam_joblib.runtime._failures import ErrorStop
 from hparam_joblib.runtime._stop import read_stop, result_rule_met, stop_key, stop_record
