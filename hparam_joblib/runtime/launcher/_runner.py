@@ -30,7 +30,7 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
-from hparam_joblib._errors import HparamError, StorageError, UsageError
+from hparam_joblib._errors import HparamError, StorageError, UsageError, WorkerCrashError
 from hparam_joblib._keys import CONFIG_KEY, ENQUEUED_KEY, FAILURE_REASON_KEY, FAILURE_TRACEBACK_KEY
 from hparam_joblib._result import BestTrial, SearchResult
 from hparam_joblib.config._schema import SearchConfig, StopRules
@@ -86,10 +86,6 @@ logger = logging.getLogger("hparam_joblib")
 _POLL_SECONDS = 0.5
 #: A death with an unknown pid and a dead process found within this many seconds are one death.
 _SAME_DEATH_SECONDS = 5.0
-
-
-class WorkerCrashError(HparamError):
-    """``max_worker_deaths`` worker processes died in a row without a trial finishing."""
 
 
 class _Terminated(Exception):

@@ -34,7 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from hparam_joblib._errors import HparamError
+from hparam_joblib._errors import BackendError, HparamError
 from hparam_joblib.config._schema import SearchConfig
 from hparam_joblib.runtime.loops._worker import WorkerReport, WorkerTask, worker_main
 
@@ -46,10 +46,6 @@ CONNECT_TIMEOUT = 10.0
 _CALL_TIMEOUT = 10.0
 #: Seconds a Dask cluster may have no worker (or an unreachable scheduler) before the search stops.
 NO_WORKERS_TIMEOUT = 60.0
-
-
-class BackendError(HparamError):
-    """The cluster cannot run the search (scheduler unreachable, no workers, ...)."""
 
 
 @dataclass(frozen=True)
