@@ -1,5 +1,6 @@
-"""The hot path in SQLAlchemy Core: the rows Optuna's ORM reads and writes for a trial, built
-with prebuilt statements (several times less CPU per trial), and the buffered writes' shape.
+"""The hot path in SQLAlchemy Core: prebuilt statements on the rows Optuna's ORM reads and
+writes for a trial (several times less CPU per trial), whole trials read with them, and the
+buffered writes' shape. The writes themselves are in ``_core_writes``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 
 from optuna import distributions as optuna_distributions
 from optuna.storages._rdb import models
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import bindparam, func, literal_column, or_, select
+
+from hparam_joblib.storage._base import BUDGET_STATES
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -101,6 +104,19 @@ _TRIAL_STATE_FOR_UPDATE = _TRIAL_STATE.with_for_update()
 
 _STUDY_EXISTS = select(models.StudyModel.__table__.c.study_id).where(
     models.StudyModel.__table__.c.study_id == bindparam("sid")
+)
+
+
+_STUDY_FOR_UPDATE = _STUDY_EXISTS.with_for_update()
+
+
+_BUDGET_TAKEN = select(func.count(_T.c.trial_id)).where(
+    _T.c.study_id == bindparam("sid"), _T.c.state.in_(list(BUDGET_STATES))
+)
+
+
+_HAS_WAITING = (
+    select(_T.c.trial_id).where(_T.c.study_id == bindparam("sid"), _T.c.state == TrialState.WAITING).limit(1)
 )
 
 

@@ -154,8 +154,8 @@ def test_loops_that_keep_finding_the_study_done_reopen_then_stop_the_launcher(tm
     storage = open_storage(location, create_tables=True)
     optuna.create_study(storage=storage, study_name="s")  # type: ignore[arg-type]
     study_id = storage.get_study_id_from_name("s")
-    idle = [WorkerReport(pid=1, trials_run=0, lock_retries=0, lock_wait_seconds=0.0)]
-    busy = [WorkerReport(pid=1, trials_run=1, lock_retries=0, lock_wait_seconds=0.0)]
+    idle = [WorkerReport(pid=1, trials_run=0, lock_retries=0)]
+    busy = [WorkerReport(pid=1, trials_run=1, lock_retries=0)]
     guard = EarlyEnds(4, location.display, 10)
     for _ in range(3):
         guard.check(idle, 2, storage)

@@ -143,7 +143,6 @@ class WorkerReport:
     pid: int
     trials_run: int
     lock_retries: int
-    lock_wait_seconds: float
     op_seconds: tuple[float, ...] = ()
     #: Peak resident memory of this worker's trial processes, in MiB.
     peak_trial_mib: float = 0.0
@@ -754,7 +753,6 @@ def _report(task: WorkerTask, storage: StudyStore, trials_run: int, trials: Tria
         pid=os.getpid(),
         trials_run=trials_run,
         lock_retries=storage.lock_retries,
-        lock_wait_seconds=storage.lock_wait_seconds,
         op_seconds=tuple(storage.op_seconds),
         peak_trial_mib=0.0 if trials is None else trials.peak_mib,
         trial_processes=0 if trials is None else trials.started,
