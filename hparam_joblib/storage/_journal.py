@@ -52,6 +52,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hparam_joblib._errors import StorageBusyError, StorageError
 from hparam_joblib._keys import OWNER_KEY
 from hparam_joblib.storage._base import BUDGET_STATES, BudgetExhausted
+from hparam_joblib.storage._fields import StoreFields
 from hparam_joblib.storage._location import StorageLocation, check_directions
 from hparam_joblib.storage._owners import owner_record
 from hparam_joblib.storage._retry import RetryPolicy
@@ -76,7 +77,6 @@ class FlockLock(BaseJournalFileLock):
         self._depth = 0
         self._thread = threading.RLock()
         self.waits = 0
-        self.wait_seconds = 0.0
 
     def acquire(self) -> bool:
         self._thread.acquire()
@@ -117,7 +117,6 @@ class FlockLock(BaseJournalFileLock):
             time.sleep(pause)
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self.wait_seconds += time.monotonic() - start
                 return
             except BlockingIOError:
                 waited = time.monotonic() - start
@@ -190,7 +189,7 @@ def _cut_torn_tail(path: str) -> None:
         os.fsync(handle.fileno())
 
 
-class JournalSearchStorage(JournalStorage):
+class JournalSearchStorage(StoreFields, JournalStorage):
     """JournalStorage with the budget, owners, reaping hooks and counters of ``SearchStorage``.
 
     Args:
@@ -208,15 +207,7 @@ class JournalSearchStorage(JournalStorage):
         run_id: str = "",
         policy: RetryPolicy | None = None,
     ) -> None:
-        self.location = location
-        self.db_path = location.path
-        self.policy = policy or RetryPolicy()
-        self.budget = budget
-        self.run_id = run_id
-        self.family: int | None = None
-        self.lock_retries = 0
-        self.created_trial_ids: set[int] = set()
-        self.op_seconds: list[float] = []
+        self._init_fields(location, location.path, budget, run_id, policy)
         self._pending_attrs: dict[int, dict[str, Any]] = {}
         self._flock = FlockLock(location.path, self.policy)
         self.backend = _Backend(location.path, self._flock)
@@ -224,10 +215,6 @@ class JournalSearchStorage(JournalStorage):
         # Re-entrant, and always taken before the file lock: our methods hold both across a
         # read-count-append and call Optuna's methods, which take this one again.
         self._thread_lock = threading.RLock()  # type: ignore[assignment]
-
-    @property
-    def lock_wait_seconds(self) -> float:
-        return self._flock.wait_seconds
 
     def __reduce__(self) -> Any:
         raise TypeError("JournalSearchStorage is opened per process from its location; do not pickle it")
