@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -67,6 +68,31 @@ if __name__ == "__main__":
 '''
 
 
+#: The sweep of most test searches: one float in [0, 1].
+X_SWEEP = "  x: {type: float, low: 0.0, high: 1.0}\n"
+
+
+def search_config(
+    *,
+    n_trials: object,
+    n_jobs: object = 2,
+    n_startup_trials: object = 5,
+    direction: str | None = "minimize",
+    experiment_name: str = "exp",
+    tag: str = "t",
+    sweep: str = X_SWEEP,
+    **settings: object,
+) -> str:
+    """The YAML of a test search (study ``exp_t`` unless named otherwise): the study keys, then
+    ``settings`` one per line in the order given (each value written as YAML text, e.g.
+    ``sampler="{type: random}"``), then ``sweep_parameters`` with ``sweep`` (its lines indented
+    by two). ``None`` leaves a key out. Text may be appended: more sweep lines, then more keys."""
+    keys = {"experiment_name": experiment_name, "tag": tag, "direction": direction, "n_jobs": n_jobs,
+            "n_trials": n_trials, "n_startup_trials": n_startup_trials, **settings}
+    lines = [f"{key}: {value}" for key, value in keys.items() if value is not None]
+    return "\n".join([*lines, "sweep_parameters:"]) + "\n" + sweep
+
+
 @dataclass
 class Project:
     """A user's project directory: script.py, config/config.yaml, optuna_studies/."""
@@ -92,7 +118,7 @@ class Project:
         returns the finished process (stdout, stderr, rc)."""
         return subprocess.run(
             [*prefix, sys.executable, str(script or self.script), *args],
-            cwd=self.root, capture_output=True, text=True, timeout=timeout, env=child_env(),
+            check=False, cwd=self.root, capture_output=True, text=True, timeout=timeout, env=child_env(),
         )
 
     def start(self, *args: str) -> subprocess.Popen[str]:
@@ -160,11 +186,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, poll: float = 0.05) -
     polling (a database or journal that does not exist yet, a locked file) count as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(Exception):  # the storage may not exist yet
             if predicate():
                 return
-        except Exception:  # noqa: BLE001 - the storage may not exist yet
-            pass
         time.sleep(poll)
     pytest.fail("condition not reached in time")
 
@@ -202,8 +226,8 @@ def dump_processes(root: int) -> str:
         lines.append(f"--- pid {pid} state {_state(pid)} wchan {wchan}: {cmd[:200]}")
         if spy.exists():
             try:
-                out = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True,
-                                     timeout=60)
+                out = subprocess.run([str(spy), "dump", "--pid", str(pid)], check=False, capture_output=True,
+                                     text=True, timeout=60)
                 lines.append(out.stdout.strip() or out.stderr.strip())
             except (OSError, subprocess.TimeoutExpired) as err:
                 lines.append(f"py-spy: {err}")
@@ -239,6 +263,21 @@ def user_project() -> Iterator[Project]:
         _kill_leftovers(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def searched_project(root: Path, script: str, config: str, timeout: float) -> Iterator[Project]:
+    """A project in ``root`` after one search that succeeded (for a module's fixture: many tests
+    read its study); a process it left behind fails the test at exit."""
+    proj = Project(root)
+    proj.script.write_text(script)
+    proj.write_config(config)
+    try:
+        done = proj.run(timeout=timeout)
+        assert done.returncode == 0, done.stderr[-2000:]
+        yield proj
+    finally:
+        _kill_leftovers(root)
 
 
 def _kill_leftovers(root: Path) -> None:

@@ -7,17 +7,11 @@ import subprocess
 
 import pytest
 
-from tests.conftest import Project, unprivileged_prefix
+from tests.conftest import X_SWEEP, Project, search_config, unprivileged_prefix
 
-GOOD = """\
-experiment_name: exp
-tag: t
-n_jobs: 2
-n_trials: 3
-sweep_parameters:
-  x: {type: float, low: 0.0, high: 1.0}
-  c: {type: categorical, choices: [a, b]}
-"""
+#: A valid config; each bad case changes one thing in it.
+GOOD = search_config(n_trials=3, direction=None, n_startup_trials=None,
+                     sweep=X_SWEEP + "  c: {type: categorical, choices: [a, b]}\n")
 
 
 def _variant(old: str, new: str) -> str:

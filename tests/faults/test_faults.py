@@ -18,24 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Project, child_env, finished, integrity, running_count, states, trials, wait_for
+from tests.conftest import (
+    Project,
+    child_env,
+    finished,
+    integrity,
+    running_count,
+    search_config,
+    states,
+    trials,
+    wait_for,
+)
 
 #: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
 pytestmark = pytest.mark.slow
-
-CONFIG = """
-experiment_name: exp
-tag: t
-direction: minimize
-n_jobs: {n_jobs}
-n_trials: {n_trials}
-n_startup_trials: 5
-sleep: {sleep}
-sweep_parameters:
-  x: {{type: float, low: 0.0, high: 1.0}}
-"""
-
-
 
 
 def _running_owner_pids(db: Path) -> list[int]:
@@ -63,13 +59,13 @@ def _project_pids(root: Path) -> list[int]:
 
 def test_worker_killed_from_outside_is_reaped_and_rerun(project: Project) -> None:
     """SIGKILL of a loky worker mid-trial: its trial becomes FAIL, is re-run, the budget is exact."""
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=12, sleep=0.4))
+    project.write_config(search_config(n_jobs=2, n_trials=12, sleep=0.4))
     proc = project.start()
     db = project.db("exp_t")
     wait_for(lambda: db.exists() and finished(db) >= 2 and _running_owner_pids(db), 60)
     victim = _running_owner_pids(db)[0]
     os.kill(victim, signal.SIGKILL)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     counts = states(db)
     assert finished(db) == 12 and "RUNNING" not in counts
@@ -83,7 +79,7 @@ def test_worker_killed_from_outside_is_reaped_and_rerun(project: Project) -> Non
 def test_trial_timeout_prunes_hung_trials(project: Project) -> None:
     """A trial past trial_timeout is killed and PRUNED with reason 'timeout'; the search goes on."""
     project.write_config(
-        CONFIG.format(n_jobs=2, n_trials=10, sleep=0)
+        search_config(n_jobs=2, n_trials=10, sleep=0)
         + "  mode: {type: categorical, choices: [ok, hang]}\n"
         + "trial_timeout: 1\n"
     )
@@ -107,7 +103,7 @@ def test_kill9_launcher_five_times_then_finish(project: Project) -> None:
     Orphaned workers exit on their own, no finished trial is lost or changed, the final study
     holds exactly 200 finished trials and nothing RUNNING, and the file passes integrity_check.
     """
-    project.write_config(CONFIG.format(n_jobs=4, n_trials=200, sleep=[0.2, 0.5]))
+    project.write_config(search_config(n_jobs=4, n_trials=200, sleep=[0.2, 0.5]))
     db = project.db("exp_t")
     rng = random.Random(1234)
     completed: dict[int, float] = {}
@@ -117,7 +113,7 @@ def test_kill9_launcher_five_times_then_finish(project: Project) -> None:
         # A random moment once the search has made progress in this launch (however loaded the
         # machine, a launch is never killed before it has run anything).
         target = before + rng.randint(1, 6)
-        wait_for(lambda: finished(db) >= target, 180)
+        wait_for(lambda target=target: finished(db) >= target, 180)
         time.sleep(rng.uniform(0.0, 0.5))
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
@@ -141,7 +137,7 @@ def test_concurrent_launches_of_one_study_cooperate(project: Project) -> None:
 
     They race to create the file, switch it to WAL and create the schema and the study.
     """
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=40, sleep=0.1))
+    project.write_config(search_config(n_jobs=2, n_trials=40, sleep=0.1))
     launches = [project.start() for _ in range(3)]
     for proc in launches:
         _, err = proc.communicate(timeout=180)
@@ -162,16 +158,25 @@ def _hold_write_lock(db: Path, seconds: float, ready: threading.Event) -> None:
     conn.close()
 
 
-def test_a_5s_write_transaction_from_another_process_fails_nothing(project: Project) -> None:
-    """Another connection holding a write transaction for 5 s only delays the search."""
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=40, sleep=0.05))
+def _search_then_hold_write_lock(
+    project: Project, after: int, seconds: float
+) -> tuple[subprocess.Popen[str], Path, threading.Thread]:
+    """Start the search; once ``after`` trials finished, another connection (a thread here) takes
+    the write lock for ``seconds``. Returns the search, its database and the holding thread."""
     proc = project.start()
     db = project.db("exp_t")
-    wait_for(lambda: db.exists() and finished(db) >= 5, 60)
+    wait_for(lambda: db.exists() and finished(db) >= after, 60)
     ready = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(db, 5.0, ready))
+    holder = threading.Thread(target=_hold_write_lock, args=(db, seconds, ready))
     holder.start()
     ready.wait(30)
+    return proc, db, holder
+
+
+def test_a_5s_write_transaction_from_another_process_fails_nothing(project: Project) -> None:
+    """Another connection holding a write transaction for 5 s only delays the search."""
+    project.write_config(search_config(n_jobs=2, n_trials=40, sleep=0.05))
+    proc, db, holder = _search_then_hold_write_lock(project, after=5, seconds=5.0)
     holder.join()
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-3000:]
@@ -181,14 +186,8 @@ def test_a_5s_write_transaction_from_another_process_fails_nothing(project: Proj
 
 def test_lock_held_past_lock_timeout_names_db_and_holder(project: Project) -> None:
     """Past lock_timeout the search stops with one line naming the DB and what holds it."""
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=60, sleep=0.05) + "lock_timeout: 2\n")
-    proc = project.start()
-    db = project.db("exp_t")
-    wait_for(lambda: db.exists() and finished(db) >= 3, 60)
-    ready = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(db, 12.0, ready))
-    holder.start()
-    ready.wait(30)
+    project.write_config(search_config(n_jobs=2, n_trials=60, sleep=0.05) + "lock_timeout: 2\n")
+    proc, db, holder = _search_then_hold_write_lock(project, after=3, seconds=12.0)
     _, err = proc.communicate(timeout=120)
     holder.join()
     assert proc.returncode == 2
@@ -216,7 +215,7 @@ def test_optuna_dashboard_polling_during_search_fails_nothing(project: Project, 
     pytest.importorskip("optuna_dashboard")
     hold = tmp_path / "hold"
     hold.touch()
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=60, sleep=0.15) + f"hold: {hold}\n")
+    project.write_config(search_config(n_jobs=2, n_trials=60, sleep=0.15) + f"hold: {hold}\n")
     db = project.db("exp_t")
     proc = project.start()
     wait_for(lambda: db.exists() and running_count(db) >= 1, 120)
@@ -256,7 +255,7 @@ def test_optuna_dashboard_polling_during_search_fails_nothing(project: Project, 
 @pytest.mark.timeout(660)  # 64 workers on a loaded 2-core machine: the run's own bound says if it hung
 def test_64_workers_1000_trials_exact(project: Project) -> None:
     """64 workers, 0.02 s trials, 1000 trials on one file: exactly 1000, none FAIL, no errors."""
-    project.write_config(CONFIG.format(n_jobs=64, n_trials=1000, sleep=0.02))
+    project.write_config(search_config(n_jobs=64, n_trials=1000, sleep=0.02))
     done = project.run(timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     db = project.db("exp_t")

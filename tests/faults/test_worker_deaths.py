@@ -13,26 +13,16 @@ import time
 
 import pytest
 
-from tests.conftest import Project, finished, integrity, states, trials, wait_for
+from tests.conftest import Project, finished, integrity, search_config, states, trials, wait_for
 from tests.integration.test_dask import SCALE_SCRIPT, error_lines, owner_pids
 
 #: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
 pytestmark = pytest.mark.slow
 
-CONFIG = """
-experiment_name: exp
-tag: t
-direction: minimize
-n_jobs: 2
-n_trials: {n_trials}
-n_startup_trials: 5
-backend: {backend}
-heartbeat_interval: 1
-sleep: {sleep}
-mode: {mode}
-sweep_parameters:
-  x: {{type: float, low: 0.0, high: 1.0}}
-"""
+
+def config_yaml(*, n_trials: int, backend: str, sleep: float, mode: str) -> str:
+    """The test search on ``backend``, the scale-out script doing ``mode``."""
+    return search_config(n_trials=n_trials, backend=backend, heartbeat_interval=1, sleep=sleep, mode=mode)
 
 
 @pytest.fixture
@@ -50,7 +40,7 @@ def test_dask_worker_sigkilled_mid_trial(scale: Project) -> None:
     """SIGKILL of a LocalCluster worker mid-trial: its trial FAIL with the pid in the reason, re-run;
     the total is exact (Dask re-running the loop elsewhere does not overshoot) and nothing RUNNING."""
     needs("dask")
-    scale.write_config(CONFIG.format(n_trials=14, backend="dask", sleep=0.5, mode="ok"))
+    scale.write_config(config_yaml(n_trials=14, backend="dask", sleep=0.5, mode="ok"))
     db = scale.db("exp_t")
     proc = scale.start()
     wait_for(lambda: db.exists() and finished(db) >= 2 and len(owner_pids(db, "RUNNING")) == 2, 60)
@@ -76,7 +66,7 @@ def test_function_that_kills_its_worker_every_time_stops_with_one_line(scale: Pr
     """Every trial kills its worker: max_worker_deaths (3) deaths, then one error line, exit 2,
     well within a minute; every trial FAIL with a reason, none RUNNING, no process left."""
     needs(backend)
-    scale.write_config(CONFIG.format(n_trials=20, backend=backend, sleep=0.1, mode="killworker"))
+    scale.write_config(config_yaml(n_trials=20, backend=backend, sleep=0.1, mode="killworker"))
     started = time.monotonic()
     done = scale.run(timeout=120)
     elapsed = time.monotonic() - started
@@ -101,7 +91,7 @@ def test_max_worker_deaths_is_configurable(scale: Project, backend: str) -> None
     """max_worker_deaths: 1 stops at the first death."""
     needs(backend)
     scale.write_config(
-        CONFIG.format(n_trials=20, backend=backend, sleep=0.1, mode="killworker") + "max_worker_deaths: 1\n"
+        config_yaml(n_trials=20, backend=backend, sleep=0.1, mode="killworker") + "max_worker_deaths: 1\n"
     )
     done = scale.run(timeout=120)
     assert done.returncode == 2, done.stderr[-3000:]
@@ -116,7 +106,7 @@ def test_deaths_between_finished_trials_do_not_stop_the_search(scale: Project, b
     max_worker_deaths: 2 the search still ends with exactly n_trials finished."""
     needs(backend)
     scale.write_config(
-        CONFIG.format(n_trials=16, backend=backend, sleep=0.2, mode="killworker_spaced")
+        config_yaml(n_trials=16, backend=backend, sleep=0.2, mode="killworker_spaced")
         + f"max_worker_deaths: 2\nkilllog: {scale.root / 'kills.log'}\n"
     )
     done = scale.run(timeout=180)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Project, child_env, finished, states, trials
-
+from tests.conftest import X_SWEEP, Project, child_env, finished, search_config, states, trials
 
 #: A training function that reports 5 steps (the pruner may stop it) and returns a value
 #: chosen by ``kind``: ``const`` (1.0 always), ``x`` (the sampled x), else (x - 0.25)^2.
@@ -37,20 +36,14 @@ if __name__ == "__main__":
     train()
 '''
 
-BASE = """
-experiment_name: exp
-tag: t
-n_jobs: {n_jobs}
-n_trials: {n_trials}
-n_startup_trials: 3
-seed: 1
-model:
-  depth: 2
-sweep_parameters:
-  x: {{type: float, low: 0.0, high: 1.0}}
-  model.width: {{type: int, low: 1, high: 8}}
-  model.solver: {{type: categorical, choices: [adam, sgd]}}
-"""
+#: The sweep over the model beside x.
+SWEEP_MODEL = "  model.width: {type: int, low: 1, high: 8}\n  model.solver: {type: categorical, choices: [adam, sgd]}\n"
+
+
+def config_yaml(*, n_jobs: int, n_trials: int) -> str:
+    """The test search: no direction (minimize), seed 1, a fixed ``model`` and three sweeps."""
+    return search_config(n_jobs=n_jobs, n_trials=n_trials, direction=None, n_startup_trials=3, seed=1,
+                         model="{depth: 2}", sweep=X_SWEEP + SWEEP_MODEL)
 
 
 @pytest.fixture
@@ -61,7 +54,7 @@ def proj(project: Project) -> Project:
 
 
 def config(proj: Project, n_jobs: int = 2, n_trials: int = 8, extra: str = "") -> None:
-    proj.write_config(BASE.format(n_jobs=n_jobs, n_trials=n_trials) + extra)
+    proj.write_config(config_yaml(n_jobs=n_jobs, n_trials=n_trials) + extra)
 
 
 def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -294,7 +287,7 @@ def test_sampler_seed_is_the_top_level_seed(tmp_path: Path) -> None:
         proj = Project(tmp_path / name)
         proj.root.mkdir()
         proj.script.write_text(SCRIPT)
-        text = BASE.format(n_jobs=1, n_trials=5).replace("seed: 1\n", "" if name == "a" else "seed: 5\n")
+        text = config_yaml(n_jobs=1, n_trials=5).replace("seed: 1\n", "" if name == "a" else "seed: 5\n")
         proj.write_config(text + extra + "pruner: none\n")
         done = proj.run()
         assert done.returncode == 0, done.stderr[-2000:]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Project, child_env, finished, integrity, states, trials, wait_for
+from tests.conftest import Project, child_env, finished, integrity, search_config, states, trials, wait_for
 
 #: Only this module's tests need Dask; the helpers below are shared with loky tests.
 #: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
@@ -67,22 +67,11 @@ if __name__ == "__main__":
     train()
 '''
 
-CONFIG = """
-experiment_name: exp
-tag: t
-direction: minimize
-n_jobs: {n_jobs}
-n_trials: {n_trials}
-n_startup_trials: 5
-backend: dask
-dask_scheduler: {scheduler}
-heartbeat_interval: 1
-sleep: {sleep}
-mode: ok
-record: ""
-sweep_parameters:
-  x: {{type: float, low: 0.0, high: 1.0}}
-"""
+
+def config_yaml(*, n_jobs: int, n_trials: int, scheduler: str, sleep: object) -> str:
+    """The test search on Dask (``scheduler``: ``local`` or an address), the scale-out script."""
+    return search_config(n_jobs=n_jobs, n_trials=n_trials, backend="dask", dask_scheduler=scheduler,
+                         heartbeat_interval=1, sleep=sleep, mode="ok", record='""')
 
 
 @pytest.fixture
@@ -183,7 +172,7 @@ def cluster(scale: Project) -> Iterator[ExternalCluster]:
 
 def test_local_cluster_guide_like_search_exact_then_resume(scale: Project) -> None:
     """LocalCluster: exactly n_trials COMPLETE in exactly n_jobs worker processes; +6 resumes exactly."""
-    scale.write_config(CONFIG.format(n_jobs=2, n_trials=20, scheduler="local", sleep=0.2))
+    scale.write_config(config_yaml(n_jobs=2, n_trials=20, scheduler="local", sleep=0.2))
     started = time.monotonic()
     done = scale.run(timeout=120)
     elapsed = time.monotonic() - started
@@ -205,7 +194,7 @@ def test_local_cluster_guide_like_search_exact_then_resume(scale: Project) -> No
 def test_external_scheduler_and_workers(scale: Project, cluster: ExternalCluster) -> None:
     """A tcp:// scheduler with two external workers: exact total, trials ran in those workers,
     and the shared cluster's workers are still alive afterwards (we stop our loops, not them)."""
-    scale.write_config(CONFIG.format(n_jobs=2, n_trials=16, scheduler=cluster.address, sleep=0.1))
+    scale.write_config(config_yaml(n_jobs=2, n_trials=16, scheduler=cluster.address, sleep=0.1))
     done = scale.run(timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     db = scale.db("exp_t")
@@ -219,7 +208,7 @@ def test_at_most_n_jobs_trials_at_once_on_a_bigger_cluster(scale: Project) -> No
     """n_jobs=2 on a 4-worker external cluster: never more than 2 trials overlap."""
     record = scale.root / "record.jsonl"
     with external_cluster(scale.root, n_workers=4) as big:
-        scale.write_config(CONFIG.format(n_jobs=2, n_trials=12, scheduler=big.address, sleep=0.2))
+        scale.write_config(config_yaml(n_jobs=2, n_trials=12, scheduler=big.address, sleep=0.2))
         done = scale.run("--set", f"record={record}", timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in record.read_text().splitlines()]
@@ -231,7 +220,7 @@ def test_at_most_n_jobs_trials_at_once_on_a_bigger_cluster(scale: Project) -> No
 def test_kill9_launcher_on_external_cluster_then_resume(scale: Project, cluster: ExternalCluster) -> None:
     """kill -9 of the launcher: the loops on the (surviving) workers stop once the launcher's lease
     expires, no trial starts afterwards, nothing stays RUNNING, and a plain re-run ends exact."""
-    scale.write_config(CONFIG.format(n_jobs=2, n_trials=40, scheduler=cluster.address, sleep=0.3))
+    scale.write_config(config_yaml(n_jobs=2, n_trials=40, scheduler=cluster.address, sleep=0.3))
     db = scale.db("exp_t")
     proc = scale.start()
     wait_for(lambda: db.exists() and finished(db) >= 4, 60)
@@ -259,7 +248,7 @@ def test_kill9_launcher_on_external_cluster_then_resume(scale: Project, cluster:
 
 def test_kill9_launcher_with_local_cluster_then_resume(scale: Project) -> None:
     """kill -9 of a LocalCluster launcher: its workers die with it, a re-run reaps and ends exact."""
-    scale.write_config(CONFIG.format(n_jobs=2, n_trials=30, scheduler="local", sleep=0.3))
+    scale.write_config(config_yaml(n_jobs=2, n_trials=30, scheduler="local", sleep=0.3))
     db = scale.db("exp_t")
     proc = scale.start()
     wait_for(lambda: db.exists() and finished(db) >= 4, 60)
@@ -289,7 +278,7 @@ def _alive(pids: list[int]) -> list[int]:
 def test_sigterm_and_sigint_on_dask(scale: Project, signum: int) -> None:
     """SIGTERM to the launcher / SIGINT to its process group (Ctrl-C): exit 143 / 130 without a
     traceback from any process, this run's RUNNING trials FAIL, workers gone."""
-    scale.write_config(CONFIG.format(n_jobs=2, n_trials=100, scheduler="local", sleep=[0.1, 5.0]))
+    scale.write_config(config_yaml(n_jobs=2, n_trials=100, scheduler="local", sleep=[0.1, 5.0]))
     db = scale.db("exp_t")
     proc = scale.start()
     wait_for(lambda: db.exists() and finished(db) >= 2 and len(owner_pids(db, "RUNNING")) == 2, 60)
@@ -316,7 +305,7 @@ def _free_port() -> int:
 
 def test_unreachable_scheduler_is_one_line_exit_2_and_creates_nothing(scale: Project) -> None:
     address = f"tcp://127.0.0.1:{_free_port()}"
-    scale.write_config(CONFIG.format(n_jobs=2, n_trials=10, scheduler=address, sleep=0))
+    scale.write_config(config_yaml(n_jobs=2, n_trials=10, scheduler=address, sleep=0))
     before = scale.snapshot()
     started = time.monotonic()
     done = scale.run(timeout=60)
@@ -333,7 +322,7 @@ def test_unreachable_scheduler_is_one_line_exit_2_and_creates_nothing(scale: Pro
 def test_sigterm_on_external_cluster_stops_the_loops_not_the_workers(scale: Project, cluster: ExternalCluster) -> None:
     """SIGTERM with a shared cluster: exit 143 at once, the loops stop (the launcher's lease says so),
     this run's trials FAIL, nothing RUNNING, and the cluster's workers are still there."""
-    scale.write_config(CONFIG.format(n_jobs=2, n_trials=100, scheduler=cluster.address, sleep=[0.5, 5.0]))
+    scale.write_config(config_yaml(n_jobs=2, n_trials=100, scheduler=cluster.address, sleep=[0.5, 5.0]))
     db = scale.db("exp_t")
     proc = scale.start()
     wait_for(lambda: db.exists() and finished(db) >= 1 and len(owner_pids(db, "RUNNING")) == 2, 60)
@@ -361,7 +350,7 @@ def test_a_cluster_without_workers_ends_with_one_error(tmp_path: Path, monkeypat
     try:
         empty.start()
         config = tmp_path / "config.yaml"
-        config.write_text(CONFIG.format(n_jobs=2, n_trials=4, scheduler=empty.address, sleep=0))
+        config.write_text(config_yaml(n_jobs=2, n_trials=4, scheduler=empty.address, sleep=0))
 
         @hparam_search(config_path=str(config), save_db_directory=str(tmp_path / "studies"))
         def train(cfg: dict) -> float:
@@ -405,7 +394,7 @@ def test_guide_example_as_written_on_a_local_cluster(tmp_path: Path) -> None:
 def test_a_stalled_launcher_is_caught_up_not_cut_short(scale: Project, cluster: ExternalCluster) -> None:
     """SIGSTOP the launcher past its lease (3 s), then SIGCONT: the loops stopped meanwhile (as if
     it had died), and the launcher starts them again: exit 0 with exactly n_trials finished."""
-    scale.write_config(CONFIG.format(n_jobs=2, n_trials=24, scheduler=cluster.address, sleep=0.5))
+    scale.write_config(config_yaml(n_jobs=2, n_trials=24, scheduler=cluster.address, sleep=0.5))
     db = scale.db("exp_t")
     proc = scale.start()
     wait_for(lambda: db.exists() and finished(db) >= 2, 60)

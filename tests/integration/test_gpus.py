@@ -10,25 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Project, states, trials
+from tests.conftest import Project, search_config, states, trials
 from tests.integration.test_dask import SCALE_SCRIPT, max_overlap
 
 #: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
 pytestmark = pytest.mark.slow
-
-CONFIG = """
-experiment_name: exp
-tag: t
-direction: minimize
-n_trials: {n_trials}
-n_startup_trials: 5
-backend: {backend}
-gpus: {gpus}
-sleep: [0.05, 0.4]
-record: {record}
-sweep_parameters:
-  x: {{type: float, low: 0.0, high: 1.0}}
-"""
 
 
 def check_devices(rows: list[dict], gpus: list[str]) -> None:
@@ -47,8 +33,8 @@ def test_concurrent_trials_never_share_a_device(project: Project, backend: str, 
     project.script.write_text(SCALE_SCRIPT)
     record = project.root / "record.jsonl"
     n_trials = 18
-    project.write_config(CONFIG.format(
-        n_trials=n_trials, backend=backend, gpus=json.dumps(gpus), record=record,
+    project.write_config(search_config(
+        n_jobs=None, n_trials=n_trials, backend=backend, gpus=json.dumps(gpus), sleep="[0.05, 0.4]", record=record,
     ))  # n_jobs defaults to len(gpus)
     done = project.run(timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

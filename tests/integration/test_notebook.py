@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, _state, descendants, dump_processes, wait_for
+from tests.conftest import REPO, _state, descendants, dump_processes, search_config, wait_for
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -129,14 +129,7 @@ def train(config):
     "result = train(argv=[])",
     'print("RESULT", result.interrupted, result.counts)',
 ]
-SLOW_YAML = """experiment_name: slow
-tag: nb
-direction: minimize
-n_jobs: 2
-n_trials: 12
-sweep_parameters:
-  x: {type: float, low: 0.0, high: 1.0}
-"""
+SLOW_YAML = search_config(experiment_name="slow", tag="nb", n_trials=12, n_startup_trials=None)
 
 
 def _kernel_children(pid: int) -> set[int]:

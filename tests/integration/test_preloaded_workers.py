@@ -7,21 +7,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.conftest import Project, child_env, states
+from tests.conftest import Project, child_env, search_config, states
 
-CONFIG = """
-experiment_name: exp
-tag: t
-direction: minimize
-n_jobs: 2
-n_trials: 6
-threads_per_trial: 2
-sampler: {type: random}
-sweep_parameters:
-  x: {type: float, low: 0.0, high: 1.0}
-"""
+
+def config_yaml(*, n_jobs: int = 2, n_trials: int = 6) -> str:
+    """The test search: two threads per trial, random sampler."""
+    return search_config(n_jobs=n_jobs, n_trials=n_trials, n_startup_trials=None, threads_per_trial=2,
+                         sampler="{type: random}")
+
 
 #: Records where each module-level run and each trial happened (pids, parents, the server's state).
 SCRIPT = '''
@@ -57,7 +51,7 @@ if __name__ == "__main__":
 
 def _run(proj: Project, **env: str) -> tuple[list[dict[str, object]], list[int]]:
     proj.script.write_text(SCRIPT)
-    proj.write_config(CONFIG)
+    proj.write_config(config_yaml())
     run_env = child_env()
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
         run_env.pop(var, None)
@@ -125,7 +119,7 @@ def test_more_loops_than_cores_load_the_script_at_most_cores_at_a_time(project: 
 
     cores = cpu_count()
     project.script.write_text(GATE_SCRIPT)
-    project.write_config(CONFIG.replace("n_jobs: 2", f"n_jobs: {cores + 3}").replace("n_trials: 6", f"n_trials: {2 * cores + 6}"))
+    project.write_config(config_yaml(n_jobs=cores + 3, n_trials=2 * cores + 6))
     done = project.run()
     assert done.returncode == 0, done.stderr
     assert states(project.db("exp_t")) == {"COMPLETE": 2 * cores + 6}
@@ -160,7 +154,7 @@ def test_a_second_search_in_one_process_sees_the_environment_set_after_the_first
     """The preloaded server (and any reused worker) outlives a search in a notebook kernel; each
     loop still hands its trial process the launcher's environment as it is when the loop starts."""
     project.script.write_text(ENV_SCRIPT)
-    project.write_config(CONFIG)
+    project.write_config(config_yaml())
     done = project.run()
     assert done.returncode == 0, done.stderr
     assert states(project.db("exp_first")) == {"COMPLETE": 6} and states(project.db("exp_second")) == {"COMPLETE": 6}

@@ -11,18 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO, Project, finished, integrity, states, trials, wait_for
-
-BASE = """
-experiment_name: exp
-tag: t
-direction: minimize
-n_jobs: {n_jobs}
-n_trials: {n_trials}
-n_startup_trials: 5
-sweep_parameters:
-  x: {{type: float, low: 0.0, high: 1.0}}
-"""
+from tests.conftest import REPO, Project, finished, integrity, search_config, states, trials, wait_for
 
 
 @pytest.mark.slow
@@ -56,7 +45,7 @@ def test_guide_example_as_written_then_ten_more(tmp_path: Path) -> None:
 def test_failures_are_pruned_with_reason_and_search_continues(project: Project) -> None:
     """Exceptions, bad returns and dead trial processes become PRUNED with a stored reason."""
     # Eight modes of nine fail: the first trials may all fail by chance, so no stop-fast rule.
-    project.write_config(BASE.format(n_jobs=2, n_trials=27) + """
+    project.write_config(search_config(n_jobs=2, n_trials=27) + """
   mode:
     type: categorical
     choices: [ok, raise, none, nan, inf, string, exit, segv, sigkill]
@@ -98,7 +87,7 @@ max_trial_errors: 0
 def test_n_jobs_2_runs_in_two_worker_processes_at_once(project: Project) -> None:
     """Two distinct worker pids own trials, neither of them the launcher's, and trials of
     different workers overlap in time."""
-    project.write_config(BASE.format(n_jobs=2, n_trials=12) + "sleep: 0.3\n")
+    project.write_config(search_config(n_jobs=2, n_trials=12) + "sleep: 0.3\n")
     launcher = project.start()  # started, not run: its pid is the launcher's
     _, err = launcher.communicate(timeout=240)
     assert launcher.returncode == 0, err[-2000:]
@@ -120,7 +109,7 @@ def test_n_jobs_2_runs_in_two_worker_processes_at_once(project: Project) -> None
 def test_n_jobs_1_still_isolates_the_launcher(project: Project) -> None:
     """With n_jobs=1 a segfaulting trial does not kill the launcher; the budget completes.
     (Two segfaults queued first; max_trial_errors off, so random choices cannot stop the run.)"""
-    project.write_config(BASE.format(n_jobs=1, n_trials=6) + """\
+    project.write_config(search_config(n_jobs=1, n_trials=6) + """\
   mode: {type: categorical, choices: [ok, segv]}
 max_trial_errors: 0
 enqueue:
@@ -139,7 +128,7 @@ enqueue:
 @pytest.mark.slow
 def test_resume_runs_exactly_the_missing_trials(project: Project) -> None:
     """--set n_trials raises the study's total; re-running a finished study runs nothing."""
-    project.write_config(BASE.format(n_jobs=2, n_trials=10))
+    project.write_config(search_config(n_jobs=2, n_trials=10))
     assert project.run().returncode == 0
     db = project.db("exp_t")
     assert states(db) == {"COMPLETE": 10}
@@ -161,7 +150,7 @@ def test_resume_runs_exactly_the_missing_trials(project: Project) -> None:
 
 def test_overrides_reach_the_function_and_name_the_db(project: Project) -> None:
     """`--set n_jobs=2 tag=second_sweep` names the DB; a new nested key reaches the function."""
-    project.write_config(BASE.format(n_jobs=1, n_trials=3))
+    project.write_config(search_config(n_jobs=1, n_trials=3))
     done = project.run("--set", "n_jobs=2", "tag=second_sweep", "--set", "model.first_layer.bias=False")
     assert done.returncode == 0, done.stderr[-2000:]
     assert not project.db("exp_t").exists()
@@ -201,7 +190,7 @@ sweep_parameters:
 @pytest.mark.slow
 def test_ctrl_c_stops_fast_leaves_nothing_running_and_resumes(project: Project) -> None:
     """SIGINT to the process group: exit 130 within seconds, no RUNNING trial, summary printed."""
-    project.write_config(BASE.format(n_jobs=2, n_trials=30) + "sleep: 0.5\n")
+    project.write_config(search_config(n_jobs=2, n_trials=30) + "sleep: 0.5\n")
     proc = project.start()
     db = project.db("exp_t")
     wait_for(lambda: db.exists() and finished(db) >= 2, 60)
@@ -233,16 +222,17 @@ def test_kill_int_during_set_up_stops_a_background_launch(project: Project) -> N
 
     from tests.conftest import child_env
 
-    project.write_config(BASE.format(n_jobs=2, n_trials=2) + "lock_timeout: 300\n")
+    project.write_config(search_config(n_jobs=2, n_trials=2) + "lock_timeout: 300\n")
     assert project.run().returncode == 0
     db = project.db("exp_t")
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # every write of the launch waits (and retries) for it
     try:
+        # Like `python x.py &` in a shell script: SIGINT ignored (sh's trap, kept across exec).
+        background = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
         proc = subprocess.Popen(
-            [sys.executable, str(project.script), "--set", "n_trials=4"], cwd=project.root, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # like `python x.py &`
+            [*background, sys.executable, str(project.script), "--set", "n_trials=4"], cwd=project.root,
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
         )
 
         def has_db_open() -> bool:
@@ -253,7 +243,7 @@ def test_kill_int_during_set_up_stops_a_background_launch(project: Project) -> N
         time.sleep(1.0)
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -267,12 +257,12 @@ def test_kill_int_during_set_up_stops_a_background_launch(project: Project) -> N
 
 def test_sigterm_exits_143(project: Project) -> None:
     """SIGTERM to the launcher alone stops the workers and exits 143 with no RUNNING trial."""
-    project.write_config(BASE.format(n_jobs=2, n_trials=30) + "sleep: 0.5\n")
+    project.write_config(search_config(n_jobs=2, n_trials=30) + "sleep: 0.5\n")
     proc = project.start()
     db = project.db("exp_t")
     wait_for(lambda: db.exists() and finished(db) >= 2, 60)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err[-2000:]
     assert "RUNNING" not in states(db)
 
@@ -281,7 +271,7 @@ def test_sigterm_exits_143(project: Project) -> None:
 @pytest.mark.timeout(660)  # 32 workers on a loaded 2-core machine: the run's own bound says if it hung
 def test_32_workers_500_trials_exact_no_errors(project: Project) -> None:
     """32 workers sharing one SQLite file finish exactly 500 trials; no storage error surfaces."""
-    project.write_config(BASE.format(n_jobs=32, n_trials=500) + "sleep: 0.05\n")
+    project.write_config(search_config(n_jobs=32, n_trials=500) + "sleep: 0.05\n")
     done = project.run(timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     db = project.db("exp_t")
@@ -295,7 +285,7 @@ def test_32_workers_500_trials_exact_no_errors(project: Project) -> None:
 
 def test_dry_run_touches_nothing(project: Project) -> None:
     """--dry-run prints the resolved config and space and creates no database."""
-    project.write_config(BASE.format(n_jobs=2, n_trials=5))
+    project.write_config(search_config(n_jobs=2, n_trials=5))
     before = project.snapshot()
     done = project.run("--dry-run", "--set", "n_trials=7")
     assert done.returncode == 0

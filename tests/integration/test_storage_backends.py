@@ -22,24 +22,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Project, child_env, wait_for
+from tests.conftest import Project, child_env, search_config, wait_for
 
 #: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
 pytestmark = pytest.mark.slow
 
-CONFIG = """
-experiment_name: exp
-tag: t
-direction: minimize
-n_jobs: {n_jobs}
-n_trials: {n_trials}
-n_startup_trials: 5
-sleep: {sleep}
-storage: {storage}
-heartbeat_interval: 1
-sweep_parameters:
-  x: {{type: float, low: 0.0, high: 1.0}}
-"""
+
+def config_yaml(*, n_jobs: int, n_trials: int, sleep: object, storage: str) -> str:
+    """The test search on ``storage``, with heartbeats every second (on a server)."""
+    return search_config(n_jobs=n_jobs, n_trials=n_trials, sleep=sleep, storage=storage, heartbeat_interval=1)
+
 
 SECRET = "s3cr3t-pw-Zq9"
 OWNER = "hparam_joblib:owner"
@@ -153,7 +145,7 @@ class Store:
 
     def config(self, **values: Any) -> str:
         """The test config for this storage (and backend) with ``values`` filled in."""
-        return CONFIG.format(storage=self.setting, **values) + self.extra
+        return config_yaml(storage=self.setting, **values) + self.extra
 
     def study(self) -> Any:
         return load(self.reader())
@@ -320,7 +312,7 @@ def test_stale_heartbeat_from_a_foreign_host_is_failed_and_rerun(project: Projec
     """A RUNNING trial owned by another machine whose heartbeat stopped an hour ago is FAIL
     with a reason and its slot re-run; one with a fresh heartbeat is left alone until it goes
     silent for 3 heartbeat intervals."""
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=5, sleep=0, storage=pg_url))
+    project.write_config(config_yaml(n_jobs=2, n_trials=5, sleep=0, storage=pg_url))
     done = project.run(timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     study_id = pg_query(pg_url, "SELECT study_id FROM studies WHERE study_name = 'exp_t'")[0][0]
@@ -378,7 +370,7 @@ def test_preflight_errors_are_one_line_and_create_nothing(project: Project, pg_u
         (with_password(pg_url).replace("postgres:", "nobody:", 1), "user 'nobody' does not exist"),
         (with_password(base + "/no_such_db"), "database 'no_such_db' does not exist"),
     ]
-    project.write_config(CONFIG.format(n_jobs=1, n_trials=3, sleep=0, storage=pg_url))
+    project.write_config(config_yaml(n_jobs=1, n_trials=3, sleep=0, storage=pg_url))
     for url, expected in cases:
         started = time.monotonic()
         line = one_error_line(project.run("--set", f"storage={url}", timeout=60))
@@ -399,7 +391,7 @@ def test_results_cli_reads_postgresql_and_journal(project: Project, pg_url: str,
     """status/best/trials take a postgresql URL (password from PGPASSWORD or the URL, never
     shown) and a journal file, like a .db path; errors are one line."""
     journal = tmp_path / "j" / "exp.journal"
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=6, sleep=0, storage=pg_url))
+    project.write_config(config_yaml(n_jobs=2, n_trials=6, sleep=0, storage=pg_url))
     assert project.run(timeout=120).returncode == 0
     assert project.run("--set", f"storage=journal:{journal}", timeout=120).returncode == 0
     env = child_env()
@@ -428,7 +420,7 @@ def test_journal_torn_tail_is_cut_and_plain_optuna_reads_everything(project: Pro
     writer killed mid-write) is dropped by the next writer; the search resumes exactly and
     Optuna's own JournalStorage reads every trial."""
     journal = project.root / "optuna_studies" / "exp_t.journal"
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=8, sleep=0, storage="journal"))
+    project.write_config(config_yaml(n_jobs=2, n_trials=8, sleep=0, storage="journal"))
     done = project.run(timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"database:     {journal}" in done.stdout
@@ -446,7 +438,7 @@ def test_server_dropping_connections_mid_search_fails_nothing(project: Project, 
     """The server ends every connection of the search (pg_terminate_backend) again and again:
     each storage call reconnects and is retried (a lost commit is recognised, not repeated), the
     search finishes exactly, nothing is left RUNNING, no trial fails."""
-    project.write_config(CONFIG.format(n_jobs=3, n_trials=40, sleep=0.3, storage=pg_url))
+    project.write_config(config_yaml(n_jobs=3, n_trials=40, sleep=0.3, storage=pg_url))
     proc = project.start()
     wait_for(lambda: pg_states(pg_url).get("COMPLETE", 0) >= 3, 90)
     killed = 0
@@ -473,7 +465,7 @@ def test_journal_survives_workers_killed_during_writes(project: Project, tmp_pat
     again and again: the file stays readable by plain Optuna, the lock never stalls (flock dies
     with its holder), and the search ends with exactly n_trials finished."""
     journal = tmp_path / "j" / "exp.journal"
-    project.write_config(CONFIG.format(n_jobs=3, n_trials=600, sleep=0.02, storage=f"journal:{journal}"))
+    project.write_config(config_yaml(n_jobs=3, n_trials=600, sleep=0.02, storage=f"journal:{journal}"))
     proc = project.start()
     kills = 0
     rounds = 0

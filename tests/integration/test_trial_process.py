@@ -10,19 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Project, child_env, states, trials
+from tests.conftest import Project, child_env, search_config, states, trials
 
-CONFIG = """
-experiment_name: exp
-tag: t
-direction: minimize
-n_jobs: {n_jobs}
-n_trials: {n_trials}
-seed: 3
-sampler: {{type: random}}
-sweep_parameters:
-  x: {{type: float, low: 0.0, high: 1.0}}
-"""
+
+def config_yaml(*, n_jobs: int, n_trials: int) -> str:
+    """The test search: random sampler, seed 3."""
+    return search_config(n_jobs=n_jobs, n_trials=n_trials, n_startup_trials=None, seed=3, sampler="{type: random}")
+
 
 #: Counts its module-level runs, reports the thread pools it sees, fails on request.
 SCRIPT = '''
@@ -78,7 +72,7 @@ def proj(project: Project) -> Project:
 
 
 def _config(proj: Project, n_jobs: int, n_trials: int, extra: str = "") -> None:
-    proj.write_config(CONFIG.format(n_jobs=n_jobs, n_trials=n_trials) + textwrap.dedent(extra))
+    proj.write_config(config_yaml(n_jobs=n_jobs, n_trials=n_trials) + textwrap.dedent(extra))
 
 
 def _module_runs(proj: Project) -> list[str]:
@@ -148,7 +142,7 @@ def test_openmp_at_import_then_in_every_trial(project: Project) -> None:
             train()
     '''))
     for n_jobs in (1, 2):
-        project.write_config(CONFIG.format(n_jobs=n_jobs, n_trials=4) + "trial_timeout: 200\n")
+        project.write_config(config_yaml(n_jobs=n_jobs, n_trials=4) + "trial_timeout: 200\n")
         done = project.run("--set", f"tag=nj{n_jobs}", timeout=240)
         assert done.returncode == 0, done.stderr
         assert states(project.db(f"exp_nj{n_jobs}")) == {"COMPLETE": 4}, done.stderr
@@ -273,7 +267,7 @@ def test_function_defined_inside_main_ships_by_value(project: Project) -> None:
         if __name__ == "__main__":
             main()
     '''))
-    project.write_config(CONFIG.format(n_jobs=2, n_trials=4))
+    project.write_config(config_yaml(n_jobs=2, n_trials=4))
     done = project.run()
     assert done.returncode == 0, done.stderr
     assert states(project.db("exp_t")) == {"COMPLETE": 4}
@@ -290,7 +284,7 @@ def test_search_started_at_import_time_fails_clearly(project: Project) -> None:
 
         train()
     '''))
-    project.write_config(CONFIG.format(n_jobs=1, n_trials=2))
+    project.write_config(config_yaml(n_jobs=1, n_trials=2))
     done = project.run()
     rows = trials(project.db("exp_t"))
     assert [r["state"] for r in rows] == ["PRUNED", "PRUNED"], done.stderr

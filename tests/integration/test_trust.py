@@ -18,20 +18,34 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO, SCRIPT, Project, child_env, finished, states, trials, wait_for
+from tests.conftest import (
+    REPO,
+    SCRIPT,
+    X_SWEEP,
+    Project,
+    child_env,
+    finished,
+    search_config,
+    states,
+    trials,
+    wait_for,
+)
 
-HEAD = """
-experiment_name: exp
-tag: t
-n_jobs: {n_jobs}
-n_trials: {n_trials}
-seed: 0
-"""
-SPACE = """
-sweep_parameters:
-  x: {type: float, low: 0.0, high: 1.0}
-  y: {type: float, low: -5.0, high: 5.0}
-"""
+#: The sweep of these tests: x and y.
+XY_SWEEP = X_SWEEP + "  y: {type: float, low: -5.0, high: 5.0}\n"
+
+
+def config_yaml(*, n_jobs: int, n_trials: int, n_startup_trials: int | None = None, seed: int = 0,
+                **settings: object) -> str:
+    """The test search over x and y: no direction (minimize), ``settings`` as YAML text."""
+    return search_config(n_jobs=n_jobs, n_trials=n_trials, direction=None, n_startup_trials=n_startup_trials,
+                         seed=seed, sweep=XY_SWEEP, **settings)
+
+
+def _status(db: Path) -> subprocess.CompletedProcess[str]:
+    """``hparam-joblib status`` on the study's file, in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "hparam_joblib", "status", str(db)], check=False,
+                          capture_output=True, text=True, env=child_env(), timeout=120)
 
 
 def _configs(db: Path) -> list[tuple[float, ...]]:
@@ -55,7 +69,7 @@ def _ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[s
 
 def test_seeded_random_search_extended_10_to_20_never_repeats(project: Project) -> None:
     """seed 0, random sampler, n_jobs 2: 10 trials, then --set n_trials=20: 20 distinct configs."""
-    project.write_config(HEAD.format(n_jobs=2, n_trials=10) + "sampler: {type: random}\n" + SPACE)
+    project.write_config(config_yaml(n_jobs=2, n_trials=10, sampler="{type: random}"))
     _ok(project.run())
     db = project.db("exp_t")
     _ok(project.run("--set", "n_trials=20"))
@@ -67,7 +81,7 @@ def test_seeded_random_search_extended_10_to_20_never_repeats(project: Project) 
 @pytest.mark.slow
 def test_seeded_tpe_inside_startup_extended_4_to_8_never_repeats(project: Project) -> None:
     """TPE still in its random start-up phase (n_startup_trials 20): 4 trials, then 8: 8 distinct."""
-    project.write_config(HEAD.format(n_jobs=2, n_trials=4) + "n_startup_trials: 20\n" + SPACE)
+    project.write_config(config_yaml(n_jobs=2, n_trials=4, n_startup_trials=20))
     _ok(project.run())
     db = project.db("exp_t")
     _ok(project.run("--set", "n_trials=8"))
@@ -79,7 +93,7 @@ def test_seeded_tpe_inside_startup_extended_4_to_8_never_repeats(project: Projec
 @pytest.mark.slow
 def test_seeded_search_interrupted_and_resumed_never_repeats(project: Project) -> None:
     """Ctrl-C after a few trials, then the same command: every trial of the study is distinct."""
-    project.write_config(HEAD.format(n_jobs=2, n_trials=30) + "sampler: {type: random}\nsleep: 0.3\n" + SPACE)
+    project.write_config(config_yaml(n_jobs=2, n_trials=30, sampler="{type: random}", sleep=0.3))
     proc = project.start()
     db = project.db("exp_t")
     wait_for(lambda: db.exists() and finished(db) >= 6, 120)
@@ -103,7 +117,7 @@ def test_two_fresh_seeded_n_jobs_1_searches_give_the_same_trials(tmp_path: Path)
         proj = Project(tmp_path / name)
         proj.root.mkdir()
         proj.script.write_text(SCRIPT)
-        proj.write_config(HEAD.format(n_jobs=1, n_trials=8).replace("seed: 0", "seed: 7") + "n_startup_trials: 4\n" + SPACE)
+        proj.write_config(config_yaml(n_jobs=1, n_trials=8, seed=7, n_startup_trials=4))
         _ok(proj.run())
         _ok(proj.run("--set", "n_trials=12"))
         runs.append(_configs(proj.db("exp_t")))
@@ -122,7 +136,7 @@ def test_always_raising_code_stops_within_k_then_retry_failed_finishes_the_budge
     """Every trial raises: exit 1 within max_trial_errors (3) trials, one line naming the error,
     the user's file and line and the traceback file; after the fix, --retry-failed ends with
     exactly n_trials COMPLETE trials, the failed ones kept PRUNED and not counted."""
-    project.write_config(HEAD.format(n_jobs=2, n_trials=10) + "max_trial_errors: 3\nmode: raise\n" + SPACE)
+    project.write_config(config_yaml(n_jobs=2, n_trials=10, max_trial_errors=3, mode="raise"))
     done = project.run()
     db = project.db("exp_t")
     assert done.returncode == 1, done.stderr[-3000:]
@@ -151,10 +165,7 @@ def test_always_raising_code_stops_within_k_then_retry_failed_finishes_the_budge
     assert "10/10 finished" in fixed.stdout and "retired:" in fixed.stdout
     again = _ok(project.run("--set", "mode=ok"))
     assert "nothing to run" in again.stderr and len(trials(db)) == len(rows)
-    status = subprocess.run(
-        [sys.executable, "-m", "hparam_joblib", "status", str(db)], capture_output=True, text=True,
-        env=child_env(), timeout=120,
-    )
+    status = _status(db)
     assert status.returncode == 0, status.stderr
     assert "10/10 of n_trials finished" in status.stdout and f"retired:    {len(failed)} trial(s)" in status.stdout
 
@@ -189,10 +200,7 @@ sweep_parameters:
     kinds = {r["number"]: r["user_attrs"].get("failure_kind") for r in rows}
     assert [kinds[n] for n in range(1, 8)] == ["error"] * 4 + ["timeout"] + ["error"] * 2
     assert "failed by an error" in done.stdout and "timed out" in done.stdout
-    status = subprocess.run(
-        [sys.executable, "-m", "hparam_joblib", "status", str(db)], capture_output=True, text=True,
-        env=child_env(), timeout=120,
-    )
+    status = _status(db)
     n_errors = sum(k == "error" for k in kinds.values())
     n_timeouts = sum(k == "timeout" for k in kinds.values())
     assert f"  failed by an error: {n_errors} (PRUNED" in status.stdout
@@ -205,7 +213,7 @@ sweep_parameters:
 def test_space_change_is_an_error_fixed_change_a_note_and_runs_are_kept(project: Project) -> None:
     """A changed range stops before anything runs (both values, --set tag=...); a changed fixed
     parameter runs with a note naming it; the study keeps one history entry per run."""
-    project.write_config(HEAD.format(n_jobs=2, n_trials=4) + "data: {epochs: 25}\n" + SPACE)
+    project.write_config(config_yaml(n_jobs=2, n_trials=4, data="{epochs: 25}"))
     _ok(project.run())
     db = project.db("exp_t")
     before = (trials(db), _study(db).user_attrs)
@@ -248,8 +256,8 @@ def test_guide_example_from_its_directory_then_from_another_resumes_one_study(tm
 
     def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, str(script), "--set", "n_jobs=4", *args], cwd=cwd, capture_output=True,
-            text=True, env=child_env(), timeout=240,
+            [sys.executable, str(script), "--set", "n_jobs=4", *args], check=False, cwd=cwd,
+            capture_output=True, text=True, env=child_env(), timeout=240,
         )
 
     db = project / "optuna_studies" / "ImageNet_exp_first_sweep.db"
@@ -287,11 +295,11 @@ if __name__ == "__main__":
     train()
 ''')
     record = tmp_path / "whole.txt"
-    project.write_config(HEAD.format(n_jobs=2, n_trials=50) + f"record: {record}\n"
-                         "pruner: {type: threshold, upper: 0.5}\n" + SPACE)
+    project.write_config(config_yaml(n_jobs=2, n_trials=50, record=record,
+                                     pruner="{type: threshold, upper: 0.5}"))
     done = _ok(project.run("--tune-n-jobs", "--tune-ladder", "1", "--tune-seconds", "5"))
     assert "the threshold pruner is off while measuring" in done.stdout
-    rows = re.findall(r"^\s+1\s+(\d+)\s+", done.stdout, re.M)
+    rows = re.findall(r"^\s+1\s+(\d+)\s+", done.stdout, re.MULTILINE)
     assert rows and int(rows[0]) >= 1  # a loaded machine may fit few trials in the rung
     assert len(record.read_text().splitlines()) >= int(rows[0])  # every measured trial ran whole
 
@@ -300,7 +308,7 @@ def test_broken_code_and_retry_failed_on_postgresql(project: Project, pg_url: st
     """The stop-fast rule and --retry-failed on a PostgreSQL study (the kinds are read there by
     one SQL query): exit 1 within K, then exactly n_trials COMPLETE, the errors kept PRUNED."""
     project.write_config(
-        HEAD.format(n_jobs=2, n_trials=6) + f"storage: {pg_url}\nmax_trial_errors: 2\nmode: raise\n" + SPACE
+        config_yaml(n_jobs=2, n_trials=6, storage=pg_url, max_trial_errors=2, mode="raise")
     )
     done = project.run()
     assert done.returncode == 1, done.stderr[-3000:]
