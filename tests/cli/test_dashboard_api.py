@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SCRIPT, Project, _kill_leftovers, child_env, trials
+from tests.conftest import SCRIPT, child_env, searched_project, trials
 
 pytest.importorskip("optuna_dashboard")
 #: Whole searches in real processes (kill loops, clusters, servers): `make test` runs them, `make test-fast` does not.
@@ -59,16 +59,8 @@ def _get(url: str) -> Any:
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The database of a real 12-trial search in which the ``mode: raise`` trials fail."""
-    root = tmp_path_factory.mktemp("dash")
-    proj = Project(root)
-    proj.script.write_text(SCRIPT)
-    proj.write_config(CONFIG)
-    try:
-        done = proj.run(timeout=90)
-        assert done.returncode == 0, done.stderr[-2000:]
+    with searched_project(tmp_path_factory.mktemp("dash"), SCRIPT, CONFIG, timeout=90) as proj:
         yield proj.db("dash_api")
-    finally:
-        _kill_leftovers(root)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import SCRIPT, Project, _kill_leftovers, child_env, running_count, states
+from tests.conftest import SCRIPT, Project, child_env, running_count, searched_project, states
 
 # Above the 120 s its searches may take (the module's `real` fixture; a search with `status` run
 # beside it), so that their own bounds say what hung.
@@ -100,9 +100,14 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load(db: Path, name: str | None = None) -> optuna.Study:
+def rdb(db: Path) -> optuna.storages.RDBStorage:
+    """Optuna's own storage on the SQLite file ``db`` (its warnings only)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    return optuna.storages.RDBStorage(f"sqlite:///{db}")
+
+
+def load(db: Path, name: str | None = None) -> optuna.Study:
+    storage = rdb(db)
     try:
         if name is None:
             (summary,) = optuna.get_all_study_summaries(storage)
@@ -117,27 +122,18 @@ def load(db: Path, name: str | None = None) -> optuna.Study:
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The database of a real 20-trial search (2 workers; trials complete, raise or return None)."""
-    root = tmp_path_factory.mktemp("real")
-    proj = Project(root)
-    proj.script.write_text(SCRIPT)
-    proj.write_config(CONFIG)
-    try:
-        done = proj.run(timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
+    with searched_project(tmp_path_factory.mktemp("real"), SCRIPT, CONFIG, timeout=120) as proj:
         db = proj.db("cli_t")
         counts = states(db)
         assert counts.get("COMPLETE", 0) >= 2 and counts.get("PRUNED", 0) >= 1, counts
         yield db
-    finally:
-        _kill_leftovers(root)
 
 
 @pytest.fixture(scope="module")
 def odd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two studies in one file; 'odd' has FAIL/RUNNING/reasonless trials and no trial configs."""
     db = tmp_path_factory.mktemp("odd") / "odd.db"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    storage = rdb(db)
     study = optuna.create_study(study_name="odd", storage=storage)
     study.set_user_attr("config", STUDY_CONFIG)
     for lr, layers in ((0.5, 2), (0.2, 3)):
@@ -168,8 +164,7 @@ def odd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def multi(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-objective study whose trials carry their config, as the package would store it."""
     db = tmp_path_factory.mktemp("multi") / "mo.db"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    storage = rdb(db)
     study = optuna.create_study(study_name="mo", storage=storage, directions=["minimize", "maximize"])
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:

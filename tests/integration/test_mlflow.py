@@ -69,8 +69,8 @@ def _project(tmp_path: Path, tracking_uri: str, n_trials: int, sleep: float = 0.
 
 
 def _run(project: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=project, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "train.py", *args], check=False, cwd=project, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def _db_trials(project: Path) -> dict[int, dict[str, Any]]:
@@ -228,7 +228,7 @@ def test_server_stopped_mid_search_costs_no_trial(tmp_path: Path, server: _Serve
         at_stop = finished()
         wait_for(lambda: finished() >= at_stop + 2, 240)  # trials go on while the server is down
         server.start()  # same port, same backend store
-        out, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()

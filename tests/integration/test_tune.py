@@ -30,7 +30,7 @@ sweep_parameters:
                        "--tune-plot", "ladder.png")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {int(m.group(1)): m for m in re.finditer(
-        r"^\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s*$", done.stdout, re.M)}
+        r"^\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s*$", done.stdout, re.MULTILINE)}
     assert set(rows) == {1, 2}, done.stdout
     assert int(rows[1].group(2)) >= 5 and int(rows[2].group(2)) >= 10  # trials ran at each rung
     assert float(rows[2].group(4)) > 1.2  # sleep-bound work: two workers are clearly faster
