@@ -771,8 +771,8 @@ def test_typo_of_reserved_key_is_noted(tmp_path: Path, key: str, suggestion: str
     path = write(tmp_path, f"n_trials: 3\n{key}: 5\n")
     cfg, notes = load_config(path, [], cpu_count=2)
     assert notes == [
-        f"config.yaml: {key}: not a reserved key, so it is passed to the function as a fixed parameter; "
-        f"did you mean {suggestion!r}?"
+        (f"config.yaml: {key}: not a reserved key, so it is passed to the function as a fixed parameter; "
+         f"did you mean {suggestion!r}?")
     ]
     assert cfg.fixed[key] == 5
 
