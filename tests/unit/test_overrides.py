@@ -66,10 +66,15 @@ def test_parse_override_value_is_yaml(text: str, path: tuple[str, ...], value: A
 )
 def test_parse_override_rejects_bad_items(text: str, message: str) -> None:
     """A malformed item is an OverrideError carrying the raw text."""
+    assert rejected(text, message).text == text
+
+
+def rejected(text: str, message: str) -> OverrideError:
+    """The OverrideError ``parse_override(text)`` raises: it matches ``message`` and names the item."""
     with pytest.raises(OverrideError, match=message) as info:
         parse_override(text)
-    assert info.value.text == text
     assert str(info.value).startswith(f"--set {text!r}: ")
+    return info.value
     assert "\n" not in str(info.value)
     assert isinstance(info.value, ConfigError)
 
