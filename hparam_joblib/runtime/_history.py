@@ -37,13 +37,10 @@ from hparam_joblib._errors import ConfigError
 from hparam_joblib._keys import RUNS_KEY, STUDY_CONFIG_KEY
 from hparam_joblib.config._schema import SearchConfig
 from hparam_joblib.config._space import to_distribution
+from hparam_joblib.runtime._json import jsonable
 
 #: Values longer than this are shown as "(changed)" in the note.
 _SHOWN = 40
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 def space_of(cfg: SearchConfig) -> dict[str, dict[str, Any]]:
@@ -57,7 +54,7 @@ def space_of(cfg: SearchConfig) -> dict[str, dict[str, Any]]:
             entry.update(low=p.low, high=p.high, log=p.log, step=p.step)
         if p.when:
             entry["when"] = {name: list(values) for name, values in p.when}
-        out[p.name] = _jsonable(entry)
+        out[p.name] = jsonable(entry)
     return out
 
 
@@ -172,7 +169,7 @@ def settings_changes(previous: Mapping[str, Any] | None, cfg: SearchConfig) -> l
     old: dict[str, Any] = {}
     new: dict[str, Any] = {}
     _flatten({k: v for k, v in previous["config"].items() if k != "sweep_parameters"}, "", old)
-    _flatten({k: v for k, v in _jsonable(dict(cfg.resolved)).items() if k != "sweep_parameters"}, "", new)
+    _flatten({k: v for k, v in jsonable(dict(cfg.resolved)).items() if k != "sweep_parameters"}, "", new)
     missing = object()
     changes = []
     for key in sorted(set(old) | set(new)):
@@ -209,7 +206,7 @@ def run_entry(
         "source": cfg.source,
         "trials_before": trials_before,
         "changed": [key for key, _, _ in changes],
-        "config": _jsonable(dict(cfg.resolved)),
+        "config": jsonable(dict(cfg.resolved)),
         "space": space_of(cfg),
     }
     if retried:
