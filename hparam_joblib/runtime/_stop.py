@@ -6,7 +6,7 @@ command again continues the search with fresh counters; ``n_trials`` stays the e
 * ``timeout`` is a wall-clock deadline shared by every worker loop (``WorkerTask.deadline``): no
   trial starts after it.
 * The result rules are decided by the worker whose trial just finished (an Optuna callback in
-  ``_worker._optimize``), from the trials in the study, and recorded in the study system attr
+  ``loops/_callbacks.ResultRules``), from the trials in the study, and recorded in the study system attr
   ``hparam_joblib:stop:<run id>``; every other loop reads it after its own trial and stops too.
   Going through the study makes it work for any backend and any number of machines.
 * Trials still running when a rule fires may finish for ``stop_grace`` seconds; then the

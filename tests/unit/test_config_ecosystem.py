@@ -19,9 +19,9 @@ from hparam_joblib.config._load import load_config
 from hparam_joblib.config._schema import ParamSpec, SearchConfig
 from hparam_joblib.config._space import build_config, suggest_all
 from hparam_joblib.config._validate import validate
+from hparam_joblib.runtime.launcher._enqueue import enqueue_keys
 from hparam_joblib.runtime.launcher._progress import format_summary
-from hparam_joblib.runtime.launcher._runner import enqueue_keys
-from hparam_joblib.runtime.loops._worker import _fit_directions
+from hparam_joblib.runtime.loops._objective import _fit_directions
 
 SRC = "config.yaml"
 SPACE = {

@@ -36,7 +36,8 @@ from typing import Any, ClassVar
 
 from hparam_joblib._errors import BackendError, HparamError
 from hparam_joblib.config._schema import SearchConfig
-from hparam_joblib.runtime.loops._worker import WorkerReport, WorkerTask, worker_main
+from hparam_joblib.runtime.loops._task import WorkerReport, WorkerTask
+from hparam_joblib.runtime.loops._worker import worker_main
 
 logger = logging.getLogger("hparam_joblib")
 
