@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from hparam_joblib._errors import ConfigError, HparamError, UsageError
 from hparam_joblib._logging import set_verbosity
@@ -31,12 +31,6 @@ if TYPE_CHECKING:
     from hparam_joblib.config._schema import SearchConfig
 
 logger = logging.getLogger("hparam_joblib")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _setup_logging() -> None:
-    setup_logging("hparam_joblib:")
 
 
 def _check_signature(func: Callable[..., Any], source: str) -> None:
@@ -147,7 +141,7 @@ def hparam_search(
                     "`if __name__ == \"__main__\":` so that importing the script does not start a search"
                 )
             args = sys.argv[1:] if argv is None else list(argv)
-            _setup_logging()
+            setup_logging("hparam_joblib:")
             # Ctrl-C / kill -INT stop the set-up too (the search loop installs its own handler):
             # a script started in the background of a shell inherits SIGINT ignored.
             previous = install_handlers({signal.SIGINT: signal.default_int_handler})
