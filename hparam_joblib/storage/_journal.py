@@ -30,7 +30,6 @@ coordinated with ours: do not write to the file from plain Optuna while a search
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
 from hparam_joblib._errors import StorageBusyError, StorageError
+from hparam_joblib._flock import FileLock
 from hparam_joblib._keys import OWNER_KEY
 from hparam_joblib.storage._base import BUDGET_STATES, BudgetExhausted
 from hparam_joblib.storage._fields import StoreFields
@@ -72,8 +72,7 @@ class FlockLock(BaseJournalFileLock):
     def __init__(self, journal: str, policy: RetryPolicy) -> None:
         self.path = journal + LOCK_SUFFIX
         self.policy = policy
-        self._fd = -1
-        self._pid = -1
+        self._file = FileLock(self.path)
         self._depth = 0
         self._thread = threading.RLock()
         self.waits = 0
@@ -84,15 +83,11 @@ class FlockLock(BaseJournalFileLock):
             self._depth += 1
             return True
         try:
-            if self._pid != os.getpid():  # opened per process: a forked copy must not share it
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                self._pid = os.getpid()
             self._lock()
         except BaseException:
-            # A Ctrl-C raised just after flock() returned must not leave it held for the life
+            # A Ctrl-C raised just after the lock was taken must not leave it held for the life
             # of this process (unlocking a lock not taken is a no-op).
-            if self._fd >= 0 and self._pid == os.getpid():
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._file.release()
             self._thread.release()
             raise
         self._depth = 1
@@ -100,37 +95,30 @@ class FlockLock(BaseJournalFileLock):
 
     def close(self) -> None:
         """Close this process's lock file (held or not: closing it releases the flock)."""
-        if self._fd >= 0 and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd, self._pid = -1, -1
+        self._file.close()
 
     def _lock(self) -> None:
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if self._file.acquire(blocking=False):
             return
-        except BlockingIOError:
-            pass
         self.waits += 1
         start = time.monotonic()
         pause = 0.0005
         while True:
             time.sleep(pause)
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self._file.acquire(blocking=False):
                 return
-            except BlockingIOError:
-                waited = time.monotonic() - start
-                if waited >= self.policy.deadline:
-                    raise StorageBusyError(
-                        self.path[: -len(LOCK_SUFFIX)], self.waits,
-                        f"another process has held {self.path} for {waited:.0f} s",
-                    ) from None
-                pause = min(pause * 2, 0.02)
+            waited = time.monotonic() - start
+            if waited >= self.policy.deadline:
+                raise StorageBusyError(
+                    self.path[: -len(LOCK_SUFFIX)], self.waits,
+                    f"another process has held {self.path} for {waited:.0f} s",
+                ) from None
+            pause = min(pause * 2, 0.02)
 
     def release(self) -> None:
         self._depth -= 1
         if self._depth == 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._file.release()
         self._thread.release()
 
 

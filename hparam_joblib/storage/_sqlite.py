@@ -4,7 +4,6 @@ writers' flock queue, and the pre-flight that reads the file without changing it
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hparam_joblib._errors import StorageBusyError, StorageError
+from hparam_joblib._flock import FileLock
 from hparam_joblib.storage._location import check_directions
 from hparam_joblib.storage._owners import describe_holders
 from hparam_joblib.storage._retry import RetryPolicy, is_lock_error
@@ -63,7 +63,7 @@ def enable_wal(db_path: Path, policy: RetryPolicy) -> None:
             conn.close()
 
 
-class _WriteLock:
+class _WriteLock(FileLock):
     """A kernel file lock (flock) that our writers queue on before SQLite's write lock.
 
     SQLite's busy handler sleeps and polls (up to 100 ms a nap), so with dozens of writers the
@@ -71,27 +71,6 @@ class _WriteLock:
     it is released. Readers never take it (WAL readers do not block). The kernel drops the lock
     when a holder dies, so a killed process cannot leave it held.
     """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd = -1
-        self.pid = -1
-
-    def acquire(self) -> None:
-        if self.pid != os.getpid():  # opened per process: a forked copy must not share it
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            self.pid = os.getpid()
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        if self.fd >= 0 and self.pid == os.getpid():  # flock(LOCK_UN) of a lock not held: no-op
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        """Close this process's lock file (releases the lock if held)."""
-        if self.fd >= 0 and self.pid == os.getpid():
-            os.close(self.fd)
-        self.fd, self.pid = -1, -1
 
 
 def sqlite_file_kind(path: Path) -> str:

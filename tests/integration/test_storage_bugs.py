@@ -236,16 +236,14 @@ def test_ctrl_c_just_after_the_write_lock_is_taken_does_not_keep_it(
     next search in that kernel waited on it forever."""
     import fcntl
 
-    from hparam_joblib.storage import _journal, _sqlite
+    from hparam_joblib.storage import _journal
 
     if kind == "sqlite":
         location = StorageLocation.sqlite(tmp_path / "study.db")
         lock_file = str(tmp_path / "study.db") + ".lock"
-        module: Any = _sqlite
     else:
         location = StorageLocation("journal", path=str(tmp_path / "study.journal"))
         lock_file = str(tmp_path / "study.journal") + _journal.LOCK_SUFFIX
-        module = _journal
     prepare(location, RetryPolicy())
     storage: Any = open_storage(location, create_tables=True)
     study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
@@ -256,10 +254,10 @@ def test_ctrl_c_just_after_the_write_lock_is_taken_does_not_keep_it(
         if op & fcntl.LOCK_EX:
             raise KeyboardInterrupt  # delivered right after the lock was taken
 
-    monkeypatch.setattr(module.fcntl, "flock", interrupted)
+    monkeypatch.setattr(fcntl, "flock", interrupted)
     with pytest.raises(KeyboardInterrupt):
         storage.set_study_user_attr(study_id, "k", 1)
-    monkeypatch.setattr(module.fcntl, "flock", real_flock)
+    monkeypatch.setattr(fcntl, "flock", real_flock)
     probe = subprocess.run(  # another process takes the lock at once
         [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
          "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')", lock_file],

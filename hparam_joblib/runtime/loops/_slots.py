@@ -7,12 +7,13 @@ no numbering of workers is needed.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from hparam_joblib._flock import lock, open_lock_file, unlock
 
 
 class Slot:
@@ -25,7 +26,7 @@ class Slot:
     def release(self) -> None:
         if self.fd >= 0:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
+                unlock(self.fd)
             finally:
                 os.close(self.fd)
                 self.fd = -1
@@ -48,16 +49,12 @@ def take_slot(
     """
     directory.mkdir(parents=True, exist_ok=True)
     order = [(first + i) % n for i in range(n)]
-    fds = {slot: os.open(directory / f"{key}-{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-           for slot in order}
+    fds = {slot: open_lock_file(directory / f"{key}-{slot}.lock", 0o666) for slot in order}
     try:
         while True:
             for slot in order:
-                try:
-                    fcntl.flock(fds[slot], fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue
-                return Slot(fds.pop(slot), slot)
+                if lock(fds[slot], blocking=False):
+                    return Slot(fds.pop(slot), slot)
             if should_stop():
                 return None
             time.sleep(poll)
