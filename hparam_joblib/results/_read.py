@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import socket
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from hparam_joblib._keys import (
 from hparam_joblib.config._space import build_config
 from hparam_joblib.config._yaml import dump_yaml
 from hparam_joblib.runtime._failures import LABELS, trial_kind
+from hparam_joblib.storage import owner_is_dead
 
 #: The order states are listed in (every Optuna state).
 STATE_ORDER: tuple[str, ...] = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -89,13 +88,7 @@ def snapshot(study: optuna.Study) -> StudyData:
     )
     best: tuple[FrozenTrial, ...] = ()
     if any(t.state == TrialState.COMPLETE for t in trials):
-        try:
-            if len(directions) > 1:
-                best = tuple(sorted(study.best_trials, key=lambda t: t.number))
-            else:
-                best = (study.best_trial,)
-        except ValueError:  # e.g. every completed value is non-finite
-            best = ()
+        best = best_front(study, len(directions) > 1)
     config = study.user_attrs.get(STUDY_CONFIG_KEY)
     metric_names = study.metric_names
     retired = study._storage.get_study_system_attrs(study._study_id).get(RETIRED_KEY) or []
@@ -108,6 +101,17 @@ def snapshot(study: optuna.Study) -> StudyData:
         best=best,
         retired=tuple(sorted(n for n in retired if isinstance(n, int))),
     )
+
+
+def best_front(study: optuna.Study, multi_objective: bool) -> tuple[FrozenTrial, ...]:
+    """The best trial (one objective) or the Pareto front in number order (several); empty when
+    no trial completed, or every completed value is non-finite."""
+    try:
+        if multi_objective:
+            return tuple(sorted(study.best_trials, key=lambda t: t.number))
+        return (study.best_trial,)
+    except ValueError:  # no completed trial, or every completed value is non-finite
+        return ()
 
 
 # -- counts, failures, throughput, running ---------------------------------------------------
@@ -225,12 +229,14 @@ def throughput_lines(trials: Iterable[FrozenTrial]) -> list[str]:
 
 @dataclass(frozen=True)
 class RunningTrial:
-    """A RUNNING trial: when it started and who runs it."""
+    """A RUNNING trial: when it started, who runs it, and whether that process is gone (it ran
+    on this host and no longer exists)."""
 
     number: int
     started: datetime | None
     host: str | None
     pid: int | None
+    gone: bool = False
 
 
 def running_trials(trials: Iterable[FrozenTrial]) -> list[RunningTrial]:
@@ -244,22 +250,9 @@ def running_trials(trials: Iterable[FrozenTrial]) -> list[RunningTrial]:
         pid = owner.get("pid")
         out.append(RunningTrial(
             number=t.number, started=t.datetime_start,
-            host=owner.get("host"), pid=pid if isinstance(pid, int) else None,
+            host=owner.get("host"), pid=pid if isinstance(pid, int) else None, gone=owner_is_dead(owner),
         ))
     return out
-
-
-def owner_gone(host: str | None, pid: int | None) -> bool:
-    """True when ``pid`` ran on this host and no such process exists any more."""
-    if host != socket.gethostname() or pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 def heartbeat_interval(data: StudyData) -> float:
@@ -433,7 +426,7 @@ def format_status(
                 ago = fmt_seconds((now - r.started).total_seconds())
                 since = f" started {r.started:%Y-%m-%d %H:%M:%S} ({ago} ago)"
             who = f" on {r.host} pid {r.pid}" if r.host is not None or r.pid is not None else ""
-            if owner_gone(r.host, r.pid):
+            if r.gone:
                 who += " (that process is gone; the next run of the search marks it FAIL)"
             elif heartbeats is not None and r.number in heartbeats:
                 age = heartbeats[r.number]

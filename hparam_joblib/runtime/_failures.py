@@ -51,6 +51,7 @@ from hparam_joblib._keys import (
     TIMEOUT,
     WORKER_DIED,
 )
+from hparam_joblib.storage import failure_attrs
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -107,11 +108,9 @@ def kind_counts(storage: Any, study_id: int) -> dict[str, int]:
 
 
 def _failure_rows(storage: Any, study_id: int) -> list[tuple[int, str, dict[str, Any]]]:
-    """``(number, state name, {attr: value})`` of every PRUNED or FAIL trial."""
-    if hasattr(storage, "failure_attrs"):
-        return list(storage.failure_attrs(study_id, _ATTRS))
-    trials = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.PRUNED, TrialState.FAIL))
-    return [(t.number, t.state.name, t.user_attrs) for t in trials]
+    """``(number, state name, {attr: value})`` of every PRUNED or FAIL trial (the attrs that
+    tell the kind), read the cheapest way the storage can."""
+    return failure_attrs(storage, study_id, _ATTRS)
 
 
 def retired(storage: Any, study_id: int) -> set[int]:

@@ -10,8 +10,9 @@ Laid out like Optuna's own ``optuna/storages/``; each module has one job:
   states.
 * ``_retry``: the retry policy and which errors are transient (SQLite locks, PostgreSQL
   deadlocks, serialization failures, lost connections).
-* ``_owners``: who runs a trial (host, pid, start time), and reaping: dead owners, trials
-  without an owner, heartbeat-stale trials (Optuna's callbacks run on those).
+* ``_owners``: who runs a trial (host, pid, start time) and whether it is alive, and reaping:
+  dead owners, trials without an owner, heartbeat-stale trials (Optuna's callbacks run on those).
+* ``_failure_rows``: why trials did not complete, as rows (each storage's ``failure_attrs``).
 * ``_sqlite`` / ``_postgresql``: each database's specifics (WAL, pragmas, the writers' flock,
   the pre-flight; drivers, connect options, readable connection errors).
 * ``_fast_path``: SQLAlchemy Core statements for the hot path (what Optuna's ORM reads and
@@ -33,6 +34,7 @@ from hparam_joblib.storage._base import (
     n_taken,
 )
 from hparam_joblib.storage._factory import (
+    failure_attrs,
     location_for,
     open_storage,
     open_study_readonly,
@@ -58,7 +60,7 @@ from hparam_joblib.storage._owners import (
 )
 from hparam_joblib.storage._postgresql import driver_url, server_engine, server_problem
 from hparam_joblib.storage._rdb import SearchStorage
-from hparam_joblib.storage._retry import RetryPolicy, server_transient
+from hparam_joblib.storage._retry import RetryPolicy, causes, server_transient
 from hparam_joblib.storage._sqlite import sqlite_file_kind
 
 __all__ = [
@@ -74,9 +76,11 @@ __all__ = [
     "StorageLocation",
     "StorageSpec",
     "StudyStore",
+    "causes",
     "check_directions",
     "driver_url",
     "fail_trial",
+    "failure_attrs",
     "is_journal_file",
     "location_for",
     "n_finished",

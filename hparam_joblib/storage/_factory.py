@@ -1,5 +1,6 @@
 """The one place that turns a location into a storage and branches on its kind: open (launcher
-and workers), pre-flight (create nothing), prepare (directory, WAL), a read-only load.
+and workers), pre-flight (create nothing), prepare (directory, WAL), a read-only load; why
+trials failed, from any storage.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from hparam_joblib.config._schema import SearchConfig
 from hparam_joblib.storage import _journal
 from hparam_joblib.storage._base import StudyStore
+from hparam_joblib.storage._failure_rows import FAILED_STATES, FailureRow, failure_rows
 from hparam_joblib.storage._location import StorageLocation
 from hparam_joblib.storage._postgresql import (
     POSTGRESQL_INSTALL,
@@ -126,3 +128,10 @@ def open_study_readonly(location: StorageLocation, study_name: str) -> Iterator[
             engine.dispose()
 
 
+def failure_attrs(storage: Any, study_id: int, keys: Sequence[str]) -> list[FailureRow]:
+    """``(number, state name, {key: value})`` of every PRUNED or FAIL trial, only the user attrs
+    ``keys``: our storages answer with their own query (one SQL query on an RDB), any other (a
+    plain Optuna storage) from its trials."""
+    if isinstance(storage, (SearchStorage, _journal.JournalSearchStorage)):
+        return storage.failure_attrs(study_id, keys)
+    return failure_rows(storage.get_all_trials(study_id, deepcopy=False, states=FAILED_STATES), keys)

@@ -52,8 +52,9 @@ from hparam_joblib._errors import StorageBusyError, StorageError
 from hparam_joblib._flock import FileLock
 from hparam_joblib._keys import OWNER_KEY
 from hparam_joblib.storage._base import BUDGET_STATES, BudgetExhausted
+from hparam_joblib.storage._failure_rows import FAILED_STATES, FailureRow, failure_rows
 from hparam_joblib.storage._fields import StoreFields
-from hparam_joblib.storage._location import StorageLocation, check_directions
+from hparam_joblib.storage._location import StorageLocation, check_directions, check_directory
 from hparam_joblib.storage._owners import owner_record
 from hparam_joblib.storage._retry import RetryPolicy
 from hparam_joblib.storage._sqlite import SQLITE_MAGIC
@@ -344,6 +345,11 @@ class JournalSearchStorage(StoreFields, JournalStorage):
                 out.append((t._trial_id, t.number, dict(owner) if isinstance(owner, dict) else {}))
             return out
 
+    def failure_attrs(self, study_id: int, keys: Sequence[str]) -> list[FailureRow]:
+        """``(number, state name, {key: value})`` of every PRUNED or FAIL trial, only the user
+        attrs ``keys`` (what ``_failures`` needs to tell an error from a pruner decision)."""
+        return failure_rows(self.get_all_trials(study_id, deepcopy=False, states=FAILED_STATES), keys)
+
     def stale_trials(self, study_id: int) -> list[int]:
         """No heartbeats on a journal: dead owners are found by pid on this host."""
         return []
@@ -386,13 +392,7 @@ def preflight(path: Path, study_name: str, directions: Sequence[str]) -> bool:
             cannot be read, or a stored direction that differs from the config.
     """
     shown = f"journal:{path}"
-    probe = path.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise StorageError(shown, f"{probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise StorageError(shown, f"directory is not writable ({probe})")
+    check_directory(shown, path.parent, "directory")
     if not path.exists():
         return False
     if path.is_dir():

@@ -1,11 +1,12 @@
 """What the ``storage:`` key means (:class:`StorageSpec`, parsing only) and where a study lives
 (:class:`StorageLocation`, small and picklable: workers open their own storage from it); the
-stored-direction check shared by the three pre-flights.
+checks the pre-flights share (the stored directions; the directory of a study file).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,3 +181,19 @@ def check_directions(where: str, study_name: str, stored: Sequence[str], expecte
     )
 
 
+
+
+def check_directory(where: str, directory: Path, label: str) -> None:
+    """Refuse a study file's ``directory`` when its nearest existing part is a file or is not
+    writable; ``label`` names it in the message (e.g. ``save directory``).
+
+    Raises:
+        StorageError: one line naming ``where``.
+    """
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StorageError(where, f"{probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(where, f"{label} is not writable ({probe})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -35,8 +36,9 @@ def owner_record(run_id: str) -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": pid, "start": process_start_time(pid), "run": run_id}
 
 
-def owner_is_dead(owner: dict[str, Any]) -> bool:
-    """True when ``owner`` ran on this host and that process no longer exists."""
+def owner_is_dead(owner: Mapping[str, Any]) -> bool:
+    """True when ``owner`` ran on this host and that process no longer exists (its pid is
+    free, or now names a process that started at another time)."""
     if owner.get("host") != socket.gethostname():
         return False
     pid = owner.get("pid")
@@ -46,7 +48,7 @@ def owner_is_dead(owner: dict[str, Any]) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:
+    except OSError:  # PermissionError: alive, another user's; anything else: cannot tell
         return False
     started = process_start_time(pid)
     return owner.get("start") is not None and started is not None and started != owner["start"]

@@ -31,21 +31,27 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
 
 
+def causes(err: BaseException) -> list[BaseException]:
+    """``err`` and what caused it (``__cause__``, else ``__context__``), outermost first."""
+    out: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and all(current is not c for c in out):
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
 def is_lock_error(err: BaseException) -> bool:
     """True when SQLite's 'database is locked/busy' is anywhere in the cause chain.
 
     Optuna wraps it in ``StorageInternalError`` (whose message blames data length).
     """
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in causes(err):
         text = str(current).lower()
         if isinstance(current, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
             return True
         if type(current).__name__ == "OperationalError" and "database is locked" in text:
             return True
-        current = current.__cause__ or current.__context__
     return False
 
 
@@ -61,15 +67,6 @@ _PG_CONNECTION_CODES = {
 }
 
 
-def _causes(err: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    current: BaseException | None = err
-    while current is not None and all(current is not c for c in out):
-        out.append(current)
-        current = current.__cause__ or current.__context__
-    return out
-
-
 def server_transient(err: BaseException) -> str:
     """Why ``err`` is a transient server error worth retrying, or ''.
 
@@ -77,7 +74,7 @@ def server_transient(err: BaseException) -> str:
     failure): re-running it is safe. ``connection:...``: the connection broke; the last commit
     may or may not have happened (the callers make their writes safe to repeat).
     """
-    for cause in _causes(err):
+    for cause in causes(err):
         code = getattr(cause, "pgcode", None)
         if code in _PG_RETRY_CODES:
             return f"rollback:{_PG_RETRY_CODES[code]}"

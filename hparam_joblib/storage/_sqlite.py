@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hparam_joblib._errors import StorageBusyError, StorageError
 from hparam_joblib._flock import FileLock
-from hparam_joblib.storage._location import check_directions
+from hparam_joblib.storage._location import check_directions, check_directory
 from hparam_joblib.storage._owners import describe_holders
 from hparam_joblib.storage._retry import RetryPolicy, is_lock_error
 
@@ -119,14 +119,7 @@ def sqlite_preflight(db_path: Path, study_name: str, direction: str | Sequence[s
         StorageError: unwritable directory, a file that is not SQLite, an unreadable database,
             or a stored direction that differs from the config.
     """
-    directory = db_path.parent
-    probe = directory
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise StorageError(str(directory), f"{probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise StorageError(str(directory), f"save directory is not writable ({probe})")
+    check_directory(str(db_path.parent), db_path.parent, "save directory")
     if not db_path.exists():
         return False
     if db_path.is_dir():
