@@ -34,6 +34,12 @@ def redact_secrets(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1***\3", text)
 
 
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """``err``'s text on one line, cut to ``limit`` characters (``...`` marks a cut)."""
+    text = " ".join(str(err).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 class HparamError(Exception):
     """Base class for every error the user can fix; printed as one line with exit status 2.
 

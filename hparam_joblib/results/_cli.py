@@ -26,18 +26,16 @@ import os
 import re
 import shlex
 import shutil
-import sqlite3
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from hparam_joblib._errors import HparamError, MissingExtraError, StorageError, UsageError
-from hparam_joblib.storage import StorageLocation
+from hparam_joblib._errors import HparamError, MissingExtraError, UsageError, one_line
+from hparam_joblib.storage import Database, heartbeat_ages, load_study, open_database, reading_study
 
 if TYPE_CHECKING:
     import optuna
@@ -106,150 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# -- opening the database --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Database:
-    """A study database checked to hold Optuna studies, opened read-only: a SQLite file, a
-    journal file, or a PostgreSQL database (``location``; its URL may hold a password)."""
-
-    path: Path
-    uri: str
-    studies: tuple[str, ...]
-    location: StorageLocation | None = None
-
-    @property
-    def shown(self) -> str:
-        """How the database is named in output: the file, or the URL with ``***`` for a password."""
-        return self.location.display if self.location is not None else str(self.path)
-
-
-_SERVER_SCHEMES = ("postgresql", "postgres")
-
-
-def _is_server_url(text: str) -> bool:
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    return scheme.split("+", 1)[0] in _SERVER_SCHEMES
-
-
-def _open_server(text: str) -> Database:
-    """A PostgreSQL database named by URL: connect read-only, list its studies."""
-    import sqlalchemy
-
-    from hparam_joblib.storage import server_engine, server_problem
-    from hparam_joblib.storage._location import parse_storage
-
-    spec = parse_storage(text)
-    if isinstance(spec, str):
-        raise UsageError(f"DB: {spec}")
-    location = StorageLocation("postgresql", url=spec.url)
-    shown = location.display
-    try:
-        engine = server_engine(location.url, read_only=True)
-        try:
-            with engine.connect() as conn:
-                if "studies" not in set(sqlalchemy.inspect(conn).get_table_names()):
-                    raise StorageError(shown, "holds no Optuna study (no 'studies' table)")
-                names = tuple(r[0] for r in conn.execute(
-                    sqlalchemy.text("SELECT study_name FROM studies ORDER BY study_id")
-                ))
-        finally:
-            engine.dispose()
-    except StorageError:
-        raise
-    except Exception as err:
-        raise StorageError(shown, server_problem(err)) from err
-    if not names:
-        raise StorageError(shown, "holds no study (the search never created one)")
-    return Database(path=Path(), uri="", studies=names, location=location)
-
-
-def _open_journal(text: str, path: Path) -> Database:
-    """An Optuna journal file: replay it (no lock, no write), list its studies."""
-    from hparam_joblib.storage import is_journal_file, read_only_storage
-
-    if not path.exists():
-        raise StorageError(text, "no such file")
-    if path.is_dir():
-        raise StorageError(text, "is a directory, not a journal file")
-    if not is_journal_file(path):
-        raise StorageError(text, "is not an Optuna journal file")
-    try:
-        names = tuple(s.study_name for s in read_only_storage(path).get_all_studies())
-    except Exception as err:
-        raise StorageError(text, f"cannot read the journal ({type(err).__name__}: {_one_line(err)})") from err
-    if not names:
-        raise StorageError(text, "holds no study (the search never created one)")
-    location = StorageLocation("journal", path=str(path.resolve()))
-    return Database(path=path.resolve(), uri="", studies=names, location=location)
-
-
-def _path_from_arg(text: str) -> Path:
-    # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db
-    return Path(text.removeprefix("sqlite:///"))
-
-
-def open_database(text: str) -> Database:
-    """Check that ``text`` names a SQLite file, a journal file (``journal:PATH`` or a file that
-    is one) or a ``postgresql://`` database with Optuna studies; create nothing.
-
-    Raises:
-        StorageError: no such file, a directory, not SQLite, unreadable, or no study in it; a
-            server that cannot be reached or refuses the credentials.
-    """
-    if _is_server_url(text):
-        return _open_server(text)
-    if text.startswith("journal:"):
-        return _open_journal(text, Path(text.removeprefix("journal:")))
-    path = _path_from_arg(text)
-    if not path.exists():
-        raise StorageError(text, "no such file")
-    if path.is_dir():
-        raise StorageError(text, "is a directory, not a database file")
-    # Not read with open(): closing it would drop this process's SQLite locks on the file
-    # (sqlite_file_kind); only a file that is not SQLite is read as a journal.
-    from hparam_joblib.storage import sqlite_file_kind
-
-    try:
-        empty = path.stat().st_size == 0
-        kind = "other" if empty else sqlite_file_kind(path)
-    except (OSError, sqlite3.Error) as err:
-        raise StorageError(text, f"cannot read the file ({getattr(err, 'strerror', None) or err})") from err
-    if kind == "other":
-        from hparam_joblib.storage import is_journal_file
-
-        if not empty and is_journal_file(path):
-            return _open_journal(text, path)
-        raise StorageError(text, "is not a SQLite database (expected a study .db file written by a search)")
-    path = path.resolve()
-    last: sqlite3.Error | None = None
-    # mode=ro never writes; immutable=1 is the fallback when the -shm file cannot be created
-    # (a read-only directory).
-    for query in ("?mode=ro", "?mode=ro&immutable=1"):
-        uri = path.as_uri() + query
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=10)
-            try:
-                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                if "studies" not in tables:
-                    raise StorageError(
-                        text, "is a SQLite database but holds no Optuna study (no 'studies' table)"
-                    )
-                names = tuple(r[0] for r in conn.execute("SELECT study_name FROM studies ORDER BY study_id"))
-            finally:
-                conn.close()
-        except sqlite3.OperationalError as err:
-            if "unable to open" not in str(err):  # e.g. locked: immutable=1 would read torn pages
-                raise StorageError(text, f"cannot read the database ({err})") from err
-            last = err
-            continue
-        except sqlite3.DatabaseError as err:
-            raise StorageError(text, f"cannot read the database ({err})") from err
-        if not names:
-            raise StorageError(text, "holds no study (the search never created one)")
-        return Database(path=path, uri=uri, studies=names)
-    raise StorageError(text, f"cannot read the database ({last})") from last
+# -- the study ---------------------------------------------------------------------------------
 
 
 def pick_study(db: Database, name: str | None, shown: str) -> str:
@@ -268,57 +123,15 @@ def pick_study(db: Database, name: str | None, shown: str) -> str:
     return name
 
 
-@contextlib.contextmanager
-def _reading(shown: str, name: str) -> Iterator[None]:
-    """Turn Optuna / SQLAlchemy / sqlite3 failures while reading a study into ``StorageError``."""
-    try:
-        yield
-    except (RuntimeError, ValueError, KeyError) as err:  # e.g. a schema from another Optuna version
-        raise StorageError(shown, f"Optuna cannot load study {name!r} ({_one_line(err)})") from err
-    except Exception as err:
-        if type(err).__module__.split(".")[0] in ("sqlalchemy", "sqlite3"):
-            raise StorageError(shown, f"cannot read study {name!r} ({_one_line(err)})") from err
-        raise
-
-
-def load_study(db: Database, name: str, shown: str, resources: contextlib.ExitStack) -> optuna.Study:
-    """Load one study through Optuna on a read-only connection, closed when ``resources`` is.
-
-    Raises:
-        StorageError: Optuna cannot read it (e.g. a schema from another Optuna version).
-    """
-    import optuna
-    from optuna.storages import RDBStorage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if db.location is not None:
-        from hparam_joblib.storage import open_study_readonly
-
-        with _reading(shown, name):
-            return resources.enter_context(open_study_readonly(db.location, name))
-    creator = functools.partial(sqlite3.connect, db.uri, uri=True, timeout=10, check_same_thread=False)
-    with _reading(shown, name):
-        storage = RDBStorage(
-            f"sqlite:///{db.path}", engine_kwargs={"creator": creator}, skip_table_creation=True
-        )
-        resources.callback(storage.engine.dispose)
-        return optuna.load_study(study_name=name, storage=storage)
-
-
 def read_study(ns: argparse.Namespace) -> tuple[Database, optuna.Study, StudyData]:
     """Open ``ns.db``, pick ``ns.study``, load it and take a snapshot of it."""
     from hparam_joblib.results._read import snapshot
 
     db = open_database(ns.db)
     name = pick_study(db, ns.study, db.shown)
-    study = load_study(db, name, db.shown, ns.resources)
-    with _reading(db.shown, name):
+    study = load_study(db, name, ns.resources)
+    with reading_study(db, name):
         return db, study, snapshot(study)
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -326,51 +139,20 @@ def _one_line(err: BaseException) -> str:
 
 def cmd_status(ns: argparse.Namespace) -> int:
     """Print counts, best trial or Pareto front, running trials, throughput, failures."""
-    from hparam_joblib.results._read import format_status
+    from hparam_joblib.results._format import format_status
 
     db, _, data = read_study(ns)
-    heartbeats = _heartbeat_ages(db, data.name) if db.location is not None and db.location.is_server else None
-    print(format_status(data, db.shown, datetime.now(), heartbeats))
+    print(format_status(data, db.shown, datetime.now(), heartbeat_ages(db, data.name)))
     return 0
-
-
-def _heartbeat_ages(db: Database, study_name: str) -> dict[int, float]:
-    """Seconds since the last heartbeat of each RUNNING trial, by number (server clock)."""
-    import sqlalchemy
-
-    from hparam_joblib.storage import server_engine, server_problem
-
-    assert db.location is not None
-    engine = server_engine(db.location.url, read_only=True)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sqlalchemy.text(
-                "SELECT t.number, EXTRACT(EPOCH FROM (LOCALTIMESTAMP - h.heartbeat)) "
-                "FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-                "WHERE s.study_name = :name AND t.state = 'RUNNING'"
-            ), {"name": study_name}).all()
-    except Exception as err:
-        raise StorageError(db.shown, server_problem(err)) from err
-    finally:
-        engine.dispose()
-    return {int(number): max(0.0, float(age)) for number, age in rows}
-
-
-def _require_best(data: StudyData) -> None:
-    from hparam_joblib.results._read import state_counts
-
-    if not data.best:
-        counts = ", ".join(f"{k} {v}" for k, v in state_counts(data.trials).items()) or "no trials"
-        raise UsageError(f"study {data.name!r} has no completed trial yet ({counts})")
 
 
 def cmd_best(ns: argparse.Namespace) -> int:
     """Print the best trial's config (one per Pareto-optimal trial for several objectives)."""
-    from hparam_joblib.results._read import best_json, best_yaml
+    from hparam_joblib.results._format import best_json, best_yaml
+    from hparam_joblib.results._read import require_best
 
     db, _, data = read_study(ns)
-    _require_best(data)
+    require_best(data)
     text = best_json(data) if ns.format == "json" else best_yaml(data, db.shown)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
@@ -378,7 +160,8 @@ def cmd_best(ns: argparse.Namespace) -> int:
 
 def cmd_trials(ns: argparse.Namespace) -> int:
     """Print the trials table, or write it as CSV to ``--csv`` (``-``: stdout)."""
-    from hparam_joblib.results._read import csv_cell, format_table, trials_table
+    from hparam_joblib.results._format import csv_cell, format_table
+    from hparam_joblib.results._read import trials_table
 
     _, _, data = read_study(ns)
     columns, rows = trials_table(data)
@@ -471,7 +254,7 @@ def write_plots(study: optuna.Study, data: StudyData, out: Path) -> tuple[list[P
             path = out / filename
             plt.gcf().savefig(path, dpi=100, bbox_inches="tight")
         except Exception as err:  # noqa: BLE001 - a plot Optuna cannot draw must not stop the rest
-            notes.append(f"{filename} skipped: {type(err).__name__}: {_one_line(err)}")
+            notes.append(f"{filename} skipped: {type(err).__name__}: {one_line(err)}")
             continue
         finally:
             plt.close("all")
@@ -508,16 +291,10 @@ def dashboard_argv(db_path: Path | str, port: int, host: str) -> list[str] | Non
 def cmd_dashboard(ns: argparse.Namespace) -> int:
     """Replace this process with optuna-dashboard on the database."""
     db = open_database(ns.db)
-    target: Path | str = db.path
-    if db.location is not None:
-        target = db.location.public_url  # never the password on a command line: pass it by env
-        if db.location.is_server:
-            from sqlalchemy.engine import make_url
-
-            password = make_url(db.location.url).password
-            if password:
-                os.environ["PGPASSWORD"] = str(password)
-    argv = dashboard_argv(target, ns.port, ns.host)
+    password = db.location.password  # never on a command line: passed by the environment
+    if password:
+        os.environ["PGPASSWORD"] = password
+    argv = dashboard_argv(db.location.public_url, ns.port, ns.host)
     if argv is None:
         raise MissingExtraError(f"optuna-dashboard is not installed: {DASHBOARD_INSTALL}")
     print(f"{PROG}: running {shlex.join(argv)}", file=sys.stderr)
@@ -536,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as ns.resources:  # database connections the command opened
             return int(ns.func(ns))
     except HparamError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -31,30 +31,23 @@ def best_config(cfg: SearchConfig, save_dir: Path) -> tuple[dict[str, Any], int,
         StorageError: no database or no such study yet.
         UsageError: no completed trial, or several objectives (no single best trial).
     """
-    from hparam_joblib.results import _cli as cli
-    from hparam_joblib.results._read import snapshot, trial_config
-    from hparam_joblib.storage import location_for
+    from hparam_joblib.results._read import require_best, snapshot, trial_config
+    from hparam_joblib.storage import load_study, location_for, open_database
 
     location = location_for(cfg, save_dir)
-    if location.kind == "sqlite":
-        text = location.path
-        if not Path(text).exists():
-            raise StorageError(text, f"no study database yet: run the search first (python {_script()})")
-    elif location.kind == "journal":
-        text = f"journal:{location.path}"
-    else:
-        text = location.url
-    db = cli.open_database(text)
+    if location.kind == "sqlite" and not Path(location.path).exists():
+        raise StorageError(location.path, f"no study database yet: run the search first (python {_script()})")
+    db = open_database(location)
     if cfg.study_name not in db.studies:
         raise StorageError(db.shown, f"holds no study {cfg.study_name!r} yet; studies: {', '.join(db.studies)}")
     with contextlib.ExitStack() as resources:
-        data = snapshot(cli.load_study(db, cfg.study_name, db.shown, resources))
+        data = snapshot(load_study(db, cfg.study_name, resources))
     if data.multi_objective:
         raise UsageError(
             f"--best: study {cfg.study_name} has {len(data.directions)} objectives, so no single best "
             f"trial; pick one from the Pareto front: hparam-joblib best {db.shown}"
         )
-    cli._require_best(data)
+    require_best(data)
     trial = data.best[0]
     config, _ = trial_config(data, trial)
     return config, trial.number, float(trial.value), db.shown  # type: ignore[arg-type]

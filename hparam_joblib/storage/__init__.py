@@ -5,7 +5,10 @@ Laid out like Optuna's own ``optuna/storages/``; each module has one job:
 * ``_location``: what ``storage:`` means (:class:`StorageSpec`) and where a study lives
   (:class:`StorageLocation`); the stored-direction check.
 * ``_factory``: the only place that turns a location into a storage (open, pre-flight,
-  prepare, read-only load); the other modules never look at the storage kind.
+  prepare, read-only load) or a results command's DB text into a location; the other modules
+  never look at the storage kind.
+* ``_readonly``: a study database read without writing anything (:class:`Database`, the
+  results CLI and ``--best``): its studies, one loaded, the heartbeats of its running trials.
 * ``_base``: what the launcher and workers use of a storage (:class:`StudyStore`), the budget
   states.
 * ``_retry``: the retry policy and which errors are transient (SQLite locks, PostgreSQL
@@ -60,6 +63,7 @@ from hparam_joblib.storage._owners import (
 )
 from hparam_joblib.storage._postgresql import driver_url, server_engine, server_problem
 from hparam_joblib.storage._rdb import SearchStorage
+from hparam_joblib.storage._readonly import Database, heartbeat_ages, load_study, open_database, reading_study
 from hparam_joblib.storage._retry import RetryPolicy, causes, server_transient
 from hparam_joblib.storage._sqlite import sqlite_file_kind
 
@@ -67,6 +71,7 @@ __all__ = [
     "BUDGET_STATES",
     "FINISHED_STATES",
     "BudgetExhausted",
+    "Database",
     "JournalSearchStorage",
     "RetryPolicy",
     "SearchStorage",
@@ -81,10 +86,13 @@ __all__ = [
     "driver_url",
     "fail_trial",
     "failure_attrs",
+    "heartbeat_ages",
     "is_journal_file",
+    "load_study",
     "location_for",
     "n_finished",
     "n_taken",
+    "open_database",
     "open_storage",
     "open_study_readonly",
     "owner_is_dead",
@@ -93,6 +101,7 @@ __all__ = [
     "preflight",
     "prepare",
     "read_only_storage",
+    "reading_study",
     "reap_dead_owners",
     "reap_stale",
     "redact_url",

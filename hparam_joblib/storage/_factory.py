@@ -1,34 +1,37 @@
 """The one place that turns a location into a storage and branches on its kind: open (launcher
-and workers), pre-flight (create nothing), prepare (directory, WAL), a read-only load; why
-trials failed, from any storage.
+and workers), pre-flight (create nothing), prepare (directory, WAL); read-only: the location a
+results command names, the studies in it, a study loaded; why trials failed, from any storage.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hparam_joblib._errors import StorageError
+from hparam_joblib._errors import StorageError, UsageError
 
 if TYPE_CHECKING:
     from hparam_joblib.config._schema import SearchConfig
 from hparam_joblib.storage import _journal
 from hparam_joblib.storage._base import StudyStore
 from hparam_joblib.storage._failure_rows import FAILED_STATES, FailureRow, failure_rows
-from hparam_joblib.storage._location import StorageLocation
+from hparam_joblib.storage._location import StorageLocation, parse_storage
 from hparam_joblib.storage._postgresql import (
     POSTGRESQL_INSTALL,
     _server_preflight,
     connect_args,
     driver_url,
     server_problem,
+    server_studies,
 )
 from hparam_joblib.storage._rdb import SearchStorage
 from hparam_joblib.storage._retry import RetryPolicy
-from hparam_joblib.storage._sqlite import enable_wal, sqlite_preflight
+from hparam_joblib.storage._sqlite import enable_wal, sqlite_file_kind, sqlite_preflight, sqlite_studies
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -101,9 +104,73 @@ def prepare(location: StorageLocation, policy: RetryPolicy) -> None:
         enable_wal(path, policy)
 
 
+_SERVER_SCHEMES = ("postgresql", "postgres")
+
+
+def readonly_location(target: str | StorageLocation) -> tuple[StorageLocation, str]:
+    """The storage to read, and how errors name it. ``target``: a results command's DB text (a
+    ``postgresql://`` URL, ``journal:PATH``, a ``sqlite:///`` URL or a file: SQLite, else a
+    journal file), or a config's location (its SQLite file is checked the same way).
+
+    Raises:
+        UsageError: a server URL that is not valid.
+        StorageError: no such file, a directory, neither SQLite nor a journal file, unreadable.
+    """
+    if isinstance(target, StorageLocation):
+        if target.kind == "sqlite":
+            return _file_location(target.path, Path(target.path)), target.path
+        return target, target.label
+    scheme = target.split("://", 1)[0].lower() if "://" in target else ""
+    if scheme.split("+", 1)[0] in _SERVER_SCHEMES:
+        spec = parse_storage(target)
+        if isinstance(spec, str):
+            raise UsageError(f"DB: {spec}")
+        location = StorageLocation("postgresql", url=spec.url)
+        return location, location.display
+    if target.startswith("journal:"):
+        return StorageLocation("journal", path=str(Path(target.removeprefix("journal:")).resolve())), target
+    # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db
+    return _file_location(target, Path(target.removeprefix("sqlite:///"))), target
+
+
+def _file_location(where: str, path: Path) -> StorageLocation:
+    """A study file to read: SQLite, or a journal file when SQLite refuses it."""
+    if not path.exists():
+        raise StorageError(where, "no such file")
+    if path.is_dir():
+        raise StorageError(where, "is a directory, not a database file")
+    # Not read with open(): closing it would drop this process's SQLite locks on the file
+    # (sqlite_file_kind); only a file that is not SQLite is read as a journal.
+    try:
+        empty = path.stat().st_size == 0
+        kind = "other" if empty else sqlite_file_kind(path)
+    except (OSError, sqlite3.Error) as err:
+        raise StorageError(where, f"cannot read the file ({getattr(err, 'strerror', None) or err})") from err
+    if kind == "other":
+        if not empty and _journal.is_journal_file(path):
+            return StorageLocation("journal", path=str(path.resolve()))
+        raise StorageError(where, "is not a SQLite database (expected a study .db file written by a search)")
+    return StorageLocation.sqlite(path)
+
+
+def readonly_studies(location: StorageLocation, where: str) -> tuple[tuple[str, ...], str]:
+    """The names of the studies in ``location``, read without writing anything, and for SQLite
+    the read-only URI that read them (:func:`open_study_readonly` loads through it).
+
+    Raises:
+        StorageError: unreadable, or no Optuna schema (names ``where``).
+    """
+    if location.kind == "postgresql":
+        return server_studies(location), ""
+    if location.kind == "journal":
+        return _journal.journal_studies(where, Path(location.path)), ""
+    return sqlite_studies(where, Path(location.path))
+
+
 @contextlib.contextmanager
-def open_study_readonly(location: StorageLocation, study_name: str) -> Iterator[Any]:
-    """``optuna.load_study`` on ``location`` without creating or writing anything.
+def open_study_readonly(location: StorageLocation, study_name: str, sqlite_uri: str = "") -> Iterator[Any]:
+    """``optuna.load_study`` on ``location`` without creating or writing anything; a SQLite file
+    through ``sqlite_uri`` when given (a ``mode=ro`` URI from :func:`readonly_studies`).
 
     The study is usable inside the ``with`` block; its database connections are closed after it.
     """
@@ -119,7 +186,14 @@ def open_study_readonly(location: StorageLocation, study_name: str) -> Iterator[
             skip_table_creation=True, skip_compatibility_check=True,
         )
     else:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{location.path}", skip_table_creation=True)
+        engine_kwargs: dict[str, Any] = {}
+        if sqlite_uri:
+            engine_kwargs["creator"] = functools.partial(
+                sqlite3.connect, sqlite_uri, uri=True, timeout=10, check_same_thread=False
+            )
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{location.path}", engine_kwargs=engine_kwargs, skip_table_creation=True
+        )
     try:
         yield optuna.load_study(study_name=study_name, storage=storage)
     finally:

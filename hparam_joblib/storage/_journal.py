@@ -48,7 +48,7 @@ from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
-from hparam_joblib._errors import StorageBusyError, StorageError
+from hparam_joblib._errors import StorageBusyError, StorageError, one_line
 from hparam_joblib._flock import FileLock
 from hparam_joblib._keys import OWNER_KEY
 from hparam_joblib.storage._base import BUDGET_STATES, BudgetExhausted
@@ -381,6 +381,24 @@ def read_only_storage(path: Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def journal_studies(where: str, path: Path) -> tuple[str, ...]:
+    """The names of the studies in the journal file ``path``, replayed without a lock or a write.
+
+    Raises:
+        StorageError: no such file, a directory, not a journal, or unreadable (names ``where``).
+    """
+    if not path.exists():
+        raise StorageError(where, "no such file")
+    if path.is_dir():
+        raise StorageError(where, "is a directory, not a journal file")
+    if not is_journal_file(path):
+        raise StorageError(where, "is not an Optuna journal file")
+    try:
+        return tuple(s.study_name for s in read_only_storage(path).get_all_studies())
+    except Exception as err:
+        raise StorageError(where, f"cannot read the journal ({type(err).__name__}: {one_line(err)})") from err
+
+
 def preflight(path: Path, study_name: str, directions: Sequence[str]) -> bool:
     """Check the journal file (or where it will be created) without changing anything.
 
@@ -412,4 +430,6 @@ def preflight(path: Path, study_name: str, directions: Sequence[str]) -> bool:
     return True
 
 
-__all__ = ["FlockLock", "JournalSearchStorage", "is_journal_file", "preflight", "read_only_storage"]
+__all__ = [
+    "FlockLock", "JournalSearchStorage", "is_journal_file", "journal_studies", "preflight", "read_only_storage",
+]

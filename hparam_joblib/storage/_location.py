@@ -153,6 +153,17 @@ class StorageLocation:
             return self.path
         return sqlite_url(Path(self.path))
 
+    @property
+    def password(self) -> str | None:
+        """The server password written in the URL, if any: tools get it by the environment
+        (``PGPASSWORD``), never on a command line."""
+        if not self.is_server:
+            return None
+        from sqlalchemy.engine import make_url
+
+        password = make_url(self.url).password
+        return str(password) if password else None
+
     def __str__(self) -> str:
         return self.display
 

@@ -1,5 +1,5 @@
 """The PostgreSQL server's specifics: the driver in the URL, connect options, one-off engines,
-readable connection errors, and the read-only pre-flight.
+readable connection errors; read-only: the pre-flight, the study names, the heartbeats' ages.
 """
 
 from __future__ import annotations
@@ -133,3 +133,53 @@ def _server_preflight(location: StorageLocation, study_name: str, directions: li
     return True
 
 
+
+
+def server_studies(location: StorageLocation) -> tuple[str, ...]:
+    """The names of the studies in a server's database, read on a read-only connection.
+
+    Raises:
+        StorageError: no Optuna schema, or the server cannot be used (one line, no password).
+    """
+    import sqlalchemy
+
+    shown = location.display
+    try:
+        engine = server_engine(location.url, read_only=True)
+        try:
+            with engine.connect() as conn:
+                if "studies" not in set(sqlalchemy.inspect(conn).get_table_names()):
+                    raise StorageError(shown, "holds no Optuna study (no 'studies' table)")
+                return tuple(r[0] for r in conn.execute(
+                    sqlalchemy.text("SELECT study_name FROM studies ORDER BY study_id")
+                ))
+        finally:
+            engine.dispose()
+    except StorageError:
+        raise
+    except Exception as err:
+        raise StorageError(shown, server_problem(err)) from err
+
+
+def heartbeat_ages(location: StorageLocation, study_name: str) -> dict[int, float]:
+    """Seconds since the last heartbeat of each RUNNING trial, by number (server clock).
+
+    Raises:
+        StorageError: the server cannot be used.
+    """
+    import sqlalchemy
+
+    engine = server_engine(location.url, read_only=True)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text(
+                "SELECT t.number, EXTRACT(EPOCH FROM (LOCALTIMESTAMP - h.heartbeat)) "
+                "FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+                "WHERE s.study_name = :name AND t.state = 'RUNNING'"
+            ), {"name": study_name}).all()
+    except Exception as err:
+        raise StorageError(location.display, server_problem(err)) from err
+    finally:
+        engine.dispose()
+    return {int(number): max(0.0, float(age)) for number, age in rows}

@@ -1,5 +1,6 @@
 """The SQLite file's specifics: connections with the pragmas every process needs, WAL, the
-writers' flock queue, and the pre-flight that reads the file without changing it.
+writers' flock queue, and what reads the file without changing it: the pre-flight, the kind of
+a file, the study names on a read-only connection.
 """
 
 from __future__ import annotations
@@ -160,3 +161,37 @@ def sqlite_preflight(db_path: Path, study_name: str, direction: str | Sequence[s
     return True
 
 
+
+
+def sqlite_studies(where: str, path: Path) -> tuple[tuple[str, ...], str]:
+    """The names of the studies in the SQLite file ``path``, and the read-only URI that read them.
+
+    Raises:
+        StorageError: no Optuna schema, or SQLite cannot read the file (names ``where``).
+    """
+    path = path.resolve()
+    last: sqlite3.Error | None = None
+    # mode=ro never writes; immutable=1 is the fallback when the -shm file cannot be created
+    # (a read-only directory).
+    for query in ("?mode=ro", "?mode=ro&immutable=1"):
+        uri = path.as_uri() + query
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=10)
+            try:
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if "studies" not in tables:
+                    raise StorageError(
+                        where, "is a SQLite database but holds no Optuna study (no 'studies' table)"
+                    )
+                names = tuple(r[0] for r in conn.execute("SELECT study_name FROM studies ORDER BY study_id"))
+            finally:
+                conn.close()
+        except sqlite3.OperationalError as err:
+            if "unable to open" not in str(err):  # e.g. locked: immutable=1 would read torn pages
+                raise StorageError(where, f"cannot read the database ({err})") from err
+            last = err
+            continue
+        except sqlite3.DatabaseError as err:
+            raise StorageError(where, f"cannot read the database ({err})") from err
+        return names, uri
+    raise StorageError(where, f"cannot read the database ({last})") from last

@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hparam_joblib.results._cli import open_database
+from hparam_joblib.storage import open_database
 from hparam_joblib.storage._sqlite import sqlite_preflight
 from tests.conftest import Project, states
 

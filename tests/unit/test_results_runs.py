@@ -8,7 +8,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hparam_joblib._keys import OWNER_KEY
-from hparam_joblib.results._read import throughput_lines
+from hparam_joblib.results._format import throughput_lines
 
 T0 = datetime(2026, 12, 1, 12, 0, 0)
 
