@@ -259,8 +259,8 @@ def test_ctrl_c_just_after_the_write_lock_is_taken_does_not_keep_it(
         storage.set_study_user_attr(study_id, "k", 1)
     monkeypatch.setattr(fcntl, "flock", real_flock)
     probe = subprocess.run(  # another process takes the lock at once
-        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
-         "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')", lock_file],
+        [sys.executable, "-c", ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+                                "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')"), lock_file],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert probe.stdout.strip() == "free", probe.stderr
