@@ -18,19 +18,14 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from hparam_joblib.storage import RetryPolicy, StorageLocation, open_storage, prepare, reap_stale
-from tests.conftest import Project, child_env, states, trials, wait_for
+from tests.conftest import Project, child_env, search_config, states, trials, wait_for
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-CONFIG = """
-experiment_name: exp
-tag: t
-direction: minimize
-n_jobs: 2
-n_trials: {n_trials}
-sweep_parameters:
-  x: {{type: float, low: 0.0, high: 1.0}}
-"""
+
+def config_yaml(*, n_trials: int) -> str:
+    """The test search: two workers, the default number of start-up trials."""
+    return search_config(n_trials=n_trials, n_startup_trials=None)
 
 
 def _launcher_then_worker(location: StorageLocation, **kwargs: Any) -> Any:
@@ -165,7 +160,7 @@ trial.suggest_float("x", 0.0, 1.0)
 
 @pytest.mark.slow
 def test_a_trial_left_running_by_plain_optuna_does_not_hang_the_search(project: Project) -> None:
-    project.write_config(CONFIG.format(n_trials=4))
+    project.write_config(config_yaml(n_trials=4))
     first = project.run()
     assert first.returncode == 0, first.stderr[-3000:]
     db = project.db("exp_t")
@@ -173,7 +168,7 @@ def test_a_trial_left_running_by_plain_optuna_does_not_hang_the_search(project: 
     asker.write_text(ASK_AND_EXIT)
     subprocess.run([sys.executable, str(asker), str(db), "exp_t"], check=True, env=child_env(), timeout=120)
     assert states(db) == {"COMPLETE": 4, "RUNNING": 1}
-    second = project.run("--set", "n_trials=6", timeout=300)
+    second = project.run("--set", "n_trials=6", timeout=240)
     assert second.returncode == 0, second.stderr[-3000:]
     assert states(db) == {"COMPLETE": 6, "FAIL": 1}
     (orphan,) = [t for t in trials(db) if t["state"] == "FAIL"]
@@ -186,7 +181,7 @@ def test_a_trial_left_running_by_plain_optuna_does_not_hang_the_search(project: 
 def test_an_ownerless_trial_of_a_live_process_is_named_then_reaped_when_it_exits(project: Project) -> None:
     """While the process that asked for the trial has the database open it may still tell: the
     search names it and waits; once that process exits, the trial is failed and the search ends."""
-    project.write_config(CONFIG.format(n_trials=2))
+    project.write_config(config_yaml(n_trials=2))
     assert project.run().returncode == 0
     db = project.db("exp_t")
     holder = project.root / "hold.py"
@@ -206,7 +201,7 @@ def test_an_ownerless_trial_of_a_live_process_is_named_then_reaped_when_it_exits
     finally:
         asker.kill()
         asker.wait()
-    assert search.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert search.wait(timeout=240) == 0, log.read_text()[-3000:]
     assert states(db) == {"COMPLETE": 4, "FAIL": 1}
     (orphan,) = [t for t in trials(db) if t["state"] == "FAIL"]
     assert orphan["number"] == 2 and "no owner record" in orphan["user_attrs"]["failure_reason"]
@@ -221,7 +216,7 @@ def test_a_database_without_the_whole_schema_yet_is_a_new_study(project: Project
     with closing(sqlite3.connect(db)) as conn:
         conn.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name VARCHAR(512) UNIQUE)")
         conn.commit()
-    project.write_config(CONFIG.format(n_trials=3))
+    project.write_config(config_yaml(n_trials=3))
     run = project.run()
     assert run.returncode == 0, run.stderr[-3000:]
     assert states(db) == {"COMPLETE": 3}
