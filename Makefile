@@ -50,7 +50,7 @@ optuna-storage-tests-latest:
 	$(LATEST)/bin/python tests/optuna_suite/run.py -q -n 4
 
 lint: venv
-	$(BIN)/ruff check hparam_joblib
+	$(BIN)/ruff check hparam_joblib tests benchmarks
 	$(BIN)/mypy hparam_joblib
 
 test-fast: venv
