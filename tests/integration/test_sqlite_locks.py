@@ -22,7 +22,7 @@ import pytest
 
 from hparam_joblib.storage import open_database
 from hparam_joblib.storage._sqlite import sqlite_preflight
-from tests.conftest import Project, states
+from tests.conftest import Project, search_config, states
 
 READERS: dict[str, Callable[[Path], object]] = {
     "search pre-flight": lambda db: sqlite_preflight(db, "s", "minimize"),
@@ -114,16 +114,7 @@ if __name__ == "__main__":
                       "counts": [first.counts, second.counts]}))
 '''
 
-TWO_SEARCHES_CONFIG = """
-experiment_name: exp
-tag: t
-direction: minimize
-n_jobs: 2
-n_trials: 4
-sampler: {type: random}
-sweep_parameters:
-  x: {type: float, low: 0.0, high: 1.0}
-"""
+TWO_SEARCHES_CONFIG = search_config(n_trials=4, n_startup_trials=None, sampler="{type: random}")
 
 
 def test_a_search_leaves_no_connection_open_in_the_calling_process(project: Project) -> None:
@@ -144,8 +135,8 @@ def test_loops_that_keep_finding_the_study_done_reopen_then_stop_the_launcher(tm
     trial while the launcher's finished count stands still make it read over new connections
     once, then stop the search with one line, instead of restarting loops for ever."""
     from hparam_joblib._errors import StorageError
-    from hparam_joblib.runtime.launcher._runner import EarlyEnds
-    from hparam_joblib.runtime.loops._worker import WorkerReport
+    from hparam_joblib.runtime.launcher._early_ends import EarlyEnds
+    from hparam_joblib.runtime.loops._task import WorkerReport
     from hparam_joblib.storage import StorageLocation, open_storage, prepare
     from hparam_joblib.storage._retry import RetryPolicy
 
