@@ -469,16 +469,24 @@ def test_journal_survives_workers_killed_during_writes(project: Project, tmp_pat
     proc = project.start()
     kills = 0
     rounds = 0
+    done_at_kill = -1
     while proc.poll() is None and kills < 4 and rounds < 300:
         rounds += 1
         time.sleep(0.2)
         with contextlib.suppress(Exception):
+            study = load(journal_storage(journal))
+            # A trial finished since the last kill: the deaths are not "in a row" (on a loaded
+            # machine a replaced worker may need seconds before its first trial, and three
+            # deaths in a row without one stop the search by design: max_worker_deaths).
+            if finished(counts(study)) <= done_at_kill:
+                continue
             # Owners of RUNNING trials that are still alive (a killed worker's trial stays
             # RUNNING until the launcher reaps it).
-            pids = [p for p in running_owner_pids(load(journal_storage(journal))) if Path(f"/proc/{p}").exists()]
+            pids = [p for p in running_owner_pids(study) if Path(f"/proc/{p}").exists()]
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 kills += 1
+                done_at_kill = finished(counts(study))
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-3000:]
     assert kills >= 3, kills
