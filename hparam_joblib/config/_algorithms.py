@@ -13,7 +13,7 @@ import importlib.util
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import optuna
 
@@ -92,8 +92,8 @@ class AlgorithmSpec:
 def optuna_class(kind: str, type_name: str) -> type:
     """The Optuna class for a sampler or pruner type."""
     if kind == "sampler":
-        return getattr(optuna.samplers, SAMPLERS[type_name])
-    return getattr(optuna.pruners, PRUNERS[type_name])
+        return cast(type, getattr(optuna.samplers, SAMPLERS[type_name]))
+    return cast(type, getattr(optuna.pruners, PRUNERS[type_name]))
 
 
 def _annotation_types(annotation: Any) -> tuple[type, ...] | None:

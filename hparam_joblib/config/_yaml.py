@@ -8,7 +8,7 @@ A key repeated in one mapping is an error (PyYAML would silently keep the last o
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -33,7 +33,8 @@ class _Loader(yaml.SafeLoader):
                         f"found duplicate key {key!r}", key_node.start_mark,
                     )
                 seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        # Not a mapping: the base class reports it (the cast only names the type it checks).
+        return super().construct_mapping(cast(yaml.MappingNode, node), deep=deep)
 
 
 _FLOAT_12 = re.compile(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from optuna import distributions as optuna_distributions
 from optuna.storages._rdb import models
@@ -64,7 +64,7 @@ class CoreWrites(Retrying):
         if state is None:
             raise KeyError(models.NOT_FOUND_MSG)
         self.check_trial_is_updatable(trial_id, state)
-        return state
+        return cast(TrialState, state)
 
     def _set_state_without_commit(
         self, session: Any, trial_id: int, state: TrialState, values: Sequence[float] | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from hparam_joblib._errors import StorageError, one_line
 from hparam_joblib.storage._factory import open_study_readonly, readonly_location, readonly_studies
@@ -79,7 +79,7 @@ def load_study(db: Database, name: str, resources: contextlib.ExitStack) -> optu
         StorageError: Optuna cannot read it (e.g. a schema from another Optuna version).
     """
     with reading_study(db, name):
-        return resources.enter_context(open_study_readonly(db.location, name, sqlite_uri=db.uri))
+        return cast("optuna.Study", resources.enter_context(open_study_readonly(db.location, name, sqlite_uri=db.uri)))
 
 
 def heartbeat_ages(db: Database, study_name: str) -> dict[int, float] | None:

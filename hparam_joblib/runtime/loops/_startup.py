@@ -64,7 +64,7 @@ def _loops_on_this_host(task: WorkerTask) -> int:
         info = worker.client.scheduler_info(n_workers=-1)
         here = sum(w.get("nthreads", 1) for addr, w in info.get("workers", {}).items()
                    if addr.rsplit(":", 1)[0] == host)
-        return max(1, min(n_jobs, here))
+        return max(1, min(n_jobs, int(here)))
     except Exception:  # noqa: BLE001 - best effort; fall back to n_jobs
         return n_jobs
 

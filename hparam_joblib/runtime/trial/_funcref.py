@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 #: The attribute ``@hparam_search`` puts on the launcher: the function it decorates.
 WRAPPED_ATTR = "__hparam_search_func__"
@@ -131,4 +131,4 @@ def load(ref: FunctionRef) -> Callable[[dict[str, Any]], Any]:
         obj = _lookup(module, ref.qualname)
     else:
         obj = _lookup(importlib.import_module(ref.module), ref.qualname)
-    return getattr(obj, WRAPPED_ATTR, obj)
+    return cast("Callable[[dict[str, Any]], Any]", getattr(obj, WRAPPED_ATTR, obj))
