@@ -27,15 +27,7 @@ Laid out like Optuna's own ``optuna/storages/``; each module has one job:
 
 from __future__ import annotations
 
-from hparam_joblib._errors import StorageBusyError, StorageError
-from hparam_joblib.storage._base import (
-    BUDGET_STATES,
-    FINISHED_STATES,
-    BudgetExhausted,
-    StudyStore,
-    n_finished,
-    n_taken,
-)
+from hparam_joblib.storage._base import BudgetExhausted, StudyStore, n_finished, n_taken
 from hparam_joblib.storage._factory import (
     failure_attrs,
     location_for,
@@ -44,42 +36,23 @@ from hparam_joblib.storage._factory import (
     preflight,
     prepare,
 )
-from hparam_joblib.storage._journal import JournalSearchStorage, is_journal_file, read_only_storage
-from hparam_joblib.storage._location import (
-    StorageKind,
-    StorageLocation,
-    StorageSpec,
-    check_directions,
-    parse_storage,
-    redact_url,
-    sqlite_url,
-)
-from hparam_joblib.storage._owners import (
-    fail_trial,
-    owner_is_dead,
-    owner_record,
-    reap_dead_owners,
-    reap_stale,
-)
-from hparam_joblib.storage._postgresql import driver_url, server_engine, server_problem
+from hparam_joblib.storage._journal import JournalSearchStorage
+from hparam_joblib.storage._location import StorageLocation, check_directions
+from hparam_joblib.storage._owners import fail_trial, owner_is_dead, owner_record, reap_dead_owners
+from hparam_joblib.storage._postgresql import driver_url
 from hparam_joblib.storage._rdb import SearchStorage
 from hparam_joblib.storage._readonly import Database, heartbeat_ages, load_study, open_database, reading_study
-from hparam_joblib.storage._retry import RetryPolicy, causes, server_transient
-from hparam_joblib.storage._sqlite import sqlite_file_kind
+from hparam_joblib.storage._retry import RetryPolicy, causes
 
+#: What the rest of the package uses of storage/ (and the two storage classes); anything else is
+#: imported from its module by the code or test that needs it.
 __all__ = [
-    "BUDGET_STATES",
-    "FINISHED_STATES",
     "BudgetExhausted",
     "Database",
     "JournalSearchStorage",
     "RetryPolicy",
     "SearchStorage",
-    "StorageBusyError",
-    "StorageError",
-    "StorageKind",
     "StorageLocation",
-    "StorageSpec",
     "StudyStore",
     "causes",
     "check_directions",
@@ -87,7 +60,6 @@ __all__ = [
     "fail_trial",
     "failure_attrs",
     "heartbeat_ages",
-    "is_journal_file",
     "load_study",
     "location_for",
     "n_finished",
@@ -97,17 +69,8 @@ __all__ = [
     "open_study_readonly",
     "owner_is_dead",
     "owner_record",
-    "parse_storage",
     "preflight",
     "prepare",
-    "read_only_storage",
     "reading_study",
     "reap_dead_owners",
-    "reap_stale",
-    "redact_url",
-    "server_engine",
-    "server_problem",
-    "server_transient",
-    "sqlite_file_kind",
-    "sqlite_url",
 ]

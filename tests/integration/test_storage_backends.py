@@ -521,7 +521,7 @@ def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:
 
     import psycopg2
 
-    from hparam_joblib.storage import server_transient
+    from hparam_joblib.storage._retry import server_transient
 
     pg_query(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v int)")
     pg_query(pg_url, "INSERT INTO t VALUES (1, 0), (2, 0)")

@@ -17,7 +17,8 @@ from optuna.distributions import FloatDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from hparam_joblib.storage import RetryPolicy, StorageLocation, open_storage, prepare, reap_stale
+from hparam_joblib.storage import RetryPolicy, StorageLocation, open_storage, prepare
+from hparam_joblib.storage._owners import reap_stale
 from tests.conftest import Project, child_env, search_config, states, trials, wait_for
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
