@@ -102,9 +102,17 @@ time.sleep(0.4)  # a slow import (torch, a dataset): what the gate spreads out
 with open(os.path.join(HERE, "loads.txt"), "a") as fh:
     fh.write(f"{os.getpid()} {start} {time.time()}\\n")
 
+def loaded():
+    with open(os.path.join(HERE, "loads.txt")) as fh:
+        return len(fh.read().splitlines())
+
 @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
 def train(config):
-    time.sleep(0.5)  # long enough that every loop gets trials (a late one would find none left)
+    # Hold every trial until all loops have loaded the script (the launcher's row + n_jobs), so a
+    # loop that starts late on a loaded machine still finds trials left; bounded, never a hang.
+    deadline = time.time() + 180
+    while loaded() < N_JOBS + 1 and time.time() < deadline:
+        time.sleep(0.1)
     return config["x"]
 
 if __name__ == "__main__":
@@ -118,7 +126,7 @@ def test_more_loops_than_cores_load_the_script_at_most_cores_at_a_time(project: 
     from loky import cpu_count
 
     cores = cpu_count()
-    project.script.write_text(GATE_SCRIPT)
+    project.script.write_text(GATE_SCRIPT.replace("N_JOBS", str(cores + 3)))
     project.write_config(config_yaml(n_jobs=cores + 3, n_trials=2 * cores + 6))
     done = project.run()
     assert done.returncode == 0, done.stderr
