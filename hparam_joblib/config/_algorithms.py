@@ -11,7 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import sys
+import types
+import typing
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -52,13 +56,6 @@ MANAGED: dict[str, str] = {
     "seed": "set the top-level seed instead (workers derive their seeds from it)",
     "search_space": "the grid is derived from sweep_parameters",
 }
-_YAML_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,),
-    "float": (int, float),
-    "bool": (bool,),
-    "str": (str,),
-    "None": (type(None),),
-}
 
 
 @dataclass(frozen=True)
@@ -96,21 +93,42 @@ def optuna_class(kind: str, type_name: str) -> type:
     return cast(type, getattr(optuna.pruners, PRUNERS[type_name]))
 
 
-def _annotation_types(annotation: Any) -> tuple[type, ...] | None:
-    """The Python types a YAML value may have for this annotation; None when YAML cannot
+def _yaml_types(hint: Any) -> tuple[type, ...] | None:
+    """The Python types a YAML value may have for a resolved type hint; None when YAML cannot
     express it (a callable, a sampler object, ...)."""
+    if hint is None or hint is type(None):
+        return (type(None),)
+    if hint in (int, bool, str):
+        return (hint,)
+    if hint is float:
+        return (int, float)
+    origin = typing.get_origin(hint)
+    if hint in (dict, Mapping) or origin in (dict, Mapping):
+        return (dict,)
+    if origin in (typing.Union, types.UnionType):
+        allowed: tuple[type, ...] = ()
+        for arg in typing.get_args(hint):
+            found = _yaml_types(arg)
+            if found is None:
+                return None
+            allowed += found
+        return allowed
+    return None
+
+
+def _annotation_types(annotation: Any, module: str) -> tuple[type, ...] | None:
+    """The YAML types for one parameter's annotation. Optuna's modules use postponed annotations
+    (strings): each is evaluated in its module's namespace, as :func:`typing.get_type_hints`
+    does, but one at a time, so that a name imported only for type checking makes that one
+    parameter unsettable instead of failing them all."""
     if annotation is inspect.Parameter.empty:
         return None
-    text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
-    allowed: tuple[type, ...] = ()
-    for token in (t.strip() for t in text.split("|")):
-        if token in _YAML_TYPES:
-            allowed += _YAML_TYPES[token]
-        elif token.startswith(("dict[", "Mapping[")) or token == "dict":
-            allowed += (dict,)
-        else:
+    if isinstance(annotation, str):
+        try:
+            annotation = eval(annotation, vars(sys.modules[module]), {})  # Optuna's own annotation text
+        except Exception:  # noqa: BLE001 - a TYPE_CHECKING-only name, a newer syntax: not settable
             return None
-    return allowed
+    return _yaml_types(annotation)
 
 
 @dataclass(frozen=True)
@@ -124,9 +142,10 @@ class Option:
 
 def options_of(kind: str, type_name: str) -> dict[str, Option]:
     """Every keyword argument of the class (``self``, ``*args``, ``**kwargs`` left out)."""
-    params = inspect.signature(optuna_class(kind, type_name)).parameters.values()
+    cls = optuna_class(kind, type_name)
+    params = inspect.signature(cls).parameters.values()
     return {
-        p.name: Option(p.name, _annotation_types(p.annotation), p.default is inspect.Parameter.empty)
+        p.name: Option(p.name, _annotation_types(p.annotation, cls.__module__), p.default is inspect.Parameter.empty)
         for p in params
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
