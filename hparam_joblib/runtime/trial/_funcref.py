@@ -9,6 +9,10 @@ that can no longer fork safely, nor be cheap to start. So the launcher describes
   runs that file as module ``__mp_main__`` (as ``multiprocessing``'s spawn does; ``__name__`` is
   not ``"__main__"``, so the script's ``if __name__ == "__main__": train()`` does not start a
   search), and aliases it as ``__main__`` so that pickles naming ``__main__`` objects resolve.
+  A script started as ``python -m pkg.module`` is found again by that module name (``spec_name``,
+  from ``__main__.__spec__``), as ``-m`` did: its parent package is imported first and its
+  ``__package__`` is set, so relative imports and ``importlib.resources.files(__package__)`` work
+  in the trial exactly as in the launcher.
 * ``module``: the function is importable by name (``mypkg.train``): the trial process imports it.
 * ``pickled``: neither (a notebook cell, ``python -c``, a function defined inside another): the
   function travels by value with cloudpickle, with what it references.
@@ -20,6 +24,7 @@ and bytes): unpickling it in a worker never imports anything of the user's.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -42,6 +47,8 @@ class FunctionRef:
     module: str = ""
     #: The script's absolute path (``path``).
     path: str = ""
+    #: The module name of a script run with ``python -m`` (``path``; empty for ``python script.py``).
+    spec_name: str = ""
     #: The launcher's ``sys.path`` (absolute), so that the script's own imports resolve the same.
     sys_path: tuple[str, ...] = ()
     #: The launcher's ``sys.argv`` (module-level code may read it).
@@ -69,6 +76,12 @@ def _is_ours(obj: Any, func: Callable[..., Any]) -> bool:
     return obj is func or getattr(obj, WRAPPED_ATTR, None) is func
 
 
+def _run_as_module(module: Any) -> str:
+    """``pkg.train`` when the script was started as ``python -m pkg.train``, else ``""``."""
+    name = getattr(getattr(module, "__spec__", None), "name", None)
+    return name if isinstance(name, str) and name not in ("__main__", SCRIPT_MODULE) else ""
+
+
 def make_ref(func: Callable[..., Any]) -> FunctionRef:
     """Describe ``func`` for the trial processes (launcher side).
 
@@ -89,8 +102,8 @@ def make_ref(func: Callable[..., Any]) -> FunctionRef:
     if found is not None and _is_ours(found, func):
         main_file = getattr(module, "__file__", None)
         if module_name in ("__main__", SCRIPT_MODULE) and main_file and os.path.exists(main_file):
-            return FunctionRef("path", qualname=qualname, module=module_name,
-                               path=os.path.abspath(main_file), sys_path=sys_path, argv=argv)
+            return FunctionRef("path", qualname=qualname, module=module_name, path=os.path.abspath(main_file),
+                               spec_name=_run_as_module(module), sys_path=sys_path, argv=argv)
         spec = getattr(module, "__spec__", None)
         if module_name not in ("__main__", SCRIPT_MODULE) and spec is not None:
             return FunctionRef("module", qualname=qualname, module=module_name, sys_path=sys_path, argv=argv)
@@ -121,14 +134,42 @@ def load(ref: FunctionRef) -> Callable[[dict[str, Any]], Any]:
 
         obj: Any = cloudpickle.loads(ref.payload)
     elif ref.kind == "path":
-        spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, ref.path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load the script {ref.path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[SCRIPT_MODULE] = module
-        sys.modules["__main__"] = module
-        spec.loader.exec_module(module)
-        obj = _lookup(module, ref.qualname)
+        obj = _lookup(_run_script(ref), ref.qualname)
     else:
         obj = _lookup(importlib.import_module(ref.module), ref.qualname)
     return cast("Callable[[dict[str, Any]], Any]", getattr(obj, WRAPPED_ATTR, obj))
+
+
+def _script_spec(ref: FunctionRef) -> importlib.machinery.ModuleSpec:
+    """The spec the launcher's ``__main__`` was run from: by module name for ``python -m`` (its
+    parent packages are imported, as ``-m`` does), else by file path."""
+    if ref.spec_name:
+        try:
+            spec = importlib.util.find_spec(ref.spec_name)
+        except ImportError:
+            spec = None
+        if spec is not None and spec.loader is not None and spec.has_location:
+            return spec
+        # Not importable by that name here (a Dask machine without the package): the file itself.
+    spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, ref.path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the script {ref.path}")
+    return spec
+
+
+def _run_script(ref: FunctionRef) -> Any:
+    """Run the launcher's script as ``__mp_main__`` (aliased ``__main__``); returns the module."""
+    spec = _script_spec(ref)
+    module = importlib.util.module_from_spec(spec)
+    # ``python -m pkg.train``: __package__ "pkg" and __spec__ stay the module's (relative imports
+    # resolve against them), only __name__ is not "__main__".
+    module.__name__ = SCRIPT_MODULE
+    sys.modules[SCRIPT_MODULE] = module
+    sys.modules["__main__"] = module
+    get_code = getattr(spec.loader, "get_code", None)
+    if get_code is None:  # every loader of source or bytecode files has get_code
+        raise ImportError(f"cannot load the script {ref.path}")
+    # Run the code as runpy does for -m: a loader's exec_module refuses a module whose __name__
+    # is not the one it was found under.
+    exec(get_code(spec.name), module.__dict__)  # noqa: S102 - the user's own script
+    return module
