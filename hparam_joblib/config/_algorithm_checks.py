@@ -10,6 +10,7 @@ from hparam_joblib.config import _algorithms
 from hparam_joblib.config._algorithms import AlgorithmSpec
 from hparam_joblib.config._checker import Checker
 from hparam_joblib.config._schema import ParamSpec
+from hparam_joblib.config._typos import did_you_mean
 
 
 def validate_sampler(
@@ -100,9 +101,8 @@ def _check_options(kind: str, type_name: str, body: Mapping[str, Any], check: Ch
             raise check.fail(where, f"cannot be set here: {_algorithms.MANAGED[key]}")
         option = options.get(key)
         if option is None:
-            raise check.fail(
-                where, f"unknown setting for the {type_name} {kind}; valid: {valid_text}"
-            )
+            raise check.fail(where, f"unknown setting for the {type_name} {kind}; valid: {valid_text}"
+                             + _hint(kind, type_name, key, valid))
         if option.types is None:
             raise check.fail(
                 where, f"takes a Python object, which a YAML file cannot give; valid: {valid_text}"
@@ -116,6 +116,19 @@ def _check_options(kind: str, type_name: str, body: Mapping[str, Any], check: Ch
     ]
     if missing:
         raise check.fail(kind, f"the {type_name} {kind} needs {', '.join(missing)}")
+
+
+def _hint(kind: str, type_name: str, key: str, valid: list[str]) -> str:
+    """How to switch type when ``key`` belongs to another type; else a typo's likely meaning."""
+    table = _algorithms.SAMPLERS if kind == "sampler" else _algorithms.PRUNERS
+    owners = [t for t in table if t != type_name and key in _algorithms.settable(kind, t)]
+    if not owners:
+        return did_you_mean(key, valid)
+    return (
+        f" ({key} is a setting of the {' / '.join(owners)} {kind}). To switch the {kind}, give only "
+        f"its type: {kind}: {type_name} in the file, or --set {kind}.type={type_name} (which drops "
+        f"the old type's settings)"
+    )
 
 
 def _try_build(spec: AlgorithmSpec, check: Checker) -> None:

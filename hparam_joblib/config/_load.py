@@ -19,7 +19,14 @@ from hparam_joblib.config._devices import GpuDetector
 from hparam_joblib.config._overrides import Override, apply_overrides
 from hparam_joblib.config._pins import apply_pins, split_pins
 from hparam_joblib.config._schema import RESERVED_KEYS, SearchConfig
-from hparam_joblib.config._typos import check_new_key_typos, typo_notes
+from hparam_joblib.config._switch import drop_old_settings, open_blocks
+from hparam_joblib.config._typos import (
+    allowed_keys,
+    check_file_typos,
+    check_new_key_typos,
+    listed,
+    typo_notes,
+)
 from hparam_joblib.config._validate import validate
 from hparam_joblib.config._yaml import load_yaml
 
@@ -109,17 +116,21 @@ def load_config(
         ConfigError: anything wrong in the file or the overrides.
     """
     raw = read_raw(path)
+    check = Checker(str(path), tuple(overrides))
     pins, rest = split_pins(raw, overrides)
-    check_new_key_typos(raw, rest, path)
-    resolved, created = apply_overrides(raw, rest)
+    check_new_key_typos(raw, rest, path, listed(raw))
+    resolved, created = apply_overrides(open_blocks(raw, rest), rest)
+    resolved, notes = drop_old_settings(raw, resolved, rest)
     # Documented settings (and anything under them) are never "new keys", in the file or not.
-    notes = [
+    notes += [
         f"--set {key}: not in {path.name}; added it as a new key"
         for key in created if key.split(".")[0] not in RESERVED_KEYS
     ]
-    resolved, pin_notes = apply_pins(resolved, pins, Checker(str(path), tuple(overrides)))
+    resolved, pin_notes = apply_pins(resolved, pins, check)
     notes += pin_notes
-    notes += typo_notes(resolved, path)
+    allowed = allowed_keys(resolved, check)
+    check_file_typos(raw, resolved, allowed, check)
+    notes += typo_notes(resolved, path, allowed)
     cfg = validate(resolved, str(path), cpu_count, tuple(overrides), detect_gpus)
     if cfg.sampler.type == "grid":
         points = math.prod(len(values) for _, values in cfg.sampler.grid)

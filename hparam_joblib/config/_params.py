@@ -9,6 +9,7 @@ from typing import Any
 
 from hparam_joblib.config._checker import Checker
 from hparam_joblib.config._schema import NAME_KEYS, PARAM_TYPES, ParamSpec
+from hparam_joblib.config._typos import did_you_mean
 
 _PARAM_KEYS: dict[str, tuple[str, ...]] = {
     "float": ("type", "low", "high", "log", "step", "when"),
@@ -46,7 +47,8 @@ def _validate_param(name: str, spec: Any, check: Checker) -> ParamSpec:
     if unknown:
         raise check.fail(
             f"{key}.{unknown[0]}",
-            f"unknown setting for a {kind} parameter; allowed: {', '.join(_PARAM_KEYS[kind])}",
+            f"unknown setting for a {kind} parameter; allowed: {', '.join(_PARAM_KEYS[kind])}"
+            + did_you_mean(str(unknown[0]), _PARAM_KEYS[kind]),
         )
     when = _validate_when(spec.get("when"), key, check)
     if kind == "categorical":

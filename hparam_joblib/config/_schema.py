@@ -46,7 +46,10 @@ STUDY_KEYS: tuple[str, ...] = (
     "threads_per_trial",
     "trial_output",
     "tracking",
+    "not_settings",
 )
+#: Lists the user's own top-level keys whose names look like a setting (see ``_typos``).
+ALLOW_KEY = "not_settings"
 #: ``verbosity:`` values (``--quiet`` / ``--verbose`` win over the file).
 VERBOSITIES: tuple[str, ...] = ("quiet", "normal", "verbose")
 #: Where a trial's stdout and stderr go: its log file only, or also the terminal (prefixed).

@@ -19,6 +19,7 @@ from hparam_joblib.config._schema import (
     MlflowSpec,
     StopRules,
 )
+from hparam_joblib.config._typos import did_you_mean
 from hparam_joblib.storage._location import StorageSpec, parse_storage
 
 _SCHEDULER_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
@@ -120,7 +121,8 @@ def validate_tracking(value: Any, check: Checker) -> MlflowSpec | None:
         raise check.fail("tracking.mlflow", f"must be a mapping (tracking_uri, experiment_name), got {spec!r}")
     unknown = sorted(set(spec) - {"tracking_uri", "experiment_name"})
     if unknown:
-        raise check.fail(f"tracking.mlflow.{unknown[0]}", "unknown key; expected tracking_uri or experiment_name")
+        raise check.fail(f"tracking.mlflow.{unknown[0]}", "unknown key; expected tracking_uri or experiment_name"
+                         + did_you_mean(str(unknown[0]), ("tracking_uri", "experiment_name")))
     uri = spec.get("tracking_uri")
     if not isinstance(uri, str) or not uri.strip():
         raise check.fail(

@@ -759,22 +759,81 @@ def test_bad_yaml_in_set_is_override_error(tmp_path: Path) -> None:
         ("ntrials", "n_trials"),
         ("n_job", "n_jobs"),
         ("directon", "direction"),
+        ("direciton", "direction"),
+        ("Direction", "direction"),
         ("sweep_parameter", "sweep_parameters"),
         ("n_startup_trails", "n_startup_trials"),
+        ("n-startup-trials", "n_startup_trials"),
         ("experiment_nam", "experiment_name"),
-        ("tags", "tag"),
         ("trial_timout", "trial_timeout"),
+        ("stop_no_improvment", "stop_no_improvement"),
+        ("samples", "sampler"),
     ],
 )
-def test_typo_of_reserved_key_is_noted(tmp_path: Path, key: str, suggestion: str) -> None:
-    """A top-level key one edit away from a reserved key produces a 'did you mean' note."""
+def test_typo_of_a_setting_is_an_error(tmp_path: Path, key: str, suggestion: str) -> None:
+    """A top-level key within a typo of a setting (5+ letters) stops the load, with the escape."""
+    path = write(tmp_path, f"n_trials: 3\n{key}: 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [], cpu_count=2)
+    what = "nothing would be searched" if suggestion == "sweep_parameters" else f"{suggestion} would keep its default"
+    assert str(info.value) == (
+        f"{path}: {key}: not a setting, so it would reach your function as a fixed parameter and "
+        f"{what}; did you mean {suggestion!r}? If {key} is for your "
+        f"function, list it: not_settings: [{key}]"
+    )
+
+
+@pytest.mark.parametrize("key", ["n_job", "samples", "direciton", "sweep_parameter"])
+def test_a_listed_key_is_a_fixed_parameter(tmp_path: Path, key: str) -> None:
+    """``not_settings`` says a key that looks like a setting is meant: it reaches the function."""
+    path = write(tmp_path, f"n_trials: 3\n{key}: 5\nnot_settings: [{key}]\n")
+    cfg, notes = load_config(path, [], cpu_count=2)
+    assert cfg.fixed[key] == 5 and "not_settings" not in cfg.fixed
+    assert notes == []
+
+
+def test_a_search_space_under_another_key_is_an_error(tmp_path: Path) -> None:
+    """Without sweep_parameters, a key holding parameter specs is a misnamed sweep_parameters."""
+    path = write(tmp_path, "n_trials: 3\nsearch_space:\n  lr: {type: float, low: 0.1, high: 1.0}\n")
+    with pytest.raises(ConfigError, match=r"^.*config.yaml: search_space: not a setting, .* and nothing would "
+                       r"be searched; did you mean 'sweep_parameters'\? If search_space is for your function, "
+                       r"list it: not_settings: \[search_space\]$"):
+        load_config(path, [], cpu_count=2)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not_settings: n_jobs", "not_settings: n_jobs is a setting; list only your own keys whose names look like one"),
+        ("not_settings: [lr]", "not_settings: lr is not a top-level key of the file"),
+        ("not_settings: {a: 1}", "not_settings: must be a list of your own top-level keys, e.g. [samples], got {'a': 1}"),
+    ],
+)
+def test_a_bad_not_settings_list_is_an_error(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, f"n_trials: 3\n{text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [], cpu_count=2)
+    assert str(info.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(("key", "suggestion"), [("tags", "tag"), ("seeds", "seed"), ("gpu", "gpus")])
+def test_near_a_short_setting_is_a_note(tmp_path: Path, key: str, suggestion: str) -> None:
+    """tags, seeds, gpu are common fixed parameters: a note, silenced by not_settings."""
     path = write(tmp_path, f"n_trials: 3\n{key}: 5\n")
     cfg, notes = load_config(path, [], cpu_count=2)
     assert notes == [
-        (f"config.yaml: {key}: not a reserved key, so it is passed to the function as a fixed parameter; "
-         f"did you mean {suggestion!r}?")
+        (f"config.yaml: {key}: not a setting, so it is passed to the function as a fixed parameter; "
+         f"did you mean {suggestion!r}? (not_settings: [{key}] silences this)")
     ]
     assert cfg.fixed[key] == 5
+    path.write_text(f"n_trials: 3\n{key}: 5\nnot_settings: [{key}]\n")
+    assert load_config(path, [], cpu_count=2)[1] == []
+
+
+def test_the_guide_config_has_no_typo(tmp_path: Path) -> None:
+    """The guide's YAML, as written, loads with no error and no note."""
+    _, notes = load_config(write(tmp_path, GUIDE_YAML), [], cpu_count=2)
+    assert notes == []
 
 
 @pytest.mark.parametrize("key", ["hidden_layers", "learning_rate", "model", "lr", "batch_size", "n"])

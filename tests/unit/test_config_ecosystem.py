@@ -83,7 +83,10 @@ def test_top_level_n_startup_trials_reaches_tpe_and_samplers_that_take_it() -> N
         (3, r"sampler: must be a mapping with a 'type'"),
         ({"type": "tpe", "n_startup": 3},
          r"sampler\.n_startup: unknown setting for the tpe sampler; valid: consider_prior, .*n_startup_trials.*constant_liar$"),
-        ({"type": "random", "population_size": 3}, r"sampler\.population_size: unknown setting for the random sampler; valid: $|valid: none$"),
+        ({"type": "random", "population_size": 3},
+         (r"sampler\.population_size: unknown setting for the random sampler; valid: none \(population_size is a "
+         r"setting of the nsgaii sampler\)\. To switch the sampler, give only its type: sampler: random in the "
+         r"file, or --set sampler\.type=random \(which drops the old type's settings\)$")),
         ({"type": "tpe", "gamma": 0.1}, r"sampler\.gamma: takes a Python object, which a YAML file cannot give"),
         ({"type": "nsgaii", "mutation": "x"}, r"sampler\.mutation: takes a Python object"),
         ({"type": "tpe", "seed": -1}, r"sampler\.seed: must be an integer >= 0, got -1"),

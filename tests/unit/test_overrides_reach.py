@@ -178,11 +178,17 @@ def test_set_typo_of_a_setting_is_an_error(tmp_path: Path, item: str, setting: s
     assert str(info.value).startswith(f"--set {item!r}: ")
 
 
-def test_set_typo_key_present_in_the_file_is_allowed(tmp_path: Path) -> None:
-    """A key that the file has is the user's own fixed parameter, even if it looks like a typo."""
-    cfg, notes = load(tmp_path, {**SWEPT, "n_job": 1}, "n_job=4")
+def test_set_typo_key_listed_in_the_file_is_allowed(tmp_path: Path) -> None:
+    """A key the file lists in not_settings is the user's own fixed parameter, even if it looks
+    like a typo; the same key in the file without the list is the file's typo (an error)."""
+    cfg, notes = load(tmp_path, {**SWEPT, "n_job": 1, "not_settings": ["n_job"]}, "n_job=4")
     assert cfg.fixed["n_job"] == 4
     assert not any(n.startswith("--set") for n in notes)
+    cfg, _ = load(tmp_path, {**SWEPT, "not_settings": ["n_job"]}, "n_job=4")  # new key, listed
+    assert cfg.fixed["n_job"] == 4
+    with pytest.raises(ConfigError, match=r"mlp.yaml \(with --set 'n_job=4'\): n_job: not a setting, .*"
+                       r"did you mean 'n_jobs'\? If n_job is for your function, list it: not_settings: \[n_job\]$"):
+        load(tmp_path, {**SWEPT, "n_job": 1}, "n_job=4")
 
 
 @pytest.mark.parametrize(
@@ -285,3 +291,70 @@ def test_apply_overrides_reaches_existing_dotted_key() -> None:
     assert "model" not in result["sweep_parameters"]
     assert created == []
     assert SWEPT["sweep_parameters"]["model.width"]["high"] == 8  # the input is untouched
+
+
+MEDIAN = {**SWEPT, "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 2}}
+TPE = {**SWEPT, "sampler": {"type": "tpe", "n_startup_trials": 4, "multivariate": True, "seed": 3}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "item", "expected", "note"),
+    [
+        (MEDIAN, "pruner.type=none", "none", ("--set pruner.type=none: dropped pruner.n_startup_trials, "
+         "pruner.n_warmup_steps (settings of the median pruner that the none pruner does not take)")),
+        (MEDIAN, "pruner=none", "none", None),
+        (MEDIAN, "pruner=null", "none", None),
+        (MEDIAN, "pruner.type=NONE", "none", ("--set pruner.type=none: dropped pruner.n_startup_trials, "
+         "pruner.n_warmup_steps (settings of the median pruner that the none pruner does not take)")),
+        # settings both types take are kept
+        (MEDIAN, "pruner.type=percentile pruner.percentile=25",
+         "percentile (n_startup_trials=5, n_warmup_steps=2, percentile=25)", None),
+        ({**SWEPT, "pruner": "median"}, "pruner.type=none", "none", None),
+        ({**SWEPT, "pruner": None}, "pruner.type=median", "median", None),
+        (SWEPT, "pruner.type=median", "median", None),
+        (TPE, "sampler.type=random", "random", ("--set sampler.type=random: dropped sampler.n_startup_trials, "
+         "sampler.multivariate (settings of the tpe sampler that the random sampler does not take)")),
+        (TPE, "sampler=random", "random", None),
+        (TPE, "sampler=tpe", "tpe (n_startup_trials=10)", None),
+        (TPE, "sampler.type=nsgaii", "nsgaii", ("--set sampler.type=nsgaii: dropped sampler.n_startup_trials, "
+         "sampler.multivariate (settings of the tpe sampler that the nsgaii sampler does not take)")),
+        ({**SWEPT, "sampler": "tpe"}, "sampler.type=random", "random", None),
+        (SWEPT, "sampler.type=random", "random", None),
+    ],
+)
+def test_set_switches_the_sampler_or_pruner(
+    tmp_path: Path, raw: dict[str, Any], item: str, expected: str, note: str | None
+) -> None:
+    """--set that changes a block's type drops the file's settings the new type does not take."""
+    cfg, notes = load(tmp_path, raw, *item.split())
+    spec = cfg.pruner if item.startswith("pruner") else cfg.sampler
+    assert spec.describe() == expected
+    assert notes == ([note] if note else [])
+    if item.startswith("sampler.type") and raw is TPE:
+        assert cfg.seed == 3  # the base seed (sampler.seed) is kept: it is no type's own setting
+
+
+@pytest.mark.parametrize(
+    ("raw", "items", "key", "message"),
+    [
+        (MEDIAN, ("pruner.type=none", "pruner.n_startup_trials=3"), "pruner.n_startup_trials",
+         ("unknown setting for the none pruner; valid: none (n_startup_trials is a setting of the median / "
+         "percentile pruner). To switch the pruner, give only its type: pruner: none in the file, or "
+         "--set pruner.type=none (which drops the old type's settings)")),
+        ({**SWEPT, "pruner": {"type": "none", "n_warmup_steps": 3}}, (), "pruner.n_warmup_steps",
+         ("unknown setting for the none pruner; valid: none (n_warmup_steps is a setting of the median / "
+         "percentile / threshold pruner). To switch the pruner, give only its type: pruner: none in the file, or "
+         "--set pruner.type=none (which drops the old type's settings)")),
+        (MEDIAN, ("pruner.n_startup_trails=3",), "pruner.n_startup_trails",
+         ("unknown setting for the median pruner; valid: n_startup_trials, n_warmup_steps, interval_steps, "
+         "n_min_trials; did you mean 'n_startup_trials'?")),
+    ],
+)
+def test_a_setting_for_the_wrong_type_is_an_error(
+    tmp_path: Path, raw: dict[str, Any], items: tuple[str, ...], key: str, message: str
+) -> None:
+    """A setting given explicitly (file or --set) for a type that does not take it stays an error,
+    and the error says how to switch."""
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, raw, *items)
+    assert info.value.key == key and info.value.message == message
