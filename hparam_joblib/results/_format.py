@@ -85,7 +85,7 @@ def format_status(
     by_state = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
     planned = (data.config or {}).get("n_trials")
     n_finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) - len(data.retired)
-    target = f"; {n_finished}/{planned} of n_trials finished" if isinstance(planned, int) else ""
+    target = f"; {n_finished}/{planned} of n_trials finished (COMPLETE + PRUNED)" if isinstance(planned, int) else ""
     if data.retired:
         target += f" ({len(data.retired)} retired by --retry-failed not counted)"
     lines.append(f"trials:     {total} ({by_state}){target}")

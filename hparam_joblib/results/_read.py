@@ -171,13 +171,14 @@ class Throughput:
 
 
 def throughput(trials: Iterable[FrozenTrial]) -> Throughput:
-    """Finished (COMPLETE, PRUNED, FAIL) trials per minute over the study's span."""
+    """Finished trials (COMPLETE + PRUNED, as the budget counts them: a FAIL is re-run) per
+    minute over the study's span."""
     starts: list[datetime] = []
     completes: list[datetime] = []
     for t in trials:
         if t.datetime_start is not None:
             starts.append(t.datetime_start)
-        if t.state.is_finished() and t.datetime_complete is not None:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_complete is not None:
             completes.append(t.datetime_complete)
     return Throughput(
         finished=len(completes),

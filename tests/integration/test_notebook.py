@@ -114,7 +114,9 @@ def test_example_notebook_runs_in_a_kernel_and_resumes(tmp_path: Path) -> None:
         pids = {row[0] for row in conn.execute(
             "SELECT value_json FROM trial_user_attributes WHERE key = 'trial_pid'")}
     assert len(pids) == 2, pids
-    assert "already holds 20 finished trials; nothing to run" in _texts(again), _texts(again)
+    held = (f"already holds 20 finished trials (COMPLETE {states.get('COMPLETE', 0)}, PRUNED "
+            f"{states.get('PRUNED', 0)}) of n_trials=20; nothing to run")
+    assert held in _texts(again), _texts(again)
     assert _states(db) == states
 
 

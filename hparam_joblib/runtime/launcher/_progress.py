@@ -122,12 +122,11 @@ def dashboard_command(db_path: str) -> str:
 
 def format_summary(result: SearchResult, verbose: bool = False) -> str:
     """The multi-line summary printed when a search ends (storage latency only when ``verbose``)."""
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "no trials"
     status = "interrupted" if result.interrupted else "stopped" if result.stop_reason else "done"
     lines = [
         (
             f"hparam_joblib: study {result.study_name} {status}: "
-            f"{result.n_finished}/{result.n_trials} finished ({counts}) in {result.wall_time:.1f} s"
+            f"{result.n_finished}/{result.n_trials} finished ({_finished_counts(result)}) in {result.wall_time:.1f} s"
         ),
     ]
     lines += _kind_lines(result)
@@ -153,6 +152,18 @@ def format_summary(result: SearchResult, verbose: bool = False) -> str:
     lines.append(f"  database:     {result.db_path}" + (f" ({result.db_reason})" if result.db_reason else ""))
     lines.append(f"  dashboard:    {_dashboard_for(result)}")
     return "\n".join(lines)
+
+
+def _finished_counts(result: SearchResult) -> str:
+    """What ``n_finished`` counts (COMPLETE + PRUNED, less the retired, as the budget counts), then
+    what else the study holds, not counted: ``COMPLETE 7, PRUNED 3; FAIL 2 not counted``."""
+    counts = result.counts
+    finished = [f"{state} {counts[state]}" for state in ("COMPLETE", "PRUNED") if counts.get(state)]
+    if result.retired:
+        finished.append(f"less {result.retired} retired")
+    others = [f"{state} {n}" for state, n in sorted(counts.items()) if state not in ("COMPLETE", "PRUNED") and n]
+    text = ", ".join(finished) or "none"
+    return text + (f"; {', '.join(others)} not counted" if others else "")
 
 
 def _storage_lines(result: SearchResult, verbose: bool) -> list[str]:

@@ -205,13 +205,14 @@ def _deadline(stop_state: StopState | None) -> float | None:
 
 
 def _say_nothing_to_run(cfg: SearchConfig, storage: StudyStore, study_id: int) -> None:
-    """The study is done already: say so, and how to re-run the trials that failed by an error."""
-    errors = count_errors(storage, study_id, exclude=retired(storage, study_id))
-    hint = (
+    """The study is done already: say so with what it holds, and how to re-run the trials that
+    failed by an error."""
+    done = retired(storage, study_id)
+    errors = count_errors(storage, study_id, exclude=done)
+    logger.info("%s; nothing to run%s", finished_text(cfg, storage.count_states(study_id), len(done)), (
         f"; {errors} of them failed by an error: after fixing the code, run the same command "
         "with --retry-failed to re-run those" if errors else ""
-    )
-    logger.info("study %s already holds %d finished trials; nothing to run%s", cfg.study_name, cfg.n_trials, hint)
+    ))
 
 
 def _begin_run(
