@@ -21,7 +21,7 @@ from hparam_joblib.runtime.launcher._signals import install_handlers
 from hparam_joblib.runtime.launcher._stop_state import StopState
 from hparam_joblib.runtime.launcher._tail import LogFollower
 from hparam_joblib.runtime.loops._backend import Backend, Poll
-from hparam_joblib.runtime.loops._task import WORKERS_LOG, WorkerReport
+from hparam_joblib.runtime.loops._task import WorkerReport, workers_log_name
 from hparam_joblib.storage import StudyStore, n_finished
 
 logger = logging.getLogger("hparam_joblib")
@@ -98,13 +98,14 @@ class Supervisor:
             follower.close()
 
     def _follow_logs(self) -> LogFollower:
-        """Create the log directory and follow the workers' messages (and trials') in it."""
+        """Create the log directory and follow this launch's workers' messages (and trials') in it."""
         log_dir = self.launch.log_dir
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StorageError(str(log_dir), f"cannot create the trial log directory ({err.strerror})") from err
-        return LogFollower(log_dir, WORKERS_LOG, trials=self.launch.cfg.trial_output == "terminal")
+        return LogFollower(log_dir, workers_log_name(self.launch.run_id),
+                           trials=self.launch.cfg.trial_output == "terminal")
 
     def _start_loops(self) -> None:
         """Write the lease (Dask), then start the first loops."""

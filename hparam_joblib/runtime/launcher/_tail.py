@@ -1,8 +1,10 @@
 """Show what the workers and (with ``trial_output: terminal``) the trials print, above the bar.
 
-Loky workers write their messages to ``workers.log`` and each trial writes its own log file;
-the launcher, which owns the terminal, follows those files and prints their new complete lines
-through the progress bar (``tqdm.write``), so that the bar is never mangled by other output.
+The loky workers of a launch write their messages to that launch's ``workers_<run id>.log``
+and each trial writes its own log file; the launcher, which owns the terminal, follows its own
+workers' file (never another launch's) and prints their new complete lines through the progress
+bar (``tqdm.write``), so that the bar is never mangled by other output. The workers' file is
+removed at the end when nothing was written to it.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ class LogFollower:
         self.files: dict[str, _Followed] = {}
         #: Trial logs that existed before this run (earlier runs' trials): not shown again.
         self.old: set[str] = set()
-        workers = directory / workers_log
-        self.files[workers_log] = _Followed(workers, "", _size(workers))
+        self.workers = directory / workers_log
+        self.files[workers_log] = _Followed(self.workers, "", _size(self.workers))
         if trials and directory.is_dir():
             self.old = {e.name for e in os.scandir(directory) if _TRIAL_LOG.search(e.name)}
 
@@ -59,12 +61,18 @@ class LogFollower:
                 tqdm_class().write(followed.prefix + line, file=sys.stderr)
 
     def close(self) -> None:
-        """Print what is left (lines without a final newline included)."""
+        """Print what is left (lines without a final newline included); remove the workers'
+        file if it stayed empty (most launches: one file per launch would pile up)."""
         self.poll()
         for followed in self.files.values():
             if followed.partial:
                 tqdm_class().write(followed.prefix + followed.partial.decode("utf-8", "replace"), file=sys.stderr)
                 followed.partial = b""
+        try:
+            if self.workers.stat().st_size == 0:
+                self.workers.unlink()
+        except OSError:
+            pass
 
 
 def _size(path: Path) -> int:

@@ -11,8 +11,12 @@ from hparam_joblib.runtime._tracking import TrackingTarget
 from hparam_joblib.runtime.trial._funcref import FunctionRef
 from hparam_joblib.storage import RetryPolicy, StorageLocation
 
-#: The file in the log directory where loky workers' own messages go (the launcher shows them).
-WORKERS_LOG = "workers.log"
+
+def workers_log_name(run_id: str) -> str:
+    """``workers_<run id>.log``: the file in the log directory where the loky workers of one launch
+    write their own messages; that launch alone shows them (two launches of a study share the
+    directory, and each prints only what its own workers say)."""
+    return f"workers_{run_id}.log"
 
 
 def trial_log_name(number: int) -> str:

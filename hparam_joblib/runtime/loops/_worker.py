@@ -38,7 +38,7 @@ from hparam_joblib.runtime.loops._callbacks import WAIT_FOR_OTHERS_SECONDS, Resu
 from hparam_joblib.runtime.loops._gpus import DeviceLease, lease_device, lease_key
 from hparam_joblib.runtime.loops._objective import Objective
 from hparam_joblib.runtime.loops._startup import start_trial_process, startup_gate
-from hparam_joblib.runtime.loops._task import WORKERS_LOG, WorkerReport, WorkerTask
+from hparam_joblib.runtime.loops._task import WorkerReport, WorkerTask, workers_log_name
 from hparam_joblib.runtime.loops._watch import LauncherGone, LauncherWatch
 from hparam_joblib.runtime.trial._isolation import TrialProcess
 from hparam_joblib.storage import (
@@ -138,13 +138,15 @@ def _enter_worker(task: WorkerTask) -> None:
 
 
 def _setup_worker_logging(task: WorkerTask) -> None:
-    """Workers log to stderr; a loky worker's stderr (and stdout) goes to ``workers.log`` in the
-    log directory, which the launcher shows above its progress bar (so the bar stays intact)."""
+    """Workers log to stderr; a loky worker's stderr (and stdout) goes to its launch's
+    ``workers_<run id>.log`` in the log directory, which that launcher shows above its progress
+    bar (so the bar stays intact)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if task.log_dir and task.lease_interval is None:
         try:
             Path(task.log_dir).mkdir(parents=True, exist_ok=True)
-            fd = os.open(os.path.join(task.log_dir, WORKERS_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(os.path.join(task.log_dir, workers_log_name(task.run_id)),
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError:
             pass
         else:
