@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -121,9 +121,6 @@ def make_backend(cfg: SearchConfig) -> Backend:
 # -- loky --------------------------------------------------------------------------------------
 
 
-_EXIT_CODES = re.compile(r"exit codes of the workers are (\{.*?\})")
-
-
 class LokyBackend(Backend):
     name = "loky"
     remote = False
@@ -169,7 +166,7 @@ class LokyBackend(Backend):
         return len(self.futures)
 
     def poll(self, timeout: float) -> Poll:
-        from loky.process_executor import BrokenProcessPool
+        from loky.process_executor import BrokenProcessPool, TerminatedWorkerError
 
         news = Poll()
         done, _ = wait(self.futures, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -181,10 +178,12 @@ class LokyBackend(Backend):
                     news.reports.append(future.result())
                 except HparamError:
                     raise  # e.g. the database stayed locked past lock_timeout: stop the search
-                except BrokenProcessPool as err:
+                except TerminatedWorkerError:
                     news.lost += 1
-                    found = _EXIT_CODES.search(str(err))
-                    broken = f"loky worker exit codes {found.group(1) if found else 'unknown'}"
+                    broken = "a loky worker process was terminated (killed, crashed or out of memory)"
+                except BrokenProcessPool as err:  # loky could not hand a task or result over
+                    news.lost += 1
+                    broken = f"the loky pool broke ({_first_line(err)})"
                 except Exception as err:  # a loop's own bug: log it, start the loop again
                     logger.error("a worker failed: %s: %s", type(err).__name__, err, exc_info=err)
                     news.lost += 1
@@ -258,6 +257,9 @@ class DaskBackend(Backend):
         self.no_workers_since: float | None = None
         self.warned = False
         self.owns_workers = scheduler == "local"
+        #: The thread that asks the scheduler what runs where, and its pending question.
+        self.caller: ThreadPoolExecutor | None = None
+        self.asking: Future[Any] | None = None
 
     # -- connection ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -302,6 +304,8 @@ class DaskBackend(Backend):
         return len(self.futures)
 
     def poll(self, timeout: float) -> Poll:
+        from distributed import KilledWorker
+
         news = Poll()
         end = time.monotonic() + timeout
         while not any(f.done() for f in self.futures) and time.monotonic() < end:
@@ -319,7 +323,7 @@ class DaskBackend(Backend):
             err = future.exception()
             if isinstance(err, HparamError):
                 raise err
-            if type(err).__name__ == "KilledWorker":
+            if isinstance(err, KilledWorker):
                 address = str(getattr(getattr(err, "last_worker", None), "address", ""))
                 if address not in self.counted:  # already counted when it left the cluster
                     self.counted.add(address)
@@ -335,12 +339,23 @@ class DaskBackend(Backend):
         news.deaths += self._departed()
         return news
 
+    def _processing(self) -> dict[str, Any]:
+        """``Client.processing()`` (worker address -> its tasks), bounded by ``_CALL_TIMEOUT``:
+        asked from a helper thread, since the public call takes no timeout. A call still
+        pending from a previous poll is waited for, never doubled."""
+        if self.asking is None or self.asking.done():
+            if self.caller is None:
+                self.caller = ThreadPoolExecutor(1, thread_name_prefix="hparam_joblib-dask-status")
+            self.asking = self.caller.submit(self.client.processing)
+        try:
+            return dict(self.asking.result(timeout=_CALL_TIMEOUT))
+        except FutureTimeout:
+            raise TimeoutError(f"no answer within {_CALL_TIMEOUT:g} s") from None
+
     def _departed(self) -> list[Death]:
         """Workers that ran one of our tasks at the previous poll and have left the cluster."""
         try:
-            processing = self.client.sync(
-                self.client.scheduler.processing, workers=None, callback_timeout=_CALL_TIMEOUT
-            )
+            processing = self._processing()
         except Exception as err:  # noqa: BLE001 - scheduler gone or slow: bounded below
             self._no_workers(f"the scheduler does not answer ({_first_line(err)})")
             return []
@@ -406,6 +421,9 @@ class DaskBackend(Backend):
                 except Exception as err:  # noqa: BLE001 - already gone
                     logger.debug("closing %s failed: %s", type(closing).__name__, err)
         self.client = self.cluster = None
+        if self.caller is not None:
+            self.caller.shutdown(wait=False, cancel_futures=True)
+            self.caller = self.asking = None
 
 
 def _quiet_dask() -> None:
