@@ -141,12 +141,15 @@ class StorageLocation:
         """What Optuna tools take without a secret: ``sqlite:///FILE``, the journal file, or the
         server URL without its password (libpq then reads PGPASSWORD or ~/.pgpass)."""
         if self.kind == "postgresql":
-            from sqlalchemy.engine import make_url
+            from sqlalchemy.engine import URL, make_url
 
             from hparam_joblib.storage._postgresql import driver_url
 
             try:
-                return make_url(driver_url(self.url))._replace(password=None).render_as_string(hide_password=False)
+                url = make_url(driver_url(self.url))
+                # URL.create, not URL.set: set() reads password=None as "keep it".
+                return URL.create(url.drivername, url.username, None, url.host, url.port, url.database,
+                                  url.query).render_as_string(hide_password=False)
             except Exception:  # noqa: BLE001 - never echo an unparsable URL
                 return redact_url(self.url)
         if self.kind == "journal":

@@ -26,12 +26,21 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+#: The drivers we install or accept for a bare ``postgresql://``, in the order we pick them:
+#: psycopg 3 (the ``postgresql`` extra; SQLAlchemy 2.1's default), then psycopg2.
+DRIVERS: tuple[tuple[str, str], ...] = (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
+
+
 def driver_url(url: str) -> str:
-    """``url`` with an installed driver named: SQLAlchemy 2.1 maps a bare ``postgresql://`` to
-    psycopg 3, so with only psycopg2 installed the URL must say ``postgresql+psycopg2://``."""
+    """``url`` with an installed driver named. A bare ``postgresql://`` means psycopg2 to
+    SQLAlchemy 2.0 and psycopg 3 to 2.1, so the URL names the one installed (psycopg 3 first):
+    the search, the workers and the printed dashboard command then use the same driver, whichever
+    SQLAlchemy is installed. A URL that names a driver is kept as written."""
     scheme, sep, rest = url.partition("://")
-    if sep and scheme.lower() == "postgresql" and not _installed("psycopg") and _installed("psycopg2"):
-        return f"postgresql+psycopg2://{rest}"
+    if sep and scheme.lower() == "postgresql":
+        for module, named in DRIVERS:
+            if _installed(module):
+                return f"{named}://{rest}"
     return url
 
 

@@ -75,7 +75,7 @@ def server_transient(err: BaseException) -> str:
     may or may not have happened (the callers make their writes safe to repeat).
     """
     for cause in causes(err):
-        code = getattr(cause, "pgcode", None)
+        code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)  # psycopg2 | psycopg 3
         if code in _PG_RETRY_CODES:
             return f"rollback:{_PG_RETRY_CODES[code]}"
         if code in _PG_CONNECTION_CODES or (isinstance(code, str) and code.startswith("08")):

@@ -513,24 +513,42 @@ def test_concurrent_launches_of_one_study_cooperate(project: Project, store: Sto
     assert len(study.user_attrs["runs"]) == 3, study.user_attrs["runs"]
 
 
-def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:
-    """A real deadlock (40P01) and a real serialization failure (40001) from the server are
-    'rolled back, safe to re-run'; a terminated connection is 'connection lost' (its last commit
-    may or may not have happened); a constraint violation is not retried."""
-    import threading
+class Driver:
+    """The DB-API calls that differ between psycopg 3 and psycopg2."""
 
-    import psycopg2
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.module: Any = pytest.importorskip(name)
+
+    def connect(self, url: str) -> Any:
+        return self.module.connect(url, connect_timeout=10)
+
+    def serializable(self, conn: Any) -> None:
+        if self.name == "psycopg":
+            conn.isolation_level = self.module.IsolationLevel.SERIALIZABLE
+        else:
+            conn.set_session(isolation_level="SERIALIZABLE")
+
+    def backend_pid(self, conn: Any) -> int:
+        return int(conn.info.backend_pid if self.name == "psycopg" else conn.get_backend_pid())
+
+
+@pytest.mark.parametrize("driver_name", ["psycopg", "psycopg2"])
+def test_real_server_errors_are_classified_for_retry(pg_url: str, driver_name: str) -> None:
+    """With either driver: a real deadlock (40P01) and a real serialization failure (40001) from
+    the server are 'rolled back, safe to re-run'; a terminated connection is 'connection lost'
+    (its last commit may or may not have happened); a constraint violation is not retried."""
+    import threading
 
     from hparam_joblib.storage._retry import server_transient
 
+    driver = Driver(driver_name)
+    error = driver.module.Error
     pg_query(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v int)")
     pg_query(pg_url, "INSERT INTO t VALUES (1, 0), (2, 0)")
 
-    def connect() -> Any:
-        return psycopg2.connect(pg_url, connect_timeout=10)
-
     # Deadlock: each transaction locks one row, then wants the other's.
-    a, b = connect(), connect()
+    a, b = driver.connect(pg_url), driver.connect(pg_url)
     errors: list[BaseException] = []
     a.cursor().execute("UPDATE t SET v = 1 WHERE id = 1")
     b.cursor().execute("UPDATE t SET v = 1 WHERE id = 2")
@@ -538,7 +556,7 @@ def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:
     def second() -> None:
         try:
             b.cursor().execute("UPDATE t SET v = 2 WHERE id = 1")
-        except psycopg2.Error as err:
+        except error as err:
             errors.append(err)
 
     thread = threading.Thread(target=second)
@@ -546,7 +564,7 @@ def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:
     time.sleep(0.3)
     try:
         a.cursor().execute("UPDATE t SET v = 2 WHERE id = 2")
-    except psycopg2.Error as err:
+    except error as err:
         errors.append(err)
     thread.join(10)
     a.rollback()
@@ -555,26 +573,50 @@ def test_real_server_errors_are_classified_for_retry(pg_url: str) -> None:
 
     # Serialization failure: two SERIALIZABLE transactions update the same row.
     for conn in (a, b):
-        conn.set_session(isolation_level="SERIALIZABLE")
+        driver.serializable(conn)
     a.cursor().execute("SELECT v FROM t WHERE id = 1")
     b.cursor().execute("SELECT v FROM t WHERE id = 1")
     a.cursor().execute("UPDATE t SET v = 3 WHERE id = 1")
     a.commit()
-    with pytest.raises(psycopg2.Error) as serial:
+    with pytest.raises(error) as serial:
         b.cursor().execute("UPDATE t SET v = 4 WHERE id = 1")
     b.rollback()
     assert server_transient(serial.value) == "rollback:serialization failure"
 
     # A connection the server ends; a real constraint violation.
-    pid = a.get_backend_pid()
+    pid = driver.backend_pid(a)
     pg_query(pg_url, "SELECT pg_terminate_backend(%s)", pid)
-    with pytest.raises(psycopg2.Error) as lost:
+    with pytest.raises(error) as lost:
         a.cursor().execute("SELECT 1")
     assert server_transient(lost.value).startswith("connection:")
-    with pytest.raises(psycopg2.Error) as dup:
+    with pytest.raises(error) as dup:
         b.cursor().execute("INSERT INTO t VALUES (1, 0)")
     assert server_transient(dup.value) == ""
     b.close()
+
+
+@pytest.mark.parametrize(("scheme", "printed_scheme"), [
+    ("postgresql", "postgresql+psycopg"),  # the extra's driver, picked for a bare URL
+    ("postgresql+psycopg2", "postgresql+psycopg2"),  # a driver the URL names is kept
+])
+def test_either_driver_runs_the_search_and_the_printed_dashboard_url_names_it(
+    project: Project, pg_url: str, scheme: str, printed_scheme: str,
+) -> None:
+    """`postgresql://` runs on psycopg 3 (the `postgresql` extra), a URL naming psycopg2 on
+    psycopg2; the dashboard command printed names the driver the search used, and plain Optuna
+    opens the study from exactly that URL."""
+    pytest.importorskip("psycopg")
+    pytest.importorskip("psycopg2")
+    url = with_password(pg_url).replace("postgresql://", f"{scheme}://", 1)
+    project.write_config(config_yaml(n_jobs=2, n_trials=6, sleep=0.05, storage=url))
+    done = project.run(timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert pg_states(pg_url) == {"COMPLETE": 6}
+    printed = re.search(r"dashboard:\s+optuna-dashboard (\S+)", done.stdout + done.stderr)
+    assert printed, done.stdout
+    assert printed.group(1).startswith(f"{printed_scheme}://postgres@"), printed.group(1)
+    assert SECRET not in printed.group(1)
+    assert counts(load(printed.group(1))) == {"COMPLETE": 6}
 
 
 @pytest.mark.slow

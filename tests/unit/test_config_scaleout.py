@@ -138,3 +138,15 @@ def test_redaction_helpers() -> None:
     assert redact_url("postgresql://u@h/d") == "postgresql://u@h/d"
     assert redact_secrets("x postgresql://a:b@c/d y tcp://h:8786") == "x postgresql://a:***@c/d y tcp://h:8786"
     assert "pw" not in str(OverrideError("storage=postgresql://a:pw@h/d x", "bad"))
+
+
+def test_public_url_names_the_installed_driver_and_drops_only_the_password() -> None:
+    """What the summary prints for optuna-dashboard: the driver that the search used (psycopg 3
+    from the `postgresql` extra for a bare URL; a named driver kept), no password, the rest kept."""
+    from hparam_joblib.storage._location import StorageLocation
+
+    pytest.importorskip("psycopg")
+    bare = StorageLocation("postgresql", url="postgresql://bob:hunter2@db.example:5432/studies?sslmode=require")
+    assert bare.public_url == "postgresql+psycopg://bob@db.example:5432/studies?sslmode=require"
+    named = StorageLocation("postgresql", url="postgresql+psycopg2://bob:p%40ss@db.example/studies")
+    assert named.public_url == "postgresql+psycopg2://bob@db.example/studies"
