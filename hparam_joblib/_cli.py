@@ -74,7 +74,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         "trials/s, speedup, efficiency and memory, and recommend n_jobs (the real study is untouched)",
     )
     tune.add_argument("--tune-seconds", type=_positive_float, default=20.0, metavar="S",
-                      help="seconds of trials per rung, from each worker's trial process ready (default 20)")
+                      help="seconds of trials per rung, from each worker's trial process ready; trials still "
+                      "running a quarter of that later are stopped (default 20)")
     tune.add_argument("--tune-ladder", type=_ladder, default=(), metavar="1,2,4",
                       help="n_jobs values to try (default 1, 2, 4, ... up to twice the cores)")
     tune.add_argument("--tune-plot", metavar="PNG", help="also save the ladder as a PNG (needs matplotlib)")

@@ -18,7 +18,7 @@ from hparam_joblib.runtime.launcher._launcher_lease import LauncherLease
 from hparam_joblib.runtime.launcher._progress import Progress
 from hparam_joblib.runtime.launcher._shutdown import stop_launch
 from hparam_joblib.runtime.launcher._signals import install_handlers
-from hparam_joblib.runtime.launcher._stop_state import StopState
+from hparam_joblib.runtime.launcher._stop_state import RungStop, StopState
 from hparam_joblib.runtime.launcher._tail import LogFollower
 from hparam_joblib.runtime.loops._backend import Backend, Poll
 from hparam_joblib.runtime.loops._task import WorkerReport, workers_log_name
@@ -53,7 +53,10 @@ class Supervisor:
         self.backend = backend
         self.storage = storage
         self.study_id = study_id
-        self.stop_state = stop_state
+        # A --tune-n-jobs rung is bounded: its running trials are stopped after its time.
+        self.stop_state = stop_state or (
+            RungStop.for_rung(launch.run_id, launch.run_seconds) if launch.run_seconds is not None else None
+        )
         #: What the loops sent back when they ended.
         self.reports: list[WorkerReport] = []
         counts = storage.count_states(study_id)
@@ -160,7 +163,7 @@ class Supervisor:
         state.grace_stopped = sum(o.get("run") == run_id for _, _, o in self.storage.running_owners(self.study_id))
         if not state.grace_stopped:
             return False
-        logger.warning("stop_grace passed: stopping %d running trial(s)", state.grace_stopped)
+        logger.warning(state.grace_message(state.grace_stopped))
         self._stop(state.reason())
         return True
 

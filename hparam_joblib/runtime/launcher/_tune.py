@@ -26,6 +26,7 @@ import optuna
 from hparam_joblib.config._algorithms import DEFAULT_PRUNER
 from hparam_joblib.config._schema import SearchConfig, StopRules
 from hparam_joblib.runtime.launcher._runner import run_search
+from hparam_joblib.runtime.launcher._stop_state import rung_grace
 from hparam_joblib.storage import StorageLocation, driver_url, location_for, open_study_readonly
 
 logger = logging.getLogger("hparam_joblib")
@@ -43,6 +44,10 @@ class Rung:
     seconds: float
     rate: float
     peak_mib: float
+    #: Trials still running when the rung's time (and its grace) was up, stopped and not counted.
+    stopped: int = 0
+    #: The rung's ``--tune-seconds``.
+    budget: float = 0.0
 
     def speedup(self, base: Rung) -> float:
         """Throughput relative to the first rung (normally n_jobs=1)."""
@@ -63,6 +68,11 @@ def default_ladder(cpu_count: int, configured: int) -> list[int]:
     if configured not in ladder:
         ladder.append(configured)
     return sorted(ladder)
+
+
+def stopped_trials(study: optuna.Study) -> int:
+    """Trials of a rung that did not finish: stopped when its time was up (or lost to a dead worker)."""
+    return sum(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials(deepcopy=False))
 
 
 def steady_rate(study: optuna.Study) -> tuple[int, float]:
@@ -92,6 +102,10 @@ def run_ladder(
 ) -> list[Rung]:
     """Run the function for ``seconds`` at each n_jobs of ``ladder`` (highest first).
 
+    Each rung is bounded: from its first trial on, its loops start trials for ``seconds``, and
+    the trials still running :func:`rung_grace` later are stopped (``RungStop``), so a rung
+    takes its workers' start-up plus at most ``seconds + rung_grace(seconds)``.
+
     Without the pruner: how many trials it prunes, and so how long they run, depends on the
     order in which trials finish, which differs between rungs (with a median pruner n_jobs=2
     measured 126 % efficiency on 2 cores); every rung runs whole trials instead.
@@ -116,7 +130,8 @@ def run_ladder(
             location = location_for(rung_cfg, scratch)
             with open_study_readonly(location, rung_cfg.study_name) as study:
                 trials, rate = steady_rate(study)
-            rungs.append(Rung(n_jobs, trials, result.wall_time, rate, result.peak_trial_mib))
+                stopped = stopped_trials(study)
+            rungs.append(Rung(n_jobs, trials, result.wall_time, rate, result.peak_trial_mib, stopped, seconds))
             if location.is_server:
                 _drop_study(location, rung_cfg.study_name)
     finally:
@@ -139,18 +154,37 @@ def recommend(rungs: Sequence[Rung]) -> Rung:
 
 
 def format_table(rungs: Sequence[Rung]) -> str:
-    """A plain-text table of the ladder and the recommendation."""
+    """A plain-text table of the ladder, what each rung stopped, and the recommendation."""
     base = rungs[0]
+    seconds = base.budget
     lines = [
-        f"{'n_jobs':>6}  {'trials':>6}  {'trials/s':>9}  {'speedup':>7}  {'efficiency':>10}  {'peak MiB/trial':>14}",
+        (f"{'n_jobs':>6}  {'trials':>6}  {'stopped':>7}  {'trials/s':>9}  {'speedup':>7}  {'efficiency':>10}  "
+         f"{'peak MiB/trial':>14}  {'rung s':>6}"),
     ]
     for r in rungs:
         lines.append(
-            f"{r.n_jobs:>6}  {r.trials:>6}  {r.rate:>9.3f}  {r.speedup(base):>7.2f}  "
-            f"{r.efficiency(base):>10.2f}  {r.peak_mib:>14.0f}"
+            f"{r.n_jobs:>6}  {r.trials:>6}  {r.stopped:>7}  {r.rate:>9.3f}  {r.speedup(base):>7.2f}  "
+            f"{r.efficiency(base):>10.2f}  {r.peak_mib:>14.0f}  {r.seconds:>6.1f}"
         )
-    pick = recommend(rungs)
+    grace = rung_grace(seconds)
     lines.append("")
+    lines.append(
+        f"each rung ran trials for {seconds:g} s from its first trial; trials still running {grace:g} s "
+        "after that were stopped ('stopped', not counted in trials/s); 'rung s' is the rung's whole "
+        "time, its workers' start-up included"
+    )
+    empty = [r.n_jobs for r in rungs if r.trials == 0]
+    if empty:
+        lines.append(
+            f"no trial finished at n_jobs={', '.join(map(str, empty))}: a trial takes longer than "
+            f"--tune-seconds {seconds:g} (+ {grace:g} s) there; run again with a larger --tune-seconds "
+            "(a few trials' time) before trusting this table"
+        )
+    lines.append("")
+    if len(empty) == len(rungs):
+        lines.append("no recommendation: no rung finished a trial")
+        return "\n".join(lines)
+    pick = recommend(rungs)
     lines.append(
         f"recommended: n_jobs={pick.n_jobs} (smallest within {TOLERANCE:.0%} of the best throughput); "
         f"run with: --set n_jobs={pick.n_jobs}"
