@@ -9,6 +9,7 @@ from typing import Any
 from hparam_joblib.config._algorithms import AlgorithmSpec
 from hparam_joblib.config._checker import Checker
 from hparam_joblib.config._schema import ParamSpec
+from hparam_joblib.config._typos import did_you_mean
 
 
 def validate_enqueue(
@@ -58,4 +59,5 @@ def _flatten_entry(
         elif isinstance(value, dict) and any(n.startswith(name + ".") for n in by_name):
             _flatten_entry(value, name + ".", by_name, out, key, names, check)
         else:
-            raise check.fail(f"{key}.{name}", f"not a sweep parameter; sweep parameters: {names}")
+            raise check.fail(f"{key}.{name}", f"not a sweep parameter; sweep parameters: {names}"
+                             + did_you_mean(name, by_name))

@@ -945,3 +945,25 @@ def test_resolve_config_path_absolute_missing_tries_once(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as info:
         resolve_config_path(str(missing), str(tmp_path / "script.py"))
     assert str(info.value) == f"{missing}: config file not found; tried: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "ending"),
+    [
+        ("sweep_parameters:\n  lr: {type: float, low: 0.1, high: 1, lgo: true}\n", "sweep_parameters.lr.lgo",
+         "allowed: type, low, high, log, step, when; did you mean 'log'?"),
+        ("sweep_parameters:\n  lr: {type: float, low: 0.1, high: 1}\nenqueue:\n  - {rl: 0.5}\n", "enqueue[0].rl",
+         "not a sweep parameter; sweep parameters: lr; did you mean 'lr'?"),
+        ("tracking:\n  mlflow: {tracking_url: http://h:5000}\n", "tracking.mlflow.tracking_url",
+         "unknown key; expected tracking_uri or experiment_name; did you mean 'tracking_uri'?"),
+        ("pruner: {type: median, n_warmup_step: 3}\n", "pruner.n_warmup_step",
+         "valid: n_startup_trials, n_warmup_steps, interval_steps, n_min_trials; did you mean 'n_warmup_steps'?"),
+    ],
+)
+def test_a_typo_inside_a_section_names_the_setting(tmp_path: Path, text: str, key: str, ending: str) -> None:
+    """Unknown keys inside sampler/pruner, a sweep parameter, enqueue and tracking were errors
+    already; the error now names the likely setting."""
+    path = write(tmp_path, f"n_trials: 3\n{text}")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [], cpu_count=2)
+    assert info.value.key == key and info.value.message.endswith(ending), str(info.value)
