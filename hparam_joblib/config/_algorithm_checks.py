@@ -83,7 +83,8 @@ def _block(section: Any, kind: str, default: str, table: Mapping[str, str], chec
     body = dict(section)
     kind_name = body.pop("type", default)
     if not isinstance(kind_name, str) or kind_name.strip().lower() not in table:
-        raise check.fail(f"{kind}.type", f"unknown {kind} {kind_name!r}; expected one of {list(table)}")
+        raise check.fail(f"{kind}.type", f"unknown {kind} {kind_name!r}; expected one of {list(table)}"
+                         + did_you_mean(str(kind_name), table))
     for key in body:
         if not isinstance(key, str):
             raise check.fail(kind, f"setting names must be strings, got {key!r}")

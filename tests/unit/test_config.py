@@ -958,6 +958,8 @@ def test_resolve_config_path_absolute_missing_tries_once(tmp_path: Path) -> None
          "unknown key; expected tracking_uri or experiment_name; did you mean 'tracking_uri'?"),
         ("pruner: {type: median, n_warmup_step: 3}\n", "pruner.n_warmup_step",
          "valid: n_startup_trials, n_warmup_steps, interval_steps, n_min_trials; did you mean 'n_warmup_steps'?"),
+        ("sampler: randon\n", "sampler.type",
+         "expected one of ['tpe', 'random', 'cmaes', 'gp', 'qmc', 'nsgaii', 'grid']; did you mean 'random'?"),
     ],
 )
 def test_a_typo_inside_a_section_names_the_setting(tmp_path: Path, text: str, key: str, ending: str) -> None:
