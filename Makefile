@@ -10,7 +10,7 @@ EXTRAS ?= dev
 # fixtures run once). On 2 cores, 2 took the suite from ~26 to 15 min; 3 was slower than 2.
 TEST_WORKERS ?= 2
 
-.PHONY: venv demo example-sklearn test test-fast lint bench-quick clean optuna-storage-tests optuna-storage-tests-latest
+.PHONY: venv demo example-sklearn test test-fast lint bench-quick clean optuna-storage-tests test-latest
 
 venv: $(VENV)/.installed
 
@@ -40,14 +40,11 @@ test: venv
 optuna-storage-tests: venv
 	$(BIN)/python tests/optuna_suite/run.py -q -n 4
 
-# The same against the newest Optuna release, in a venv of its own (.venv-optuna-latest), so an
-# upgrade's breakage shows before users see it.
-LATEST := .venv-optuna-latest
-optuna-storage-tests-latest:
-	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
-	$(LATEST)/bin/python -m pip install --quiet -e ".[test,postgresql]" fakeredis
-	$(LATEST)/bin/python -m pip install --quiet --upgrade optuna
-	$(LATEST)/bin/python tests/optuna_suite/run.py -q -n 4
+# The budget races, kill tests, upgrade guard and Optuna's storage tests on the newest Optuna,
+# SQLAlchemy, loky and joblib (past our pins), in a venv of their own (.venv-latest), so an
+# upgrade's breakage shows before users see it (scripts/test_latest.sh; .ci/run calls it).
+test-latest:
+	PYTHON=$(PYTHON) bash scripts/test_latest.sh
 
 lint: venv
 	$(BIN)/ruff check hparam_joblib tests benchmarks

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         StorageBusyError,
         StorageError,
         TrainingCodeError,
+        UpgradeError,
         UsageError,
         WorkerCrashError,
     )
@@ -41,6 +42,7 @@ _WHERE = {
     "StorageBusyError": "_errors",
     "StorageError": "_errors",
     "TrainingCodeError": "_errors",
+    "UpgradeError": "_errors",
     "UsageError": "_errors",
     "WorkerCrashError": "_errors",
     "current_trial_number": "_report",
@@ -61,6 +63,7 @@ __all__ = [
     "StorageBusyError",
     "StorageError",
     "TrainingCodeError",
+    "UpgradeError",
     "UsageError",
     "WorkerCrashError",
     "current_trial_number",

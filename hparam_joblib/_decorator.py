@@ -210,6 +210,10 @@ def _launch(
         # set-up (it runs no user code and writes nothing; it ends with this process).
         _forkserver.start()
 
+        from hparam_joblib._tested import require_tested
+
+        # An Optuna or SQLAlchemy outside the tested range: one line, before anything starts.
+        require_tested()
     from loky import cpu_count  # joblib.cpu_count() is this (joblib itself costs 0.1 s to import)
 
     from hparam_joblib.config._load import load_config, resolve_config_path

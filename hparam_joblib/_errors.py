@@ -11,6 +11,8 @@
     │   └── StorageBusyError    SQLite stayed locked past the retry bound (.attempts)
     ├── BackendError            the cluster cannot run the search (scheduler unreachable, no workers)
     ├── WorkerCrashError        ``max_worker_deaths`` workers died in a row without a finished trial
+    ├── UpgradeError            an Optuna or SQLAlchemy outside the tested range (``_tested``), or one
+    │                           that creates trials outside our budgeted path (``storage/_guard``)
     ├── OutsideSearchError      kept for code that catches it (also a RuntimeError); never raised now
     └── TrainingCodeError       the training function failed in every trial a run started with
                                 (``max_trial_errors``); exit status 1, not 2
@@ -160,6 +162,11 @@ class BackendError(HparamError):
 
 class WorkerCrashError(HparamError):
     """``max_worker_deaths`` worker processes died in a row without a trial finishing."""
+
+
+class UpgradeError(HparamError):
+    """The installed Optuna or SQLAlchemy is outside the versions our internals were tested on,
+    or it creates trials by a path that bypasses the budget: the search does not start (or stops)."""
 
 
 class OutsideSearchError(HparamError, RuntimeError):

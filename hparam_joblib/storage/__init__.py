@@ -36,6 +36,7 @@ from hparam_joblib.storage._factory import (
     preflight,
     prepare,
 )
+from hparam_joblib.storage._guard import check_call_paths
 from hparam_joblib.storage._journal import JournalSearchStorage
 from hparam_joblib.storage._location import StorageLocation, check_directions
 from hparam_joblib.storage._owners import fail_trial, owner_is_dead, owner_record, reap_dead_owners
@@ -55,6 +56,7 @@ __all__ = [
     "StorageLocation",
     "StudyStore",
     "causes",
+    "check_call_paths",
     "check_directions",
     "driver_url",
     "fail_trial",

@@ -47,6 +47,7 @@ class StudyStore(Protocol):
     lock_retries: int
     op_seconds: list[float]
     created_trial_ids: set[int]
+    popped_trial_ids: set[int]
 
     def count_states(self, study_id: int) -> dict[str, int]: ...
     def has_waiting(self, study_id: int) -> bool: ...

@@ -24,5 +24,8 @@ class StoreFields:
         self.family: int | None = None
         self.lock_retries = 0
         self.created_trial_ids: set[int] = set()
+        #: Queued (WAITING) trials this process's study took over (``loops/_worker``): with
+        #: ``created_trial_ids``, every trial it may run; any other is an upgrade's moved path.
+        self.popped_trial_ids: set[int] = set()
         #: Wall time of each top-level storage call (seconds), for the contention benchmark.
         self.op_seconds: list[float] = []

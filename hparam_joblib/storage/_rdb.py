@@ -43,9 +43,7 @@ from hparam_joblib.storage._schema import CheckedVersionManager, LazyVersionMana
 from hparam_joblib.storage._sqlite import _connect, _WriteLock
 
 if TYPE_CHECKING:
-    from optuna._typing import JSONSerializable
     from optuna.study import StudyDirection
-    from optuna.study._frozen import FrozenStudy
 
 logger = logging.getLogger("hparam_joblib")
 
@@ -179,7 +177,7 @@ class SearchStorage(BudgetedCreation, BufferedWrites, CachedReads, LauncherQueri
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         self._retry(lambda: RDBStorage.set_study_user_attr(self, study_id, key, value), write=True)
 
-    def set_study_system_attr(self, study_id: int, key: str, value: JSONSerializable) -> None:
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
         self._retry(lambda: RDBStorage.set_study_system_attr(self, study_id, key, value), write=True)
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -200,7 +198,7 @@ class SearchStorage(BudgetedCreation, BufferedWrites, CachedReads, LauncherQueri
     def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
         return self._retry(lambda: RDBStorage.get_study_system_attrs(self, study_id))
 
-    def get_all_studies(self) -> list[FrozenStudy]:
+    def get_all_studies(self) -> list[Any]:  # Optuna's FrozenStudy (not exported publicly)
         return self._retry(lambda: RDBStorage.get_all_studies(self))
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:

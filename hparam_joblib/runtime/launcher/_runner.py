@@ -49,6 +49,7 @@ from hparam_joblib.storage import (
     RetryPolicy,
     StorageLocation,
     StudyStore,
+    check_call_paths,
     check_directions,
     location_for,
     n_finished,
@@ -135,6 +136,7 @@ def _run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     policy = policy or RetryPolicy(deadline=cfg.lock_timeout, busy_timeout=min(10.0, cfg.lock_timeout / 2))
     location = location_for(cfg, save_dir)
+    check_call_paths(location.kind)  # Optuna's ask/tell/enqueue reach our budget (a scratch study)
     preflight(location, cfg.study_name, list(cfg.directions))
     prepare(location, policy)
     storage = open_storage(location, create_tables=True, policy=policy, heartbeat_interval=cfg.heartbeat_interval)

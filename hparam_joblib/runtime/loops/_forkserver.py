@@ -90,10 +90,13 @@ ENV_SWITCH = "HPARAM_JOBLIB_PRELOADED_WORKERS"
 
 
 def context() -> Any:
-    """The shared context (built on first use), or None: no stdlib forkserver here, or switched
-    off with ``HPARAM_JOBLIB_PRELOADED_WORKERS=0``."""
+    """The shared context (built on first use), or None: no stdlib forkserver here, a Python
+    outside the tested range (``_tested``: 3.14 changed the forkserver), or switched off with
+    ``HPARAM_JOBLIB_PRELOADED_WORKERS=0``."""
     global _context
-    if not _AVAILABLE or os.environ.get(ENV_SWITCH, "1") == "0":
+    from hparam_joblib._tested import python_tested
+
+    if not _AVAILABLE or os.environ.get(ENV_SWITCH, "1") == "0" or not python_tested():
         return None
     with _lock:
         if _context is None:

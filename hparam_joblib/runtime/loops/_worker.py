@@ -23,12 +23,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.trial import TrialState
 
-from hparam_joblib._errors import HparamError
+from hparam_joblib._errors import HparamError, UpgradeError
+from hparam_joblib._keys import FAILURE_REASON_KEY
 from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib.config._algorithms import build, worker_seed
@@ -170,6 +172,7 @@ def _load_study(task: WorkerTask, storage: StudyStore) -> optuna.Study:
 
 
 def _sampler(cfg: SearchConfig, worker_index: int, trials_before: int = 0) -> optuna.samplers.BaseSampler:
+    _only_budgeted_trials(study, storage)
     """This worker's sampler, seeded apart from the other loops' (``worker_seed``)."""
     seed = worker_seed(cfg.sampler, cfg.seed, worker_index, trials_before)
     sampler: optuna.samplers.BaseSampler = build(cfg.sampler, seed)
@@ -185,7 +188,10 @@ def _skip_empty_waiting_reads(study: optuna.Study, storage: StudyStore) -> None:
     study_id = study._study_id
 
     def pop_if_any() -> int | None:
-        return pop() if storage.has_waiting(study_id) else None
+        popped = pop() if storage.has_waiting(study_id) else None
+        if popped is not None:  # taken over, not created: the objective's check knows it
+            storage.popped_trial_ids.add(popped)
+        return popped
 
     study._pop_waiting_trial_id = pop_if_any  # type: ignore[method-assign]
 
@@ -194,6 +200,31 @@ def _deadline(task: WorkerTask) -> float | None:
     """``time.time()`` after which this loop starts no trial: the stop rule's, or the end of its
     ``run_seconds`` counted from now (the trial process is ready)."""
     deadline = task.deadline
+def _only_budgeted_trials(study: optuna.Study, storage: StudyStore) -> None:
+    """The worker's half of the call-path guard (``storage/_guard``): every trial ``ask()``
+    hands this loop must come from our budgeted creation or from the queue (``pop_if_any``).
+    Any other was created by a path that skips the budget (an Optuna release that moved the
+    call): it is failed with the reason and the search stops, before the trial runs, rather
+    than run past n_trials. (Raised from ``ask()``, so Optuna logs no traceback for it.)"""
+    ask = study.ask
+
+    def checked_ask(*args: Any, **kwargs: Any) -> optuna.Trial:
+        trial = ask(*args, **kwargs)
+        trial_id = trial._trial_id
+        if trial_id not in storage.created_trial_ids and trial_id not in storage.popped_trial_ids:
+            from hparam_joblib._tested import describe
+
+            reason = (f"optuna {optuna.__version__} created trial {trial.number} outside hparam_joblib's budgeted "
+                      f"creation, so the exact n_trials budget cannot hold; the search stops. hparam_joblib was "
+                      f"tested with {describe('optuna')}: install a tested release")
+            storage.set_trial_user_attr(trial_id, FAILURE_REASON_KEY, reason)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            raise UpgradeError(reason)
+        return trial
+
+    study.ask = checked_ask  # type: ignore[method-assign]
+
+
     if task.run_seconds is not None:
         own = time.time() + task.run_seconds
         deadline = own if deadline is None else min(deadline, own)
