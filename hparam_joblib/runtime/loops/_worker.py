@@ -189,7 +189,7 @@ def _skip_empty_waiting_reads(study: optuna.Study, storage: StudyStore) -> None:
 
     def pop_if_any() -> int | None:
         popped = pop() if storage.has_waiting(study_id) else None
-        if popped is not None:  # taken over, not created: the objective's check knows it
+        if popped is not None:  # taken over, not created: checked_ask lets it through
             storage.popped_trial_ids.add(popped)
         return popped
 
