@@ -7,6 +7,7 @@ launches a search.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hparam_joblib._errors import ConfigError, HparamError, UsageError
 from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
+from hparam_joblib._pipes import quiet_closed_pipes
 from hparam_joblib._result import SearchResult
 from hparam_joblib.runtime.launcher._signals import install_handlers
 from hparam_joblib.runtime.trial._funcref import WRAPPED_ATTR
@@ -145,6 +147,9 @@ def hparam_search(
             # Ctrl-C / kill -INT stop the set-up too (the search loop installs its own handler):
             # a script started in the background of a shell inherits SIGINT ignored.
             previous = install_handlers({signal.SIGINT: signal.default_int_handler})
+            pipes = contextlib.ExitStack()
+            if cli:  # `python train.py | head -3`: the reader leaving ends our output quietly
+                pipes.enter_context(quiet_closed_pipes())
             try:
                 result = _launch(func, args, config_path, Path(save_db_directory), defining_file)
             except HparamError as err:
@@ -159,6 +164,7 @@ def hparam_search(
                 raise SystemExit(130) from None
             finally:
                 install_handlers(previous)
+                pipes.close()
             if result is not None and result.stop_signal and cli:
                 raise SystemExit(128 + result.stop_signal)
             return result

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from hparam_joblib._errors import HparamError, MissingExtraError, UsageError, one_line
+from hparam_joblib._pipes import CLOSED_PIPE_STATUS, silence
 from hparam_joblib.storage import Database, heartbeat_ages, load_study, open_database, reading_study
 
 if TYPE_CHECKING:
@@ -311,13 +312,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
         with contextlib.ExitStack() as ns.resources:  # database connections the command opened
-            return int(ns.func(ns))
+            status = int(ns.func(ns))
+        sys.stdout.flush()  # a closed pipe shows here, not in the flush at exit
+        return status
     except HparamError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `... | head`: the reader left; say nothing
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing (hparam_joblib/_pipes.py)
+        silence(sys.stdout)
+        silence(sys.stderr)
+        return CLOSED_PIPE_STATUS
