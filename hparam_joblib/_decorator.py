@@ -210,16 +210,17 @@ def _launch(
 
     args = parse_args(argv, prog=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None)
     if not (args.dry_run or args.best):
+        from hparam_joblib._tested import require_tested
+
+        # An Optuna or SQLAlchemy outside the tested range: one line, before anything starts.
+        require_tested()
+
         from hparam_joblib.runtime.loops import _forkserver
 
         # The workers' preloaded server imports Optuna beside this process's own imports and
         # set-up (it runs no user code and writes nothing; it ends with this process).
         _forkserver.start()
 
-        from hparam_joblib._tested import require_tested
-
-        # An Optuna or SQLAlchemy outside the tested range: one line, before anything starts.
-        require_tested()
     from loky import cpu_count  # joblib.cpu_count() is this (joblib itself costs 0.1 s to import)
 
     from hparam_joblib.config._load import load_config, resolve_config_path

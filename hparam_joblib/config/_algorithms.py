@@ -188,16 +188,17 @@ def build(spec: AlgorithmSpec, seed: int | None = None) -> Any:
 
 
 def worker_seed(
-    spec: AlgorithmSpec, seed: int | None, worker_index: int, trials_before: int = 0
+    spec: AlgorithmSpec, seed: int | None, worker_index: int, trials_before: int = 0, launch_number: int = 0,
 ) -> int | None:
-    """The sampler seed of worker loop ``worker_index`` started when the study held
-    ``trials_before`` trials (any state).
+    """The sampler seed of worker loop ``worker_index`` of launch ``launch_number`` (its
+    position in the study's run history), started when the study held ``trials_before`` trials.
 
-    A fresh study (``trials_before == 0``): ``seed + worker_index``, so a seeded n_jobs=1 search
-    samples what ``optuna.create_study(sampler=...(seed=seed))`` would. A resumed or extended
-    study: a seed mixed from ``(seed, trials_before, worker_index)``, so the new loops never
-    replay the sequences of earlier runs (they would re-sample the configurations the study
-    already holds), while the same commands on the same study still give the same seeds.
+    The study's first launch on a fresh study: ``seed + worker_index``, so a seeded n_jobs=1
+    search samples what ``optuna.create_study(sampler=...(seed=seed))`` would. Otherwise a seed
+    mixed from ``(seed, trials_before, worker_index)`` and, for every launch after the first,
+    ``launch_number``: a resumed study never replays an earlier run's sequences, and identical
+    launches running at once (a SLURM array, two terminals) never share one, since each gets
+    its own number; the same commands in the same order on a fresh study give the same seeds.
     Grid and QMC workers share ``seed`` on every run: those samplers skip the points the
     study already holds by themselves (unvisited grid points, the next QMC index).
     """
@@ -205,9 +206,12 @@ def worker_seed(
         return 0 if seed is None else seed
     if seed is None:
         return None
-    if trials_before <= 0:
+    if trials_before <= 0 and launch_number <= 0:
         return seed + worker_index
-    digest = hashlib.sha256(f"hparam_joblib:{seed}:{trials_before}:{worker_index}".encode()).digest()
+    key = f"hparam_joblib:{seed}:{trials_before}:{worker_index}"
+    if launch_number > 0:
+        key += f":launch{launch_number}"
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 

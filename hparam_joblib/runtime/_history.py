@@ -214,10 +214,19 @@ def run_entry(
     return entry
 
 
-def append_run(storage: Any, study_id: int, entry: Mapping[str, Any]) -> None:
-    """Add ``entry`` to the study's run history and make its config the study's ``config``."""
-    # One atomic step: launches of the study that start at once each keep their entry.
-    storage.update_study_user_attr(
-        study_id, RUNS_KEY, lambda runs: [*(runs if isinstance(runs, list) else []), dict(entry)]
-    )
+def append_run(storage: Any, study_id: int, entry: Mapping[str, Any]) -> int:
+    """Add ``entry`` to the study's run history and make its config the study's ``config``;
+    returns the launch's number: its entry's position in the history (0 for the study's first).
+
+    One atomic step, so launches of the study that start at once each keep their entry and
+    get distinct numbers (each loop's sampler seed mixes it in: ``worker_seed``)."""
+    position = [0]
+
+    def appended(runs: Any) -> list[Any]:
+        held = runs if isinstance(runs, list) else []
+        position[0] = len(held)  # the update may be retried: the committed call's value is kept
+        return [*held, dict(entry)]
+
+    storage.update_study_user_attr(study_id, RUNS_KEY, appended)
     storage.set_study_user_attr(study_id, STUDY_CONFIG_KEY, entry["config"])
+    return position[0]

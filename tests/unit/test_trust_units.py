@@ -32,6 +32,19 @@ def test_worker_seeds_differ_per_run_but_not_for_a_fresh_study() -> None:
     assert worker_seed(tpe, None, 2, 10) is None
 
 
+def test_identical_launches_get_their_own_seed_streams() -> None:
+    """Launch k of a study (its place in the run history): the first keeps seed + i on a fresh
+    study; every later one, even seeing the same trial count (launches started at once), gets
+    other seeds, the same for the same (k, N, i) every time."""
+    tpe = AlgorithmSpec("sampler", "tpe")
+    seeds = {(k, n, i): worker_seed(tpe, 7, i, n, k) for k in range(4) for n in (0, 3) for i in range(2)}
+    assert seeds[(0, 0, 0)] == 7 and seeds[(0, 0, 1)] == 8
+    assert seeds[(0, 3, 1)] == worker_seed(tpe, 7, 1, 3)  # the first launch's resumed seeds are unchanged
+    assert len(set(seeds.values())) == len(seeds)
+    assert seeds[(2, 3, 1)] == worker_seed(tpe, 7, 1, 3, 2)
+    assert worker_seed(AlgorithmSpec("sampler", "grid"), 7, 1, 3, 2) == 7  # grid/qmc share the seed
+
+
 @pytest.mark.parametrize(
     ("state", "attrs", "kind"),
     [

@@ -31,6 +31,8 @@ class Launch:
     #: Seconds each loop starts trials for (``--tune-n-jobs``), or None.
     run_seconds: float | None = None
     tracking: TrackingTarget | None = None
+    #: This launch's position in the study's run history (mixed into its loops' seeds).
+    launch_number: int = 0
 
     def task(self, index: int, trials_before: int, error_stop: ErrorStop | None, remote: bool) -> WorkerTask:
         """The task of loop ``index``; ``remote``: a Dask loop (lease, its machine's environment)."""
@@ -40,7 +42,7 @@ class Launch:
             launcher_pid=os.getpid(), worker_index=index,
             policy=self.policy, deadline=self.deadline, run_seconds=self.run_seconds,
             lease_interval=self.cfg.heartbeat_interval if remote else None,
-            trials_before=trials_before, error_stop=error_stop,
+            trials_before=trials_before, launch_number=self.launch_number, error_stop=error_stop,
             log_dir=str(self.log_dir), tracking=self.tracking,
             environ=None if remote else dict(os.environ),
         )

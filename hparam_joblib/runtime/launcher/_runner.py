@@ -144,7 +144,7 @@ def _run_search(
         study = _create_study(cfg, location, storage)
         study_id = study._study_id
         run_id = uuid.uuid4().hex[:12]
-        work, n_retired = _begin_run(cfg, storage, study_id, run_id, location, retry_failed)
+        work, n_retired, launch_number = _begin_run(cfg, storage, study_id, run_id, location, retry_failed)
         if cfg.enqueue:
             enqueue(study, storage, work)
         # The search's own stop rules (not --tune-n-jobs' rungs).
@@ -156,7 +156,7 @@ def _run_search(
             if cfg.mlflow is not None:
                 tracking = start_parent(cfg.mlflow, cfg.study_name, storage, study_id, cfg.n_trials)
             launch = Launch(function, work, location, run_id, policy, log_dir_for(cfg, save_dir).resolve(),
-                            _deadline(stop_state), run_seconds, tracking)
+                            _deadline(stop_state), run_seconds, tracking, launch_number)
             supervisor = Supervisor(launch, backend, storage, study_id, retired=n_retired, stop_state=stop_state,
                                     show_progress=show_progress)
             interrupted = supervisor.run()
@@ -220,10 +220,10 @@ def _say_nothing_to_run(cfg: SearchConfig, storage: StudyStore, study_id: int) -
 def _begin_run(
     cfg: SearchConfig, storage: StudyStore, study_id: int, run_id: str, location: StorageLocation,
     retry_failed: bool,
-) -> tuple[SearchConfig, int]:
+) -> tuple[SearchConfig, int, int]:
     """Check the config against the study, reap dead trials, retire errors (``--retry-failed``)
-    and record the run; returns the workers' config (budget: n_trials + retired) and the
-    number of retired trials.
+    and record the run; returns the workers' config (budget: n_trials + retired), the number
+    of retired trials and this launch's number in the study's run history.
 
     Raises:
         ConfigError: the search space conflicts with the study's trials (nothing written).
@@ -246,5 +246,5 @@ def _begin_run(
         )
     # Retired trials stay in the study (PRUNED) but do not count: the workers' budget grows by them.
     n_retired = len(retired(storage, study_id))
-    append_run(storage, study_id, run_entry(cfg, run_id, len(held), changes, retried))
-    return (dataclasses.replace(cfg, n_trials=cfg.n_trials + n_retired) if n_retired else cfg), n_retired
+    launch_number = append_run(storage, study_id, run_entry(cfg, run_id, len(held), changes, retried))
+    return (dataclasses.replace(cfg, n_trials=cfg.n_trials + n_retired) if n_retired else cfg), n_retired, launch_number

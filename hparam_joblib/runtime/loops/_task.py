@@ -48,6 +48,9 @@ class WorkerTask:
     #: Trials the study held when the launcher started this loop: mixed into the sampler seed
     #: so that a resumed search never replays an earlier run's sequence (``worker_seed``).
     trials_before: int = 0
+    #: The launch's position in the study's run history: mixed into the sampler seed so that
+    #: identical launches of one study (a SLURM array) sample different configurations.
+    launch_number: int = 0
     #: The launcher's stop-fast rule (``max_trial_errors``), while it is armed: after each trial
     #: the loop checks it and, once it fires, starts no new trial (the launcher stops the search).
     error_stop: ErrorStop | None = None

@@ -165,16 +165,18 @@ def _load_study(task: WorkerTask, storage: StudyStore) -> optuna.Study:
     cfg = task.config
     study = optuna.load_study(
         study_name=cfg.study_name, storage=cast(BaseStorage, storage),
-        sampler=_sampler(cfg, task.worker_index, task.trials_before), pruner=build(cfg.pruner),
+        sampler=_sampler(cfg, task.worker_index, task.trials_before, task.launch_number), pruner=build(cfg.pruner),
     )
     _skip_empty_waiting_reads(study, storage)
+    _only_budgeted_trials(study, storage)
     return study
 
 
-def _sampler(cfg: SearchConfig, worker_index: int, trials_before: int = 0) -> optuna.samplers.BaseSampler:
-    _only_budgeted_trials(study, storage)
-    """This worker's sampler, seeded apart from the other loops' (``worker_seed``)."""
-    seed = worker_seed(cfg.sampler, cfg.seed, worker_index, trials_before)
+def _sampler(
+    cfg: SearchConfig, worker_index: int, trials_before: int = 0, launch_number: int = 0,
+) -> optuna.samplers.BaseSampler:
+    """This worker's sampler, seeded apart from the other loops' and launches' (``worker_seed``)."""
+    seed = worker_seed(cfg.sampler, cfg.seed, worker_index, trials_before, launch_number)
     sampler: optuna.samplers.BaseSampler = build(cfg.sampler, seed)
     return sampler
 
