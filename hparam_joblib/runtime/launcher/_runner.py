@@ -217,6 +217,21 @@ def _say_nothing_to_run(cfg: SearchConfig, storage: StudyStore, study_id: int) -
     ))
 
 
+def finished_text(cfg: SearchConfig, counts: dict[str, int], n_retired: int) -> str:
+    """``study s already holds 10 finished trials (COMPLETE 9, PRUNED 1) of n_trials=8`` and what
+    else is stored, not counted (FAIL, retired): finished is COMPLETE + PRUNED, as the budget counts."""
+    text = (
+        f"study {cfg.study_name} already holds {n_finished(counts) - n_retired} finished trials "
+        f"(COMPLETE {counts.get('COMPLETE', 0)}, PRUNED {counts.get('PRUNED', 0)}"
+        + (f" less {n_retired} retired by --retry-failed" if n_retired else "")
+        + f") of n_trials={cfg.n_trials}"
+    )
+    others = [f"{state} {n}" for state, n in sorted(counts.items()) if state not in ("COMPLETE", "PRUNED") and n]
+    if others:
+        text += f"; also stored, not counted: {', '.join(others)}"
+    return text
+
+
 def _begin_run(
     cfg: SearchConfig, storage: StudyStore, study_id: int, run_id: str, location: StorageLocation,
     retry_failed: bool,

@@ -198,10 +198,6 @@ def _skip_empty_waiting_reads(study: optuna.Study, storage: StudyStore) -> None:
     study._pop_waiting_trial_id = pop_if_any  # type: ignore[method-assign]
 
 
-def _deadline(task: WorkerTask) -> float | None:
-    """``time.time()`` after which this loop starts no trial: the stop rule's, or the end of its
-    ``run_seconds`` counted from now (the trial process is ready)."""
-    deadline = task.deadline
 def _only_budgeted_trials(study: optuna.Study, storage: StudyStore) -> None:
     """The worker's half of the call-path guard (``storage/_guard``): every trial ``ask()``
     hands this loop must come from our budgeted creation or from the queue (``pop_if_any``).
@@ -227,6 +223,10 @@ def _only_budgeted_trials(study: optuna.Study, storage: StudyStore) -> None:
     study.ask = checked_ask  # type: ignore[method-assign]
 
 
+def _deadline(task: WorkerTask) -> float | None:
+    """``time.time()`` after which this loop starts no trial: the stop rule's, or the end of its
+    ``run_seconds`` counted from now (the trial process is ready)."""
+    deadline = task.deadline
     if task.run_seconds is not None:
         own = time.time() + task.run_seconds
         deadline = own if deadline is None else min(deadline, own)
