@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hparam_joblib import UpgradeError
-from hparam_joblib import _tested
+from hparam_joblib import UpgradeError, _tested
 from hparam_joblib.runtime.loops import _forkserver
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +21,7 @@ def _pyproject() -> str:
 
 def _pins() -> dict[str, str]:
     block = _pyproject().split("dependencies = [", 1)[1].split("]", 1)[0]
-    deps = re.findall(r'^\s*"([^"]+)"', block, flags=re.M)
+    deps = re.findall(r'^\s*"([^"]+)"', block, flags=re.MULTILINE)
     return {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower(): d for d in deps}
 
 
