@@ -19,7 +19,7 @@ from hparam_joblib.runtime.launcher._progress import Progress
 from hparam_joblib.runtime.launcher._shutdown import stop_launch
 from hparam_joblib.runtime.launcher._signals import install_handlers
 from hparam_joblib.runtime.launcher._stop_state import RungStop, StopState
-from hparam_joblib.runtime.launcher._tail import LogFollower
+from hparam_joblib.runtime.launcher._tail import LogFollower, run_trials
 from hparam_joblib.runtime.loops._backend import Backend, Poll
 from hparam_joblib.runtime.loops._task import WorkerReport, workers_log_name
 from hparam_joblib.storage import StudyStore, n_finished
@@ -108,7 +108,8 @@ class Supervisor:
         except OSError as err:
             raise StorageError(str(log_dir), f"cannot create the trial log directory ({err.strerror})") from err
         return LogFollower(log_dir, workers_log_name(self.launch.run_id),
-                           trials=self.launch.cfg.trial_output == "terminal")
+                           trials=self.launch.cfg.trial_output == "terminal",
+                           mine=run_trials(self.storage, self.study_id, self.launch.run_id))
 
     def _start_loops(self) -> None:
         """Write the lease (Dask), then start the first loops."""

@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
+from hparam_joblib._keys import OWNER_KEY
 from hparam_joblib._logging import tqdm_class
 
 _TRIAL_LOG = re.compile(r"trial_(\d+)\.log$")
@@ -34,11 +37,15 @@ class LogFollower:
         directory: the log directory of the search.
         workers_log: the workers' log file name in it (always followed).
         trials: also follow ``trial_NNNNN.log`` files that appear (``trial_output: terminal``).
+        mine: whether trial number N is this launch's (None: not known yet, asked again at the
+            next poll); another launch's trials of the study are not shown. None: every trial.
     """
 
-    def __init__(self, directory: Path, workers_log: str, trials: bool) -> None:
+    def __init__(self, directory: Path, workers_log: str, trials: bool,
+                 mine: Callable[[int], bool | None] | None = None) -> None:
         self.directory = directory
         self.trials = trials
+        self.mine = mine
         self.files: dict[str, _Followed] = {}
         #: Trial logs that existed before this run (earlier runs' trials): not shown again.
         self.old: set[str] = set()
@@ -54,8 +61,16 @@ class LogFollower:
                 if entry.name in self.files or entry.name in self.old:
                     continue
                 match = _TRIAL_LOG.search(entry.name)
-                if match:
-                    self.files[entry.name] = _Followed(Path(entry.path), f"[trial {int(match.group(1))}] ", 0)
+                if not match:
+                    continue
+                number = int(match.group(1))
+                ours = True if self.mine is None else self.mine(number)
+                if ours is None:
+                    continue
+                if not ours:  # another launch of the study runs it: that launch shows it
+                    self.old.add(entry.name)
+                    continue
+                self.files[entry.name] = _Followed(Path(entry.path), f"[trial {number}] ", 0)
         for followed in self.files.values():
             for line in _new_lines(followed):
                 tqdm_class().write(followed.prefix + line, file=sys.stderr)
@@ -73,6 +88,21 @@ class LogFollower:
                 self.workers.unlink()
         except OSError:
             pass
+
+
+def run_trials(storage: Any, study_id: int, run_id: str) -> Callable[[int], bool | None]:
+    """``mine`` for :class:`LogFollower`: is trial N owned by launch ``run_id`` (its owner record,
+    written with the trial)? None while the storage cannot say (not there yet, or busy)."""
+
+    def mine(number: int) -> bool | None:
+        try:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+            owner = storage.get_trial_system_attrs(trial_id).get(OWNER_KEY)
+        except Exception:  # noqa: BLE001 - asked again at the next poll
+            return None
+        return isinstance(owner, dict) and cast("dict[str, Any]", owner).get("run") == run_id
+
+    return mine
 
 
 def _size(path: Path) -> int:
