@@ -116,7 +116,8 @@ def hparam_search(
 
     Args:
         config_path: the YAML file; tried as given, then under ``config/`` in the working
-            directory, then under ``config/`` beside the script, then beside the script.
+            directory, then under ``config/`` and as is beside the module that defines the
+            function, in the directory holding its top-level package, and beside the script run.
         save_db_directory: where ``<experiment_name>_<tag>.db`` is written (created if needed).
 
     Returns:
@@ -223,13 +224,17 @@ def _launch(
 
     from loky import cpu_count  # joblib.cpu_count() is this (joblib itself costs 0.1 s to import)
 
-    from hparam_joblib.config._load import load_config, resolve_config_path
+    from hparam_joblib.config._load import load_config, package_root, resolve_config_path
     from hparam_joblib.config._savedir import resolve_save_dir
     from hparam_joblib.runtime.launcher._progress import format_summary
     from hparam_joblib.runtime.launcher._runner import run_search
     from hparam_joblib.runtime.loops._gpus import detect_gpus  # what gpus: auto means here
 
-    path = resolve_config_path(args.config or config_path, defining_file)
+    # Beside the defining module, its package's project directory, then the script that was run.
+    module = sys.modules.get(getattr(func, "__module__", "") or "")
+    name = getattr(getattr(module, "__spec__", None), "name", None) or getattr(func, "__module__", "") or ""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    path = resolve_config_path(args.config or config_path, defining_file, main_file, package_root(name, defining_file))
     cfg, notes = load_config(path, args.overrides, cpu_count(), detect_gpus)
     for note in notes:
         logger.warning("note: %s", note)

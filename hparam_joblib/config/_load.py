@@ -31,12 +31,20 @@ from hparam_joblib.config._validate import validate
 from hparam_joblib.config._yaml import load_yaml
 
 
-def resolve_config_path(config_path: str | os.PathLike[str], defining_file: str | None) -> Path:
+def resolve_config_path(
+    config_path: str | os.PathLike[str],
+    defining_file: str | None,
+    script_file: str | None = None,
+    package_root: str | os.PathLike[str] | None = None,
+) -> Path:
     """Find the configuration file.
 
     Tried in order: the path as given (absolute, or relative to the working directory);
-    ``config/<path>`` under the working directory; ``config/<path>`` beside the file that
-    defines the decorated function; ``<path>`` beside that file.
+    ``config/<path>`` under the working directory; ``config/<path>``, then ``<path>``, beside the
+    file that defines the decorated function; the same in ``package_root``, the directory that
+    holds the top-level package of that file (a function defined in ``project/mypkg/train.py``:
+    ``project/``); the same beside ``script_file``, the script that was run (a package's entry
+    script started from another directory).
 
     Raises:
         ConfigError: no candidate exists; the message lists every place tried.
@@ -45,8 +53,12 @@ def resolve_config_path(config_path: str | os.PathLike[str], defining_file: str 
     candidates = [given]
     if not given.is_absolute():
         candidates.append(Path("config") / given)
-        if defining_file:
-            here = Path(defining_file).resolve().parent
+        anchors = [Path(defining_file).resolve().parent] if defining_file else []
+        if package_root is not None:
+            anchors.append(Path(package_root).resolve())
+        if script_file:
+            anchors.append(Path(script_file).resolve().parent)
+        for here in anchors:
             candidates += [here / "config" / given, here / given]
     seen: list[Path] = []
     for candidate in candidates:
@@ -58,6 +70,18 @@ def resolve_config_path(config_path: str | os.PathLike[str], defining_file: str 
     # Absolute paths: a relative one means nothing without the working directory.
     tried = ", ".join(str(p if p.is_absolute() else Path.cwd() / p) for p in seen)
     raise ConfigError(str(config_path), "", f"config file not found; tried: {tried}")
+
+
+def package_root(module_name: str, defining_file: str | None) -> Path | None:
+    """The directory that holds the top-level package of module ``pkg.sub.train`` defined in
+    ``defining_file`` (``None`` for a top-level module or script: nothing above it)."""
+    depth = module_name.count(".")
+    if not defining_file or not depth:
+        return None
+    path = Path(defining_file).resolve()
+    if path.stem == "__init__":  # a package's own __init__.py is one level deeper
+        depth += 1
+    return path.parents[depth] if depth < len(path.parents) else None
 
 
 def read_raw(path: Path) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 The rule (documented in the README): an absolute ``save_db_directory`` is used as it is; a
 relative one is resolved against the *project directory* of the config file that was found,
 not against the working directory: the directory that holds the file, or its parent when that
-directory is named ``config`` (the guide's layout: ``your_project/config/config.yaml`` beside
-``your_project/optuna_studies/``). So the same command finds the same study from any working
+directory is named ``config`` or ``configs`` (the guide's layout: ``your_project/config/config.yaml``
+beside ``your_project/optuna_studies/``; ``configs/`` is as common a name). So the same command finds the same study from any working
 directory, and two copies of a project keep two studies.
 """
 
@@ -13,11 +13,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: Names of a project's folder of config files (the database goes beside the folder, not in it).
+CONFIG_DIRS = ("config", "configs")
+
 
 def project_dir(config_file: Path) -> Path:
     """The project directory of a config file (see the module docstring)."""
     here = config_file.resolve().parent
-    return here.parent if here.name == "config" else here
+    return here.parent if here.name in CONFIG_DIRS else here
 
 
 def resolve_save_dir(save_db_directory: str | os.PathLike[str], config_file: Path) -> tuple[Path, str]:
