@@ -65,6 +65,14 @@ class Checker:
         """``raw[key]`` as an integer >= ``minimum``, or None when absent or null."""
         return None if raw.get(key) is None else self.integer(raw, key, None, minimum)
 
+    def boolean(self, raw: Mapping[str, Any], key: str, default: bool) -> bool:
+        """``raw[key]`` as true/false; ``default`` when absent or null."""
+        if raw.get(key) is None:
+            return default
+        if not isinstance(raw[key], bool):
+            raise self.fail(key, f"must be true or false, got {raw[key]!r}")
+        return bool(raw[key])
+
     def number(self, value: Any, key: str) -> float:
         """``value`` as a finite number."""
         number = as_number(value)

@@ -47,6 +47,7 @@ STUDY_KEYS: tuple[str, ...] = (
     "trial_output",
     "tracking",
     "not_settings",
+    "allow_network_filesystem",
 )
 #: Lists the user's own top-level keys whose names look like a setting (see ``_typos``).
 ALLOW_KEY = "not_settings"
@@ -222,6 +223,9 @@ class SearchConfig:
     trial_output: Literal["file", "terminal"] = "file"
     #: ``tracking.mlflow``: where each trial is logged as a nested MLflow run, or None.
     mlflow: MlflowSpec | None = None
+    #: A SQLite or journal file on a network filesystem (NFS, Lustre, ...) is refused unless
+    #: this is true (then it is used from one machine only; see ``storage/_netfs``).
+    allow_network_filesystem: bool = False
 
     @property
     def multi_objective(self) -> bool:

@@ -60,6 +60,7 @@ def validate(
     threads_per_trial = check.optional_integer(raw, "threads_per_trial", 1)
     trial_output = validate_trial_output(raw, check)
     mlflow = validate_tracking(raw.get("tracking"), check)
+    allow_network_filesystem = check.boolean(raw, "allow_network_filesystem", False)
     fixed = _fixed_values(raw, experiment_name, tag)
     check_param_paths(params, fixed, check)
     sampler = validate_sampler(raw, params, n_startup_trials, directions, check)
@@ -75,6 +76,7 @@ def validate(
         max_worker_deaths=max_worker_deaths, max_trial_errors=max_trial_errors,
         trials_per_process=trials_per_process, threads_per_trial=threads_per_trial,
         trial_output=trial_output, mlflow=mlflow,  # type: ignore[arg-type]
+        allow_network_filesystem=allow_network_filesystem,
         pruner=validate_pruner(raw.get("pruner"), directions, check),
         enqueue=validate_enqueue(raw.get("enqueue"), params, sampler, check),
         stop=validate_stop_rules(raw, directions, check),

@@ -21,6 +21,7 @@ from hparam_joblib.storage import _journal
 from hparam_joblib.storage._base import StudyStore
 from hparam_joblib.storage._failure_rows import FAILED_STATES, FailureRow, failure_rows
 from hparam_joblib.storage._location import StorageLocation, parse_storage
+from hparam_joblib.storage._netfs import network_mount
 from hparam_joblib.storage._postgresql import (
     POSTGRESQL_INSTALL,
     _server_preflight,
@@ -78,17 +79,39 @@ def open_storage(
         raise StorageError(location.display, server_problem(err)) from err
 
 
-def preflight(location: StorageLocation, study_name: str, directions: Sequence[str]) -> bool:
+def preflight(
+    location: StorageLocation, study_name: str, directions: Sequence[str], allow_network_filesystem: bool = False,
+) -> bool:
     """Check the storage without creating anything; True when the study already exists.
 
     Raises:
-        StorageError: one line naming the storage (password hidden) and what is wrong.
+        StorageError: one line naming the storage (password hidden) and what is wrong; a file
+            on a network filesystem unless ``allow_network_filesystem``.
     """
+    if not location.is_server:
+        _check_local_filesystem(Path(location.path), allow_network_filesystem)
     if location.kind == "sqlite":
         return sqlite_preflight(Path(location.path), study_name, list(directions))
     if location.kind == "journal":
         return _journal.preflight(Path(location.path), study_name, list(directions))
     return _server_preflight(location, study_name, list(directions))
+
+
+def _check_local_filesystem(path: Path, allowed: bool) -> None:
+    """Refuse a study file on a network filesystem (``_netfs``), or warn once when allowed."""
+    mount = network_mount(path)
+    if mount is None:
+        return
+    if allowed:
+        logger.warning("warning: %s is on a network filesystem, %s; allow_network_filesystem is true: "
+                       "run this search from one machine only", path, mount.describe())
+        return
+    raise StorageError(str(path), (
+        f"is on a network filesystem, {mount.describe()}: SQLite's and flock's locks may not hold there, and "
+        "machines writing one file can corrupt it. Put save_db_directory on a local disk for a search on one "
+        "machine, or use storage: postgresql://... for several (docs/clusters.md); "
+        "allow_network_filesystem: true goes on anyway, from one machine only"
+    ))
 
 
 def prepare(location: StorageLocation, policy: RetryPolicy) -> None:

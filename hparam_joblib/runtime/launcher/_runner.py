@@ -137,7 +137,7 @@ def _run_search(
     policy = policy or RetryPolicy(deadline=cfg.lock_timeout, busy_timeout=min(10.0, cfg.lock_timeout / 2))
     location = location_for(cfg, save_dir)
     check_call_paths(location.kind)  # Optuna's ask/tell/enqueue reach our budget (a scratch study)
-    preflight(location, cfg.study_name, list(cfg.directions))
+    preflight(location, cfg.study_name, list(cfg.directions), cfg.allow_network_filesystem)
     prepare(location, policy)
     storage = open_storage(location, create_tables=True, policy=policy, heartbeat_interval=cfg.heartbeat_interval)
     try:
