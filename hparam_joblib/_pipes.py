@@ -19,6 +19,7 @@ streams are left alone.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import sys
@@ -69,6 +70,8 @@ class _QuietPipe:
 
 
 def _is_pipe(stream: Any) -> bool:
+    if not isinstance(stream, io.TextIOWrapper):  # a notebook's or a test's own stream: left alone
+        return False
     try:
         mode = os.fstat(stream.fileno()).st_mode
     except (AttributeError, OSError, ValueError):
