@@ -24,7 +24,13 @@ from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib._pipes import quiet_closed_pipes
 from hparam_joblib._result import SearchResult
-from hparam_joblib.runtime.launcher._signals import install_handlers
+from hparam_joblib.runtime._signals import (
+    install_handlers,
+    shield_children,
+    signum_of,
+    stop_handlers,
+    unshield,
+)
 from hparam_joblib.runtime.trial._funcref import WRAPPED_ATTR
 from hparam_joblib.runtime.trial._trial_process import IN_TRIAL_PROCESS_ENV
 
@@ -145,9 +151,10 @@ def hparam_search(
                 )
             args = sys.argv[1:] if argv is None else list(argv)
             setup_logging("hparam_joblib:")
-            # Ctrl-C / kill -INT stop the set-up too (the search loop installs its own handler):
-            # a script started in the background of a shell inherits SIGINT ignored.
-            previous = install_handlers({signal.SIGINT: signal.default_int_handler})
+            # Ctrl-C / kill -INT, SIGTERM and SIGUSR1 stop the set-up too (the search loop installs
+            # its own): a script started in the background of a shell inherits SIGINT ignored.
+            previous = install_handlers(stop_handlers())
+            shielded = shield_children()  # a job-wide SIGUSR1 reaches the launcher alone
             pipes = contextlib.ExitStack()
             if cli:  # `python train.py | head -3`: the reader leaving ends our output quietly
                 pipes.enter_context(quiet_closed_pipes())
@@ -158,13 +165,16 @@ def hparam_search(
                     raise
                 print(f"error: {err}", file=sys.stderr)
                 raise SystemExit(err.exit_status) from None
-            except KeyboardInterrupt:  # Ctrl-C before the workers started: nothing is running
+            except KeyboardInterrupt as stop:  # a stop signal before the workers started: nothing runs
                 if not cli:
                     raise
-                print("interrupted before the search started", file=sys.stderr)
-                raise SystemExit(130) from None
+                signum = signum_of(stop)
+                print(f"interrupted ({signal.Signals(signum).name}) before the search started", file=sys.stderr)
+                raise SystemExit(128 + signum) from None
             finally:
                 install_handlers(previous)
+                if shielded:
+                    unshield()
                 pipes.close()
             if result is not None and result.stop_signal and cli:
                 raise SystemExit(128 + result.stop_signal)

@@ -45,11 +45,15 @@ _checked: set[str] = set()
 def _fail(what: str) -> UpgradeError:
     import optuna
 
-    from hparam_joblib._tested import describe
+    from hparam_joblib._tested import describe, inside
 
-    return UpgradeError(
-        f"optuna {optuna.__version__}: {what}, so the exact n_trials budget cannot hold; no trial was run. "
+    advice = (
         f"hparam_joblib was tested with {describe('optuna')}: install a tested release"
+        if not inside("optuna", optuna.__version__) else
+        "this Optuna is a tested release, so this is a bug in hparam_joblib: please report it with this line"
+    )
+    return UpgradeError(
+        f"optuna {optuna.__version__}: {what}, so the exact n_trials budget cannot hold; no trial was run. {advice}"
     )
 
 

@@ -248,7 +248,7 @@ def test_kill_int_during_set_up_stops_a_background_launch(project: Project) -> N
         holder.execute("ROLLBACK")
         holder.close()
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted before the search started" in err and "Traceback" not in err, err[-2000:]
+    assert "interrupted (SIGINT) before the search started" in err and "Traceback" not in err, err[-2000:]
     assert states(db) == {"COMPLETE": 2}
     again = project.run("--set", "n_trials=4")
     assert again.returncode == 0, again.stderr[-2000:]

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import signal
-from types import FrameType
 
 from hparam_joblib._errors import HparamError, StorageError
 from hparam_joblib.runtime._failures import ErrorStop
+from hparam_joblib.runtime._signals import install_handlers, signum_of, stop_handlers
 from hparam_joblib.runtime.launcher._broken_code import check_errors
 from hparam_joblib.runtime.launcher._deaths import DeathCount, on_deaths
 from hparam_joblib.runtime.launcher._early_ends import EarlyEnds
@@ -17,7 +17,6 @@ from hparam_joblib.runtime.launcher._launch import Launch
 from hparam_joblib.runtime.launcher._launcher_lease import LauncherLease
 from hparam_joblib.runtime.launcher._progress import Progress
 from hparam_joblib.runtime.launcher._shutdown import stop_launch
-from hparam_joblib.runtime.launcher._signals import install_handlers
 from hparam_joblib.runtime.launcher._stop_state import RungStop, StopState
 from hparam_joblib.runtime.launcher._tail import LogFollower, run_trials
 from hparam_joblib.runtime.loops._backend import Backend, Poll
@@ -27,15 +26,6 @@ from hparam_joblib.storage import StudyStore, n_finished
 logger = logging.getLogger("hparam_joblib")
 
 _POLL_SECONDS = 0.5
-
-
-class _Terminated(Exception):
-    """SIGTERM reached the launcher."""
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM's handler while the loops run: unwind like Ctrl-C does."""
-    raise _Terminated()
 
 
 class Supervisor:
@@ -81,7 +71,7 @@ class Supervisor:
         """
         # Installed explicitly: a launcher started in the background of a script inherits SIGINT
         # ignored, and Ctrl-C / kill -INT must still stop it cleanly.
-        previous = install_handlers({signal.SIGTERM: _on_sigterm, signal.SIGINT: signal.default_int_handler})
+        previous = install_handlers(stop_handlers())
         follower = self._follow_logs()
         try:
             self._start_loops()
@@ -93,7 +83,7 @@ class Supervisor:
             self.progress.close()
             self._stop(f"the search stopped: {getattr(err, 'short', err)}")
             raise
-        except (KeyboardInterrupt, _Terminated) as stop:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGUSR1 (StopSignal)
             return self._on_signal(stop)
         finally:
             install_handlers(previous)
@@ -192,8 +182,8 @@ class Supervisor:
             self.lease.stop()
 
     def _on_signal(self, stop: BaseException) -> int:
-        """Ctrl-C or SIGTERM: stop the loops; returns the signal's number."""
-        signum = signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT
+        """Ctrl-C, SIGTERM or SIGUSR1: stop the loops; returns the signal's number."""
+        signum = signum_of(stop)
         self.progress.close()
         logger.warning("%s: stopping the workers", signal.Signals(signum).name)
         self._stop(f"interrupted by {signal.Signals(signum).name}")

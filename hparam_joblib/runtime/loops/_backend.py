@@ -230,7 +230,8 @@ def _ignore_sigint_plugin() -> Any:
             import threading
 
             if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                for signum in (signal.SIGINT, signal.SIGUSR1):  # the launcher's (runtime/_signals)
+                    signal.signal(signum, signal.SIG_IGN)
 
     return IgnoreSigint()
 

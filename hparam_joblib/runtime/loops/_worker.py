@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -35,6 +33,7 @@ from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib.config._algorithms import build, worker_seed
 from hparam_joblib.config._schema import SearchConfig
+from hparam_joblib.runtime._signals import ignore_launcher_signals
 from hparam_joblib.runtime._tracking import TrialLogger
 from hparam_joblib.runtime.loops._callbacks import WAIT_FOR_OTHERS_SECONDS, ResultRules, optimize_callbacks
 from hparam_joblib.runtime.loops._gpus import DeviceLease, lease_device, lease_key
@@ -131,8 +130,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
 def _enter_worker(task: WorkerTask) -> None:
     """Ignore Ctrl-C (the launcher owns it), send our messages where the launcher reads them,
     and take the launcher's environment (loky)."""
-    if threading.current_thread() is threading.main_thread():  # loky; Dask runs tasks in threads
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C and stops us
+    ignore_launcher_signals()  # the launcher owns Ctrl-C and SIGUSR1 and stops us (loky; Dask: threads)
     _setup_worker_logging(task)
     if task.environ is not None and task.environ != os.environ:
         os.environ.clear()

@@ -30,9 +30,11 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-# The launcher owns Ctrl-C (a terminal's SIGINT reaches the whole process group); the server
-# hands this disposition to its children, which ignore it from their first instruction.
-signal.signal(signal.SIGINT, signal.SIG_IGN)
+# The launcher owns Ctrl-C and SIGUSR1 (a terminal's SIGINT reaches the whole process group, a
+# SLURM --signal the job's every process; runtime/_signals.LAUNCHER_ONLY); the server hands this
+# disposition to its children, which ignore them from their first instruction.
+for _signum in (signal.SIGINT, signal.SIGUSR1):
+    signal.signal(_signum, signal.SIG_IGN)
 
 import cloudpickle  # noqa: F401  - what unpickling a loky task needs
 import loky.process_executor  # noqa: F401

@@ -166,7 +166,9 @@ def main(fd: int, parent: int) -> None:
     """The trial process's life: load the function, then serve ``run`` requests until ``exit``."""
     _die_with_parent(parent)
     os.environ[IN_TRIAL_PROCESS_ENV] = "1"
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher owns Ctrl-C
+    from hparam_joblib.runtime._signals import ignore_launcher_signals
+
+    ignore_launcher_signals()  # the launcher owns Ctrl-C and SIGUSR1 (your code may take SIGUSR1 back)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for stream in (sys.stdout, sys.stderr):  # a trial's log reads like a terminal: line by line
         try:

@@ -1,0 +1,93 @@
+"""The launcher's stop signals, and handlers installed for a while and put back.
+
+Ctrl-C (SIGINT), SIGTERM (``kill``, systemd, SLURM at a job's time limit) and SIGUSR1 (what
+clusters ask SLURM to send ahead of the limit: ``--signal=B:USR1@120``) all stop a search the
+same way: the launcher stops its loops, fails their RUNNING trials as interrupted (re-run by the
+next launch, never counted) and exits with 128 + the signal's number (130, 143, 138), which
+``--requeue`` scripts and SLURM's ``RequeueExit`` can tell from a finished (0) or broken (1, 2)
+search. SIGINT and SIGUSR1 often reach every process of a job or terminal: the launcher's
+children ignore them (:data:`LAUNCHER_ONLY`), so that the launcher alone decides and a trial is
+never blamed for the signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+#: Besides Ctrl-C, the signals that stop a search cleanly.
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)
+#: Signals the launcher alone acts on: its workers, preloaded server and trial processes ignore
+#: them (a training function may still install its own handler, e.g. Lightning's SLURM requeue).
+LAUNCHER_ONLY: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGUSR1)
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGUSR1 reached the launcher: it unwinds like Ctrl-C, remembering which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_stop(signum: int, frame: object) -> None:
+    """The handler of :data:`STOP_SIGNALS` while the launcher runs."""
+    raise StopSignal(signum)
+
+
+def stop_handlers() -> dict[Any, Any]:
+    """Ctrl-C and the stop signals, each raising (a KeyboardInterrupt) in the main thread."""
+    return {signal.SIGINT: signal.default_int_handler, **{s: raise_stop for s in STOP_SIGNALS}}
+
+
+def signum_of(stop: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt: its own for :class:`StopSignal`, else SIGINT."""
+    return int(stop.signum) if isinstance(stop, StopSignal) else int(signal.SIGINT)
+
+
+def ignore_launcher_signals() -> None:
+    """In the launcher's children (main thread only): leave :data:`LAUNCHER_ONLY` to the launcher."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in LAUNCHER_ONLY:
+            signal.signal(signum, signal.SIG_IGN)
+
+
+_catcher_lock = threading.Lock()
+_catcher: threading.Thread | None = None
+
+
+def shield_children() -> bool:
+    """Block SIGUSR1 in the calling (main) thread, so that every process and thread it starts
+    from now on inherits the block (across exec too) and a SIGUSR1 sent to the whole job cannot
+    kill a worker, a trial or a resource tracker in its first instants, before it could ignore
+    it. The launcher still gets it: a sleeping thread of ours, started first with SIGUSR1
+    unblocked, takes the signal and Python runs its handler in the main thread. Returns True
+    when the block was set (undo it with :func:`unshield`)."""
+    global _catcher
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        return False
+    with _catcher_lock:
+        if _catcher is None:
+            _catcher = threading.Thread(target=_sleep_forever, name="hparam_joblib-signals", daemon=True)
+            _catcher.start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    return True
+
+
+def unshield() -> None:
+    """Undo :func:`shield_children` in the main thread (a notebook kernel goes on)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+
+
+def _sleep_forever() -> None:
+    event = threading.Event()
+    while True:
+        event.wait(3600)
+
+
+def install_handlers(handlers: dict[Any, Any]) -> dict[Any, Any]:
+    """Install signal handlers (main thread only); returns the previous ones, to install back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
