@@ -75,12 +75,12 @@ def resolve_config_path(
 def package_root(module_name: str, defining_file: str | None) -> Path | None:
     """The directory that holds the top-level package of module ``pkg.sub.train`` defined in
     ``defining_file`` (``None`` for a top-level module or script: nothing above it)."""
-    depth = module_name.count(".")
-    if not defining_file or not depth:
+    if not defining_file:
         return None
     path = Path(defining_file).resolve()
-    if path.stem == "__init__":  # a package's own __init__.py is one level deeper
-        depth += 1
+    depth = module_name.count(".") + (path.stem == "__init__")  # a package's __init__.py: one deeper
+    if not depth or module_name in ("__main__", "__mp_main__"):
+        return None
     return path.parents[depth] if depth < len(path.parents) else None
 
 

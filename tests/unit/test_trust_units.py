@@ -88,12 +88,13 @@ def test_user_frame_is_the_last_frame_of_the_users_code() -> None:
     ("config", "save", "expected"),
     [
         ("proj/config/config.yaml", "./optuna_studies", "proj/optuna_studies"),
+        ("proj/configs/x.yaml", "./optuna_studies", "proj/optuna_studies"),
         ("proj/exp.yaml", "optuna_studies", "proj/optuna_studies"),
         ("proj/config/sub/exp.yaml", "studies", "proj/config/sub/studies"),
     ],
 )
 def test_relative_save_dir_belongs_to_the_project(tmp_path: Path, config: str, save: str, expected: str) -> None:
-    """Relative to the config's directory, or its parent when that is named config/."""
+    """Relative to the config's directory, or its parent when that is named config/ or configs/."""
     path = tmp_path / config
     path.parent.mkdir(parents=True)
     path.write_text("n_trials: 1\n")
