@@ -9,6 +9,13 @@ measured the same way in every framework.
 * ``sklearn``: ``HistGradientBoostingClassifier`` (OpenMP), 20,000 x 40, 60 iterations.
 * ``torch``: a CPU MLP (64 -> width -> width -> 1), 150 full-batch Adam steps on module-level tensors.
 * ``numpy``: BLAS-bound ridge regressions (``X.T @ X`` and solves) on a module-level matrix.
+* ``lightgbm`` / ``xgboost``: ``LGBMClassifier()`` / ``XGBClassifier()`` with their defaults (no
+  ``n_jobs``: each library counts the cores itself) in a 5-fold ``cross_val_score`` on
+  scikit-learn's breast_cancer, the way a user writes it. ``HJ_REAL_THREADS=1`` passes
+  ``n_jobs=1`` to the model instead: the thread count pinned by hand.
+
+Each row also records ``threads``: the OS threads of the process after the training work
+(``/proc/self/task``), i.e. the pools the libraries really started, whatever they were asked.
 
 The swept parameters (learning rates, regularisation) change the result, not the cost, so that
 every framework does the same work whatever it samples.
@@ -41,8 +48,15 @@ elif WORKLOAD == "numpy":
     rng = np.random.default_rng(0)
     X_np = rng.standard_normal((6000, 600))
     y_np = X_np @ rng.standard_normal(600) + rng.standard_normal(6000)
+elif WORKLOAD in ("lightgbm", "xgboost"):
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import cross_val_score
+
+    X_bc, y_bc = load_breast_cancer(return_X_y=True)
 else:
-    raise ValueError(f"HJ_REAL_WORKLOAD={WORKLOAD!r}: expected sklearn, torch or numpy")
+    raise ValueError(f"HJ_REAL_WORKLOAD={WORKLOAD!r}: expected sklearn, torch, numpy, lightgbm or xgboost")
+#: ``HJ_REAL_THREADS=N``: the boosting libraries get ``n_jobs=N`` (unset: their defaults).
+PINNED = {"n_jobs": int(os.environ["HJ_REAL_THREADS"])} if os.environ.get("HJ_REAL_THREADS") else {}
 
 
 def _sklearn(config: dict[str, Any]) -> float:
@@ -82,14 +96,39 @@ def _numpy(config: dict[str, Any]) -> float:
     return best
 
 
+def _lightgbm(config: dict[str, Any]) -> float:
+    from lightgbm import LGBMClassifier
+
+    model = LGBMClassifier(learning_rate=float(config["lr"]), reg_lambda=float(config["l2"]), verbose=-1, **PINNED)
+    return 1.0 - float(cross_val_score(model, X_bc, y_bc, cv=5, scoring="roc_auc").mean())
+
+
+def _xgboost(config: dict[str, Any]) -> float:
+    from xgboost import XGBClassifier
+
+    model = XGBClassifier(learning_rate=float(config["lr"]), reg_lambda=float(config["l2"]), **PINNED)
+    return 1.0 - float(cross_val_score(model, X_bc, y_bc, cv=5, scoring="roc_auc").mean())
+
+
+def _threads() -> int:
+    """The OS threads of this process now (0 where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 0
+
+
+WORKLOADS = {"sklearn": _sklearn, "torch": _torch, "numpy": _numpy, "lightgbm": _lightgbm, "xgboost": _xgboost}
+
+
 def train(config: dict[str, Any]) -> float:
     """One trial of the configured workload; records how long its own work took."""
     start = time.perf_counter()
     wall = time.time()
-    value = {"sklearn": _sklearn, "torch": _torch, "numpy": _numpy}[WORKLOAD](config)
+    value = WORKLOADS[WORKLOAD](config)
     seconds = time.perf_counter() - start
     path = os.environ.get("HJ_REAL_TIMINGS")
     if path:
         with open(path, "a") as fh:
-            fh.write(json.dumps({"pid": os.getpid(), "start": wall, "seconds": seconds}) + "\n")
+            fh.write(json.dumps({"pid": os.getpid(), "start": wall, "seconds": seconds, "threads": _threads()}) + "\n")
     return value

@@ -5,7 +5,10 @@ trials, the same n_jobs, each framework in a fresh Python process (its start-up 
 time), the frameworks interleaved within each repeat so that machine noise hits them alike:
 
 * ``joblib``: ``joblib.Parallel(n_jobs=k)`` of the function over pre-sampled configs: the floor
-  (no storage, no sampler, no isolation; joblib caps inner threads at cores // k).
+  (no storage, no sampler, no isolation; joblib caps inner threads at cores // k through the
+  thread variables, which LightGBM's default ignores: it counts the cores with ``joblib.cpu_count``).
+* ``joblib_1thread`` (``lightgbm`` and ``xgboost`` only): the same, with ``n_jobs=1`` passed to
+  the model by hand (``HJ_REAL_THREADS=1``): what a user who knows about the problem writes.
 * ``hparam_joblib``: the decorated function, a real SQLite file, random sampler.
 * ``optuna_procs`` / ``optuna_journal``: Optuna's multi-process recipe, k processes each running
   ``study.optimize`` on one SQLite file / one ``JournalFileBackend`` file (no thread caps: what a
@@ -13,10 +16,12 @@ time), the frameworks interleaved within each repeat so that machine noise hits 
 * ``optuna_threads``: ``study.optimize(n_jobs=k)`` in one process.
 
 Reported per framework: end-to-end seconds (process start to exit), CPU seconds of the whole
-process tree, and the median per-trial duration of the training work itself (measured inside
-the function), against joblib's.
+process tree, the median per-trial duration of the training work itself (measured inside
+the function), against joblib's, and the most OS threads a process had after a trial's work
+(``/proc/self/task``: the pools the libraries really started).
 
-    python benchmarks/real_workloads.py                       # all three workloads, n_jobs=2
+    python benchmarks/real_workloads.py                       # all five workloads, n_jobs=2
+    python benchmarks/real_workloads.py --workloads lightgbm --frameworks joblib,joblib_1thread,hparam_joblib
     python benchmarks/real_workloads.py --workloads sklearn --repeats 3 --run-name mybox
     python benchmarks/real_workloads.py --quick               # a smoke run (~1 minute)
 """
@@ -41,15 +46,19 @@ from typing import Any
 from _common import count_descendants, reap_descendants
 
 HERE = Path(__file__).resolve().parent
-FRAMEWORKS = ("joblib", "hparam_joblib", "optuna_procs", "optuna_journal", "optuna_threads")
-#: Trials per workload: 30-60 s of single-threaded training work on this 2-core machine.
-TRIALS = {"sklearn": 24, "torch": 24, "numpy": 24}
+FRAMEWORKS = ("joblib", "joblib_1thread", "hparam_joblib", "optuna_procs", "optuna_journal", "optuna_threads")
+#: Workloads whose library sizes its own thread pool (``joblib_1thread`` pins it by hand).
+SELF_SIZED = ("lightgbm", "xgboost")
+#: Trials per workload: 30-60 s of single-threaded training work on this 2-core machine (the
+#: boosting ones: 5-fold CV on breast_cancer, well under a second a trial with one thread).
+TRIALS = {"sklearn": 24, "torch": 24, "numpy": 24, "lightgbm": 24, "xgboost": 24}
 SPACE = {
     "lr": {"type": "float", "low": 0.02, "high": 0.3, "log": True},
     "l2": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
 }
 #: Fixed parameters per workload (the cost of a trial).
-FIXED = {"sklearn": {"max_iter": 60}, "torch": {"width": 128, "steps": 150}, "numpy": {"solves": 12}}
+FIXED: dict[str, dict[str, Any]] = {"sklearn": {"max_iter": 60}, "torch": {"width": 128, "steps": 150},
+                                    "numpy": {"solves": 12}, "lightgbm": {}, "xgboost": {}}
 
 
 # -- one measured run (a fresh process) --------------------------------------------------------
@@ -82,7 +91,7 @@ def _one(spec: dict[str, Any]) -> None:
     sys.path.insert(0, str(HERE))
     framework, workload, n_jobs, n_trials = spec["framework"], spec["workload"], spec["n_jobs"], spec["n_trials"]
     work = Path(spec["dir"])
-    if framework == "joblib":
+    if framework in ("joblib", "joblib_1thread"):
         import _real
         from joblib import Parallel, delayed
 
@@ -153,6 +162,8 @@ def measure(framework: str, workload: str, n_jobs: int, n_trials: int, time_limi
     with tempfile.TemporaryDirectory(prefix=f"hj-real-{framework}-") as tmp:
         timings = Path(tmp) / "timings.jsonl"
         env = dict(os.environ, HJ_REAL_WORKLOAD=workload, HJ_REAL_TIMINGS=str(timings))
+        if framework == "joblib_1thread":
+            env["HJ_REAL_THREADS"] = "1"
         src = os.environ.get("HJ_BENCH_SRC")  # run_all.sh's snapshot of the package goes first
         if src:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
@@ -162,13 +173,13 @@ def measure(framework: str, workload: str, n_jobs: int, n_trials: int, time_limi
         proc = subprocess.Popen([sys.executable, __file__, "--one", json.dumps(spec)], env=env, cwd=tmp,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            _, err = proc.communicate(timeout=time_limit)
+            out, err = proc.communicate(timeout=time_limit)
         except subprocess.TimeoutExpired:  # e.g. the recipe's oversubscribed OpenMP threads
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             return {"framework": framework, "workload": workload, "n_jobs": n_jobs, "n_trials": n_trials,
                     "wall_s": None, "cpu_s": None, "trials_timed": 0, "trial_median_s": None,
-                    "trial_work_s": None, "processes": 0, "stopped_after_s": time_limit}
+                    "trial_work_s": None, "processes": 0, "threads": None, "stopped_after_s": time_limit}
         wall = time.perf_counter() - start
         reap_descendants()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -181,6 +192,9 @@ def measure(framework: str, workload: str, n_jobs: int, n_trials: int, time_limi
         "wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
         "trials_timed": len(rows), "trial_median_s": statistics.median(durations),
         "trial_work_s": sum(durations), "processes": len({r["pid"] for r in rows}),
+        "threads": max(r.get("threads", 0) for r in rows),
+        # hparam_joblib's own account of the threads its trials ran (its summary line)
+        "summary_threads": next((line.strip() for line in out.splitlines() if "trial procs:" in line), None),
     }
 
 
@@ -188,13 +202,16 @@ def _table(rows: list[dict[str, Any]]) -> str:
     lines = []
     for workload in dict.fromkeys(r["workload"] for r in rows):
         mine = [r for r in rows if r["workload"] == workload]
-        floor = {k: statistics.median(r[k] for r in mine if r["framework"] == "joblib")
-                 for k in ("wall_s", "trial_median_s", "cpu_s")}
+        done = [r for r in mine if r["wall_s"] is not None]
+        base = [r for r in done if r["framework"] == "joblib"] or done  # joblib stopped: the others' median
+        if not base:
+            continue
+        floor = {k: statistics.median(r[k] for r in base) for k in ("wall_s", "trial_median_s", "cpu_s")}
         n = mine[0]
         lines.append(f"\n{workload}: {n['n_trials']} trials, n_jobs={n['n_jobs']} "
-                     f"(median of {sum(r['framework'] == 'joblib' for r in mine)} repeat(s))")
+                     f"(median of {max(r.get('repeat', 0) for r in mine) + 1} repeat(s))")
         lines.append(f"  {'framework':<16}{'end-to-end s':>13}{'vs joblib':>10}{'per trial s':>12}"
-                     f"{'vs joblib':>10}{'CPU s':>8}{'procs':>6}")
+                     f"{'vs joblib':>10}{'CPU s':>8}{'procs':>6}{'threads':>8}")
         for framework in FRAMEWORKS:
             runs = [r for r in mine if r["framework"] == framework and r["wall_s"] is not None]
             stopped = [r for r in mine if r["framework"] == framework and r["wall_s"] is None]
@@ -207,14 +224,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
             trial = statistics.median(r["trial_median_s"] for r in runs)
             cpu = statistics.median(r["cpu_s"] for r in runs)
             lines.append(f"  {framework:<16}{wall:>13.1f}{wall / floor['wall_s']:>10.2f}{trial:>12.3f}"
-                         f"{trial / floor['trial_median_s']:>10.2f}{cpu:>8.1f}{runs[0]['processes']:>6}")
+                         f"{trial / floor['trial_median_s']:>10.2f}{cpu:>8.1f}{runs[0]['processes']:>6}"
+                         f"{max(r.get('threads') or 0 for r in runs):>8}")
     return "\n".join(lines)
 
 
 def main() -> None:
     count_descendants()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workloads", default="sklearn,torch,numpy")
+    parser.add_argument("--workloads", default="sklearn,torch,numpy,lightgbm,xgboost")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
@@ -242,6 +260,8 @@ def main() -> None:
         for repeat in range(args.repeats):
             # Alternate the order between repeats: drift in the machine's load hits all alike.
             for framework in (frameworks if repeat % 2 == 0 else frameworks[::-1]):
+                if framework == "joblib_1thread" and workload not in SELF_SIZED:
+                    continue  # the same as joblib there: the thread variables reach every pool
                 row = measure(framework, workload, args.n_jobs, n_trials, args.time_limit)
                 row["repeat"] = repeat
                 row["load"] = os.getloadavg()[0]
@@ -250,7 +270,8 @@ def main() -> None:
                     print(f"  {workload:<8} {framework:<16} stopped after {args.time_limit:.0f} s", flush=True)
                     continue
                 print(f"  {workload:<8} {framework:<16} {row['wall_s']:6.1f} s end to end, "
-                      f"{row['trial_median_s']:.3f} s per trial, {row['cpu_s']:.1f} CPU s", flush=True)
+                      f"{row['trial_median_s']:.3f} s per trial, {row['cpu_s']:.1f} CPU s, "
+                      f"{row['threads']} threads", flush=True)
     meta = {"load_at_end": os.getloadavg(), "cores": os.cpu_count(), "python": sys.version.split()[0],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "started": started,
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

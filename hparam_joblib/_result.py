@@ -60,6 +60,12 @@ class SearchResult:
             died, timed out or was recycled by ``trials_per_process``).
         threads_per_trial: the OpenMP/BLAS thread cap each trial process had (0: not capped,
             the user exported the variables).
+        threads_seen: the most threads that used the CPU during one trial, in any trial
+            process (each thread of the process that ran at least 10 ms of the trial, from
+            ``/proc/self/task/*/stat``): what the libraries really started, whatever they were
+            asked; 0 when no trial ran or the platform has no ``/proc``.
+        cores_per_trial: the distinct numbers of cores the trial processes could run on (their
+            CPU affinity), smallest first; empty when unknown.
         log_dir: where the trial logs are (``trial_00042.log``); '' when no trial ran.
         stop_reason: why a stop rule (``timeout``, ``stop_no_improvement``, ``stop_at_value``)
             ended this run before ``n_trials`` finished; empty otherwise.
@@ -89,6 +95,8 @@ class SearchResult:
     db_reason: str = ""
     trial_processes: int = 0
     threads_per_trial: int = 0
+    threads_seen: int = 0
+    cores_per_trial: tuple[int, ...] = ()
     log_dir: str = ""
     stop_reason: str = ""
 

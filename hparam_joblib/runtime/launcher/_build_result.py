@@ -61,6 +61,8 @@ def build_result(
         retired=n_retired,
         trial_processes=sum(r.trial_processes for r in reports),
         threads_per_trial=max((r.threads for r in reports), default=0),
+        threads_seen=max((r.threads_seen for r in reports), default=0),
+        cores_per_trial=tuple(sorted({r.cores for r in reports if r.cores})),
         log_dir="" if log_dir is None else str(log_dir),
     )
 

@@ -142,11 +142,7 @@ def format_summary(result: SearchResult, verbose: bool = False) -> str:
         lines.insert(1, f"  stopped by:   {result.stop_reason}; the same command continues the search")
     lines.extend(_storage_lines(result, verbose))
     if result.trial_processes:
-        threads = (
-            f"{result.threads_per_trial} thread{'s' if result.threads_per_trial != 1 else ''} each"
-            if result.threads_per_trial else "threads as exported"
-        )
-        lines.append(f"  trial procs:  {result.trial_processes} ({threads})")
+        lines.append(f"  trial procs:  {result.trial_processes} ({_threads_text(result)})")
     if result.log_dir and result.trials_run:
         lines.append(f"  trial logs:   {dashboard_db(result.log_dir)}/trial_NNNNN.log")
     lines.append(f"  database:     {result.db_path}" + (f" ({result.db_reason})" if result.db_reason else ""))
@@ -164,6 +160,27 @@ def _finished_counts(result: SearchResult) -> str:
     others = [f"{state} {n}" for state, n in sorted(counts.items()) if state not in ("COMPLETE", "PRUNED") and n]
     text = ", ".join(finished) or "none"
     return text + (f"; {', '.join(others)} not counted" if others else "")
+
+
+def _threads_text(result: SearchResult) -> str:
+    """The threads the trials really ran (busy in one trial, at most), their cores and the cap:
+    ``threads seen: at most 1 busy in a trial; 1 core each; capped at 1 thread``."""
+    cap = result.threads_per_trial
+    parts = []
+    if result.threads_seen:
+        seen = f"threads seen: at most {result.threads_seen} busy in a trial"
+        if cap and result.threads_seen > cap:
+            seen += f", above the cap of {cap} (a library sized its own pool)"
+        parts.append(seen)
+    cores = result.cores_per_trial
+    if cores:
+        counts = str(cores[0]) if len(cores) == 1 else f"{cores[0]}-{cores[-1]}"
+        parts.append(f"{counts} core{'s' if cores[-1] != 1 else ''} each")
+    if not cap:
+        parts.append("threads as exported")
+    elif not result.threads_seen or result.threads_seen <= cap:
+        parts.append(f"capped at {cap} thread{'s' if cap != 1 else ''}")
+    return "; ".join(parts)
 
 
 def _storage_lines(result: SearchResult, verbose: bool) -> list[str]:

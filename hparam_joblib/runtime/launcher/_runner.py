@@ -44,7 +44,7 @@ from hparam_joblib.runtime.loops._backend import Backend, make_backend
 from hparam_joblib.runtime.loops._startup import trial_threads
 from hparam_joblib.runtime.loops._task import WorkerReport
 from hparam_joblib.runtime.trial._funcref import make_ref
-from hparam_joblib.runtime.trial._isolation import THREAD_VARS
+from hparam_joblib.runtime.trial._isolation import COUNT_VARS, THREAD_VARS
 from hparam_joblib.storage import (
     RetryPolicy,
     StorageLocation,
@@ -73,15 +73,15 @@ def log_dir_for(cfg: SearchConfig, save_dir: Path) -> Path:
 
 
 def threads_display(cfg: SearchConfig, cores: int | None = None) -> str:
-    """How many threads each trial's OpenMP/BLAS pools get, and why (for --dry-run and the summary)."""
+    """How many threads (and cores) each trial gets, and why (for --dry-run)."""
     if cores is None:
         from loky import cpu_count
 
         cores = cpu_count()
     threads = trial_threads(cfg, cfg.n_jobs, cores)
     why = "threads_per_trial" if cfg.threads_per_trial is not None else f"{cores} cores // n_jobs {cfg.n_jobs}"
-    exported = [f"{var}={os.environ[var]}" for var in THREAD_VARS if var in os.environ]
-    text = f"{threads} thread{'s' if threads != 1 else ''} per trial ({why})"
+    exported = [f"{var}={os.environ[var]}" for var in (*THREAD_VARS, *COUNT_VARS) if var in os.environ]
+    text = f"{threads} thread{'s' if threads != 1 else ''} per trial ({why}; joblib.cpu_count() and its cores too)"
     if exported:
         text += f"; exported, so kept: {', '.join(exported)}"
     return text

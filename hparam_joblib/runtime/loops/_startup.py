@@ -1,5 +1,5 @@
 """A worker loop's start-up: the gate that lets at most ``cores`` loops start at once on a host,
-the thread cap of its trials, and its warm trial process."""
+the thread cap and the cores of its trials, and its warm trial process."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from hparam_joblib.config._schema import SearchConfig
+from hparam_joblib.runtime.loops._cores import CoreLease, lease_cores
 from hparam_joblib.runtime.loops._slots import Slot, slot_directory, take_slot
 from hparam_joblib.runtime.loops._task import WorkerTask
 from hparam_joblib.runtime.loops._watch import parent_gone
@@ -69,13 +70,16 @@ def _loops_on_this_host(task: WorkerTask) -> int:
         return n_jobs
 
 
-def start_trial_process(task: WorkerTask, device: str | None) -> tuple[TrialProcess, int]:
+def start_trial_process(task: WorkerTask, device: str | None) -> tuple[TrialProcess, int, CoreLease | None]:
     """The worker's warm trial process, started now (it loads the user's function meanwhile),
-    and the threads its trials are capped at (0: not capped)."""
+    the threads its trials are capped at (0: not capped), and the cores it runs on (None: every
+    core this loop may use), held until the loop releases them."""
     from loky import cpu_count
 
-    threads = trial_threads(task.config, _loops_on_this_host(task), cpu_count())
+    loops_here = _loops_on_this_host(task)
+    threads = trial_threads(task.config, loops_here, cpu_count())
     env = thread_env(threads, os.environ)
+    cores = lease_cores(threads, loops_here, task.worker_index, os.environ)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     process_log = None
@@ -85,7 +89,13 @@ def start_trial_process(task: WorkerTask, device: str | None) -> tuple[TrialProc
             process_log = os.path.join(task.log_dir, f"process_w{task.worker_index:03d}.log")
         except OSError as err:
             logger.warning("no trial logs on this machine: cannot create %s (%s)", task.log_dir, err.strerror)
-    trials = TrialProcess(task.function, env, process_log, task.config.trials_per_process)
-    trials.start()
+    trials = TrialProcess(task.function, env, process_log, task.config.trials_per_process,
+                          None if cores is None else cores.cpus)
+    try:
+        trials.start()
+    except BaseException:
+        if cores is not None:
+            cores.release()
+        raise
     capped = any(var in env for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
-    return trials, threads if capped else 0
+    return trials, threads if capped else 0, cores

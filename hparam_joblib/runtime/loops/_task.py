@@ -79,3 +79,7 @@ class WorkerReport:
     trial_processes: int = 0
     #: Threads each trial process was capped at (0: not capped: the user exported all the variables).
     threads: int = 0
+    #: The most threads that used the CPU in one of its trials (0: none ran, or no /proc).
+    threads_seen: int = 0
+    #: The cores its trial process could run on (its CPU affinity; 0: unknown).
+    cores: int = 0

@@ -36,6 +36,7 @@ from hparam_joblib.config._schema import SearchConfig
 from hparam_joblib.runtime._signals import ignore_launcher_signals
 from hparam_joblib.runtime._tracking import TrialLogger
 from hparam_joblib.runtime.loops._callbacks import WAIT_FOR_OTHERS_SECONDS, ResultRules, optimize_callbacks
+from hparam_joblib.runtime.loops._cores import CoreLease
 from hparam_joblib.runtime.loops._gpus import DeviceLease, lease_device, lease_key
 from hparam_joblib.runtime.loops._objective import Objective
 from hparam_joblib.runtime.loops._startup import start_trial_process, startup_gate
@@ -81,11 +82,12 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     lease: DeviceLease | None = None
     trials: TrialProcess | None = None
     tracker: TrialLogger | None = None
+    cores: CoreLease | None = None
     threads = 0
     storage: StudyStore | None = None
     gate = startup_gate(task)
     if not cfg.gpus and gate is None:  # the trial process warms up while the storage and the study load
-        trials, threads = start_trial_process(task, None)
+        trials, threads, cores = start_trial_process(task, None)
     try:
         storage = open_storage(
             task.location, budget=cfg.n_trials, run_id=task.run_id, policy=task.policy,
@@ -102,9 +104,9 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
             lease = lease_device(cfg.gpus, lease_key(cfg.study_name), watch.gone, first=task.worker_index)
             if lease is None:
                 return _report(storage, 0, None, 0)
-            trials, threads = start_trial_process(task, lease.device)
+            trials, threads, cores = start_trial_process(task, lease.device)
         elif trials is None:
-            trials, threads = start_trial_process(task, None)
+            trials, threads, cores = start_trial_process(task, None)
         if task.tracking is not None:
             tracker = TrialLogger(task.tracking)
         objective = Objective(task, storage, trials, watch, None if lease is None else lease.device, tracker)
@@ -119,6 +121,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
             gate.release()
         if trials is not None:
             trials.close()
+        if cores is not None:
+            cores.release()
         if tracker is not None:
             tracker.close()
         if lease is not None:
@@ -313,4 +317,6 @@ def _report(storage: StudyStore, trials_run: int, trials: TrialProcess | None, t
         peak_trial_mib=0.0 if trials is None else trials.peak_mib,
         trial_processes=0 if trials is None else trials.started,
         threads=threads,
+        threads_seen=0 if trials is None else trials.threads_seen,
+        cores=0 if trials is None else trials.cores_seen,
     )

@@ -16,7 +16,9 @@ replaced only when it died, was killed (timeout, shutdown), or ran ``trials_per_
 
 Fork-safety rules kept here: the worker never imports or runs user code (it holds a
 :class:`~hparam_joblib.runtime.trial._funcref.FunctionRef`, plain data) and never forks without exec; thread
-caps and the GPU are in the trial process's environment before its interpreter starts.
+caps and the GPU are in the trial process's environment before its interpreter starts, and its
+CPU affinity is taken by the process itself before it loads any user code (the worker's own
+affinity never changes).
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ THREAD_VARS = (
     "NUMBA_NUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
+#: What core counting honours besides the pools' variables: ``joblib.cpu_count()`` (LightGBM's
+#: and scikit-learn's defaults, ``n_jobs=-1``) and, from Python 3.13, ``os.cpu_count()``.
+COUNT_VARS = ("LOKY_MAX_CPU_COUNT", "PYTHON_CPU_COUNT")
 
 OutcomeKind = Literal["value", "error", "died", "timeout", "stopped", "pruned"]
 
@@ -81,9 +86,10 @@ class Outcome:
 
 
 def thread_env(threads: int, environ: Mapping[str, str]) -> dict[str, str]:
-    """The thread caps to give a trial process: ``threads`` for each variable the user did not
-    export (an exported one wins), and TBB's inter-process coordination (as joblib does)."""
-    env = {var: str(threads) for var in THREAD_VARS if var not in environ}
+    """The thread caps to give a trial process: ``threads`` for each pool variable and core count
+    the user did not export (an exported one wins), and TBB's inter-process coordination (as
+    joblib does)."""
+    env = {var: str(threads) for var in (*THREAD_VARS, *COUNT_VARS) if var not in environ}
     if "ENABLE_IPC" not in environ:
         env["ENABLE_IPC"] = "1"
     return env
@@ -161,12 +167,14 @@ class TrialProcess:
         env: environment variables for the process (thread caps, ``CUDA_VISIBLE_DEVICES``).
         process_log: where the process's output goes between trials (module-level prints).
         trials_per_process: replace the process after this many trials (None: never).
+        cpus: the cores the process runs on (its CPU affinity), or None: those of the worker.
     """
 
     def __init__(self, ref: FunctionRef, env: Mapping[str, str], process_log: str | None,
-                 trials_per_process: int | None = None) -> None:
+                 trials_per_process: int | None = None, cpus: tuple[int, ...] | None = None) -> None:
         self.ref = ref
         self.env = dict(env)
+        self.cpus = cpus
         self.process_log = process_log
         self.trials_per_process = trials_per_process
         self.proc: subprocess.Popen[bytes] | None = None
@@ -179,6 +187,10 @@ class TrialProcess:
         self.started = 0
         #: The largest peak RSS seen of any trial, in MiB.
         self.peak_mib = 0.0
+        #: The most threads that used the CPU in one trial (``_trial_process.busy_threads``).
+        self.threads_seen = 0
+        #: The cores the process said it may run on (its affinity; 0: not known yet).
+        self.cores_seen = 0
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -197,7 +209,7 @@ class TrialProcess:
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
-        self.conn.send(("init", self.ref, self.process_log))
+        self.conn.send(("init", self.ref, self.process_log, self.cpus))
         self.ready = False
         self.pending = None
         self.trials_in_process = 0
@@ -217,13 +229,17 @@ class TrialProcess:
                 except (EOFError, OSError):
                     return False
                 if message[0] == "ready":
-                    self.ready = True
+                    self._ready(message)
                 else:  # a load error: the next run() reports it as the trial's outcome
                     self.pending = message
                     return False
             elif not self.alive() or should_stop():
                 return False
         return self.ready
+
+    def _ready(self, message: tuple[Any, ...]) -> None:
+        self.ready = True
+        self.cores_seen = int(message[2])
 
     @property
     def pid(self) -> int | None:
@@ -323,7 +339,7 @@ class TrialProcess:
                 if message is not None:
                     tag = message[0]
                     if tag == "ready":
-                        self.ready = True
+                        self._ready(message)
                         continue
                     if tag == "report":
                         prune = on_report(float(message[1]), int(message[2]))
@@ -380,18 +396,19 @@ class TrialProcess:
             reason = f"the training script failed to load: {etype}: {text}" if text else \
                 f"the training script failed to load: {etype}"
             return self._outcome("error", reason, self.process_log, pid, None, error_type=etype, traceback=tb)
-        peak = message[-1]
+        *body, peak, threads = message
         if peak is not None:
             self.peak_mib = max(self.peak_mib, peak)
+        self.threads_seen = max(self.threads_seen, threads)
         if tag == "result":
-            _, value, why, _ = message
+            _, value, why = body
             if value is None:
                 return Outcome("error", reason=why, error_type="InvalidReturn", peak_mib=peak,
                                output_tail=tail(log_path), pid=pid)
             return Outcome("value", value=value, peak_mib=peak, pid=pid)
         if tag == "pruned":
-            return Outcome("pruned", reason=f"pruner at step {message[1]}", step=message[1], peak_mib=peak, pid=pid)
-        _, etype, text, tb, _ = message
+            return Outcome("pruned", reason=f"pruner at step {body[1]}", step=body[1], peak_mib=peak, pid=pid)
+        _, etype, text, tb = body
         return Outcome("error", reason=f"{etype}: {text}" if text else etype, error_type=etype,
                        traceback=tb, peak_mib=peak, output_tail=tail(log_path), pid=pid)
 

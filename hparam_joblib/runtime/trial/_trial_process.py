@@ -2,7 +2,8 @@
 
 Started by a worker (``_isolation.TrialProcess``) as ``python -c "...main(FD, PPID)"``,
 a fresh interpreter (never a fork: the worker imported Optuna and SQLAlchemy and may run threads),
-with the thread caps and the GPU already in its environment. It imports nothing heavy itself; the
+with the thread caps and the GPU already in its environment; its first act is to take the CPU
+affinity it is sent (its share of the cores) before any user code loads. It imports nothing heavy itself; the
 user's script (and what it imports) is the only code it loads, once, so imports, data loaded at
 module level, JIT caches and a CUDA context are paid once per process, not once per trial.
 
@@ -10,9 +11,11 @@ Pipe protocol (a ``multiprocessing.connection.Connection`` on the inherited sock
 
 * worker -> process: ``("run", trial_number, config, log_path)``, ``("exit",)``, and the answers
   ``("continue",)`` / ``("prune",)`` to a report.
-* process -> worker: ``("ready", pid)`` or ``("load_error", type, message, traceback)`` once;
-  per trial ``("report", value, step)`` any number of times, then one of ``("result", value, why,
-  peak_mib)``, ``("error", type, message, traceback, peak_mib)``, ``("pruned", step, peak_mib)``.
+* worker -> process first: ``("init", ref, process_log, cpus)`` (``cpus``: the cores to run on, or None).
+* process -> worker: ``("ready", pid, cores)`` (the cores its affinity allows) or ``("load_error",
+  type, message, traceback)`` once; per trial ``("report", value, step)`` any number of times,
+  then one of ``("result", value, why)``, ``("error", type, message, traceback)``, ``("pruned",
+  step)``, each followed by ``peak_mib, threads`` (:func:`busy_threads` of the trial).
 
 Each trial's stdout and stderr (file descriptors 1 and 2, so C-level output too) go to its own
 log file; between trials they go to the process's log (module-level output of the user's script).
@@ -142,6 +145,50 @@ def peak_mib(pid: int | str = "self") -> float | None:
     return None
 
 
+def _thread_ticks() -> dict[str, int]:
+    """CPU time (user + system, in clock ticks) of each thread of this process ({} without /proc)."""
+    ticks: dict[str, int] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return ticks
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            ticks[tid] = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks
+
+
+def busy_threads(before: dict[str, int]) -> int:
+    """The threads that used the CPU since ``before`` (at least one clock tick, 10 ms, each; the
+    thread that ran the trial always counts): the pools a trial really ran, whatever they were
+    asked; idle helpers (an allocator's background thread) are not counted. 0 when /proc cannot tell."""
+    after = _thread_ticks()
+    if not after:
+        return 0
+    return max(1, sum(1 for tid, ticks in after.items() if ticks - before.get(tid, 0) >= 1))
+
+
+def _take_cores(cpus: Sequence[int] | None) -> None:
+    """Run on ``cpus`` (and so does every thread and process started from here on)."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:  # cores taken away meanwhile (a cpuset changed): keep the inherited set
+            pass
+
+
+def _cores() -> int:
+    """How many cores this process may run on (0 when the platform cannot tell)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return 0
+
+
 def _run_one(func: Callable[[dict[str, Any]], Any], conn: Connection, number: int,
              config: dict[str, Any]) -> tuple[Any, ...]:
     global CURRENT
@@ -176,8 +223,9 @@ def main(fd: int, parent: int) -> None:
         except (AttributeError, ValueError):
             pass
     conn = Connection(fd)
-    request = conn.recv()  # ("init", ref, process_log)
-    _, ref, process_log = request
+    request = conn.recv()  # ("init", ref, process_log, cpus)
+    _, ref, process_log, cpus = request
+    _take_cores(cpus)
     if process_log:
         _redirect_output(process_log)
     from hparam_joblib.runtime.trial._funcref import load
@@ -187,7 +235,7 @@ def main(fd: int, parent: int) -> None:
     except BaseException as err:  # noqa: BLE001 - the script failed at import time
         conn.send(("load_error", type(err).__name__, str(err), traceback.format_exc()))
         return
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), _cores()))
     while True:
         try:
             request = conn.recv()
@@ -199,7 +247,9 @@ def main(fd: int, parent: int) -> None:
         if log_path:
             _redirect_output(log_path)
         _reset_peak_memory()
+        ticks = _thread_ticks()
         outcome = _run_one(func, conn, number, config)
+        threads = busy_threads(ticks)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -207,7 +257,7 @@ def main(fd: int, parent: int) -> None:
                 pass
         if process_log:
             _redirect_output(process_log)
-        conn.send((*outcome, peak_mib()))
+        conn.send((*outcome, peak_mib(), threads))
 
 
 #: The command line a worker starts a trial process with (``-c``, not ``-m``: with ``-m`` this
