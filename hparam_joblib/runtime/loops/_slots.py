@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hparam_joblib._flock import lock, open_lock_file, unlock
@@ -37,6 +37,19 @@ def slot_directory(kind: str) -> Path:
     return Path(tempfile.gettempdir()) / f"hparam_joblib-{kind}"
 
 
+def shared_directory(directory: Path) -> Path:
+    """``directory``, made if missing, writable by every user (mode 1777, as ``/tmp``): on a
+    cluster node several users' jobs take slots in it, and one user's 0755 directory would stop
+    the others' first lock file (their slot keys differ, so no lock is shared by mistake)."""
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(directory, 0o1777)
+        except OSError:  # made by another user at the same moment: theirs sets it
+            pass
+    return directory
+
+
 def take_slot(
     n: int, directory: Path, key: str, should_stop: Callable[[], bool], *, first: int = 0, poll: float = 0.1
 ) -> Slot | None:
@@ -47,14 +60,31 @@ def take_slot(
     Returns:
         The slot, or None when ``should_stop()`` became true while waiting.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    return take_named_slot([f"{key}-{slot}" for slot in range(n)], directory, should_stop, first=first, poll=poll)
+
+
+def take_named_slot(
+    names: Sequence[str], directory: Path, should_stop: Callable[[], bool], *, first: int = 0, poll: float = 0.1
+) -> Slot | None:
+    """Take a free slot of ``names`` (lock files ``<name>.lock``; the slot's index is its place in
+    ``names``, a name listed twice is one slot); wait (polling every ``poll`` s) while all are taken.
+
+    Returns:
+        The slot, or None when ``should_stop()`` became true while waiting.
+    """
+    shared_directory(directory)
+    n = len(names)
     order = [(first + i) % n for i in range(n)]
-    fds = {slot: open_lock_file(directory / f"{key}-{slot}.lock", 0o666) for slot in order}
+    fds: dict[int, int] = {}
     try:
+        for slot in order:
+            if names[slot] not in [names[taken] for taken in fds]:
+                fds[slot] = open_lock_file(directory / f"{names[slot]}.lock", 0o666)
         while True:
-            for slot in order:
-                if lock(fds[slot], blocking=False):
-                    return Slot(fds.pop(slot), slot)
+            for slot, fd in list(fds.items()):
+                if lock(fd, blocking=False):
+                    del fds[slot]
+                    return Slot(fd, slot)
             if should_stop():
                 return None
             time.sleep(poll)
