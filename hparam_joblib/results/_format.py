@@ -19,6 +19,7 @@ from hparam_joblib.results._read import (
     Throughput,
     failure_groups,
     heartbeat_interval,
+    launch_rows,
     runnable_config,
     running_trials,
     runs,
@@ -130,9 +131,24 @@ def format_status(
             lines.append(f"  ... and {len(running) - LIST_LIMIT} more")
 
     lines.extend(throughput_lines(data.trials))
+    lines.extend(launch_lines(data))
 
     lines += _failure_lines(data)
     return "\n".join(lines)
+
+
+def launch_lines(data: StudyData) -> list[str]:
+    """``launches:`` one line per launch of the study (the newest :data:`LIST_LIMIT`): where it
+    ran (host, pid, SLURM job or array task), its trials and how it ended, so that a dead array
+    task shows."""
+    rows = launch_rows(data)
+    if not rows:
+        return []
+    lines = [f"launches:   {len(rows)}" + (f" (the last {LIST_LIMIT} shown)" if len(rows) > LIST_LIMIT else "")]
+    for row in rows[-LIST_LIMIT:]:
+        counts = ", ".join(f"{k} {v}" for k, v in row.counts.items()) or "none"
+        lines.append(f"  run {row.run} on {row.where}, started {row.started}: trials {counts}; {row.ended}")
+    return lines
 
 
 def _rate_text(tp: Throughput) -> str:

@@ -26,6 +26,7 @@ from hparam_joblib._keys import (
     OWNER_KEY,
     PEAK_RSS_MIB_KEY,
     RETIRED_KEY,
+    RUNS_KEY,
     STUDY_CONFIG_KEY,
 )
 from hparam_joblib.config._space import build_config
@@ -48,6 +49,8 @@ class StudyData:
         best: the best trial (one objective) or the Pareto front (several); empty when no
             trial completed.
         retired: numbers of the trials ``--retry-failed`` retired (PRUNED, not counted).
+        launches: the study's run history (user attr ``runs``): one entry per launch, oldest
+            first (run id, host, pid, start, batch job ids, how it ended when it recorded it).
     """
 
     name: str
@@ -57,6 +60,7 @@ class StudyData:
     trials: tuple[FrozenTrial, ...]
     best: tuple[FrozenTrial, ...]
     retired: tuple[int, ...] = ()
+    launches: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def multi_objective(self) -> bool:
@@ -92,6 +96,7 @@ def snapshot(study: optuna.Study) -> StudyData:
         trials=trials,
         best=best,
         retired=tuple(sorted(n for n in retired if isinstance(n, int))),
+        launches=tuple(e for e in study.user_attrs.get(RUNS_KEY) or () if isinstance(e, Mapping)),
     )
 
 
@@ -201,6 +206,58 @@ def runs(trials: Iterable[FrozenTrial]) -> list[list[FrozenTrial]]:
         return min(starts) if starts else datetime.max
 
     return sorted(groups.values(), key=first_start)
+
+
+@dataclass(frozen=True)
+class LaunchRow:
+    """One launch of the study as ``status`` shows it: who ran it, its trials, how it ended."""
+
+    run: str
+    where: str
+    started: str
+    counts: dict[str, int]
+    ended: str
+
+
+def launch_rows(data: StudyData) -> list[LaunchRow]:
+    """The study's launches, oldest first, each with its trials (by the owner's run id) and how
+    it ended: its own record, else whether it still runs (RUNNING trials, or a live process on
+    this host) or died without a word (killed, its machine lost)."""
+    by_run: dict[str, list[FrozenTrial]] = {}
+    for t in data.trials:
+        owner = t.system_attrs.get(OWNER_KEY)
+        if isinstance(owner, Mapping) and isinstance(owner.get("run"), str):
+            by_run.setdefault(owner["run"], []).append(t)
+    rows = []
+    for entry in data.launches:
+        run = str(entry.get("run", "?"))
+        trials = by_run.get(run, [])
+        raw_job = entry.get("job")
+        job: Mapping[str, Any] = raw_job if isinstance(raw_job, Mapping) else {}
+        where = f"{entry.get('host', '?')} pid {entry.get('pid', '?')}"
+        if job.get("slurm_array_job") and job.get("slurm_array_task"):
+            where += f", SLURM array {job['slurm_array_job']}_{job['slurm_array_task']} (job {job.get('slurm_job', '?')})"
+        elif job.get("slurm_job"):
+            where += f", SLURM job {job['slurm_job']}"
+        if job.get("k8s_index"):
+            where += f", Job index {job['k8s_index']}"
+        ended = entry.get("ended")
+        if isinstance(ended, Mapping):
+            how = f"ended {str(ended.get('at', ''))[:19].replace('T', ' ')}: {ended.get('how', '?')}"
+        elif _launcher_gone(entry):
+            how = "no end recorded: its process is gone (killed, or its machine stopped)"
+            stuck = sum(t.state == TrialState.RUNNING for t in trials)
+            how += f"; its {stuck} RUNNING trial(s) are failed and re-run by the next launch" if stuck else ""
+        else:
+            how = "running (or killed on another machine: no end recorded yet)"
+        rows.append(LaunchRow(run, where, str(entry.get("started", ""))[:19].replace("T", " "),
+                              state_counts(trials), how))
+    return rows
+
+
+def _launcher_gone(entry: Mapping[str, Any]) -> bool:
+    """A launch's process ran on this host and no longer exists (elsewhere: unknown, False)."""
+    return owner_is_dead({"host": entry.get("host"), "pid": entry.get("pid")})
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,35 @@ def run_entry(
     }
     if retried:
         entry["retried"] = retried
+    job = scheduler_ids()
+    if job:
+        entry["job"] = job
     return entry
+
+
+#: Where a launch runs in a batch system, as ``hparam-joblib status`` names it: entry key -> variable.
+_JOB_VARIABLES: tuple[tuple[str, str], ...] = (
+    ("slurm_job", "SLURM_JOB_ID"), ("slurm_array_job", "SLURM_ARRAY_JOB_ID"),
+    ("slurm_array_task", "SLURM_ARRAY_TASK_ID"), ("k8s_index", "JOB_COMPLETION_INDEX"),
+)
+
+
+def scheduler_ids() -> dict[str, str]:
+    """This launch's SLURM job (and array job and task) or Kubernetes Job index, when set."""
+    return {key: os.environ[var] for key, var in _JOB_VARIABLES if os.environ.get(var)}
+
+
+def end_run(storage: Any, study_id: int, run_id: str, how: str) -> None:
+    """Record how this launch ended in its history entry (``ended``: when, and how: ``done``,
+    ``interrupted by SIGTERM``, ``stopped: ...``). One atomic step, like :func:`append_run`; a
+    launch that was killed records nothing (``status`` says so)."""
+    ended = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "how": how}
+
+    def mark(runs: Any) -> list[Any]:
+        held = runs if isinstance(runs, list) else []
+        return [{**e, "ended": ended} if isinstance(e, Mapping) and e.get("run") == run_id else e for e in held]
+
+    storage.update_study_user_attr(study_id, RUNS_KEY, mark)
 
 
 def append_run(storage: Any, study_id: int, entry: Mapping[str, Any]) -> int:

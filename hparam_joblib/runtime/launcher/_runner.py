@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 
-from hparam_joblib._errors import UsageError
+from hparam_joblib._errors import HparamError, UsageError, one_line
 from hparam_joblib._result import SearchResult
 from hparam_joblib.config._schema import SearchConfig
 from hparam_joblib.runtime._failures import count_errors, retire_errors, retired
@@ -30,6 +31,7 @@ from hparam_joblib.runtime._history import (
     append_run,
     changes_note,
     check_space,
+    end_run,
     previous_run,
     run_entry,
     settings_changes,
@@ -140,11 +142,13 @@ def _run_search(
     preflight(location, cfg.study_name, list(cfg.directions), cfg.allow_network_filesystem)
     prepare(location, policy)
     storage = open_storage(location, create_tables=True, policy=policy, heartbeat_interval=cfg.heartbeat_interval)
+    ended: str | None = None  # how this launch ended, for its run history entry (once it has one)
     try:
         study = _create_study(cfg, location, storage)
         study_id = study._study_id
         run_id = uuid.uuid4().hex[:12]
         work, n_retired, launch_number = _begin_run(cfg, storage, study_id, run_id, location, retry_failed)
+        ended = "stopped by an error"
         if cfg.enqueue:
             enqueue(study, storage, work)
         # The search's own stop rules (not --tune-n-jobs' rungs).
@@ -170,11 +174,42 @@ def _run_search(
             result = dataclasses.replace(result, stop_reason=stop_state.summary())
         if tracking is not None:
             finish_parent(tracking, dict(result.counts), result.best_value, result.interrupted)
+        ended = _how_it_ended(result, interrupted)
         return result
+    except HparamError as err:
+        if ended is not None:
+            ended = f"stopped: {one_line(getattr(err, 'short', None) or err, 200)}"
+        raise
+    except KeyboardInterrupt:
+        if ended is not None:
+            ended = "interrupted"
+        raise
     finally:
+        if ended is not None:
+            _record_end(storage, study_id, run_id, ended)
         # The kernel of a notebook runs the next search in this process: no connection of this
         # one stays open (they would wait for the garbage collector).
         storage.close()
+
+
+def _how_it_ended(result: SearchResult, interrupted: int) -> str:
+    """``done``, ``interrupted by SIGTERM``, ``stopped: <the stop rule>`` or ``ended with ...``."""
+    if interrupted:
+        return f"interrupted by {signal.Signals(interrupted).name}"
+    if result.stop_reason:
+        return f"stopped: {result.stop_reason}"
+    if result.n_finished >= result.n_trials:
+        return "done"
+    return f"ended with {result.n_finished}/{result.n_trials} finished"
+
+
+def _record_end(storage: StudyStore, study_id: int, run_id: str, how: str) -> None:
+    """Record the launch's end in its history entry; a storage that fails now is only logged
+    (the search's own outcome, or error, is what the user must see)."""
+    try:
+        end_run(storage, study_id, run_id, how)
+    except Exception as err:  # noqa: BLE001 - e.g. the server went away with the search
+        logger.debug("recording the end of run %s failed: %s", run_id, err)
 
 
 def _create_study(cfg: SearchConfig, location: StorageLocation, storage: StudyStore) -> optuna.Study:
