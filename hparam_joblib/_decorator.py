@@ -187,11 +187,10 @@ def hparam_search(
 
 
 def _tune(func: Callable[[dict[str, Any]], Any], cfg: SearchConfig, args: ScriptArgs) -> None:
-    from loky import cpu_count
-
+    from hparam_joblib.runtime._allocation import allocated_cores
     from hparam_joblib.runtime.launcher import _tune as tune
 
-    ladder = list(args.tune_ladder) or tune.default_ladder(cpu_count(), cfg.n_jobs)
+    ladder = list(args.tune_ladder) or tune.default_ladder(allocated_cores(), cfg.n_jobs)
     print(
         f"tuning n_jobs for {cfg.study_name}: ladder {ladder}, {args.tune_seconds:g} s each, "
         f"in a throwaway study (the real study is not touched)"
@@ -232,10 +231,9 @@ def _launch(
         # set-up (it runs no user code and writes nothing; it ends with this process).
         _forkserver.start()
 
-    from loky import cpu_count  # joblib.cpu_count() is this (joblib itself costs 0.1 s to import)
-
     from hparam_joblib.config._load import load_config, package_root, resolve_config_path
     from hparam_joblib.config._savedir import resolve_save_dir
+    from hparam_joblib.runtime._allocation import allocated_cores  # joblib.cpu_count(), capped by a job's
     from hparam_joblib.runtime.launcher._progress import format_summary
     from hparam_joblib.runtime.launcher._runner import run_search
     from hparam_joblib.runtime.loops._gpus import detect_gpus  # what gpus: auto means here
@@ -245,7 +243,7 @@ def _launch(
     name = getattr(getattr(module, "__spec__", None), "name", None) or getattr(func, "__module__", "") or ""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     path = resolve_config_path(args.config or config_path, defining_file, main_file, package_root(name, defining_file))
-    cfg, notes = load_config(path, args.overrides, cpu_count(), detect_gpus)
+    cfg, notes = load_config(path, args.overrides, allocated_cores(), detect_gpus)
     for note in notes:
         logger.warning("note: %s", note)
     _check_signature(func, str(path))

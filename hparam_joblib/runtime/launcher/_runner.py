@@ -26,6 +26,7 @@ from optuna.study import StudyDirection
 from hparam_joblib._errors import HparamError, UsageError, one_line
 from hparam_joblib._result import SearchResult
 from hparam_joblib.config._schema import SearchConfig
+from hparam_joblib.runtime._allocation import allocated_cores, cores_source
 from hparam_joblib.runtime._failures import count_errors, retire_errors, retired
 from hparam_joblib.runtime._history import (
     append_run,
@@ -77,11 +78,10 @@ def log_dir_for(cfg: SearchConfig, save_dir: Path) -> Path:
 def threads_display(cfg: SearchConfig, cores: int | None = None) -> str:
     """How many threads (and cores) each trial gets, and why (for --dry-run)."""
     if cores is None:
-        from loky import cpu_count
-
-        cores = cpu_count()
+        cores = allocated_cores()
     threads = trial_threads(cfg, cfg.n_jobs, cores)
-    why = "threads_per_trial" if cfg.threads_per_trial is not None else f"{cores} cores // n_jobs {cfg.n_jobs}"
+    why = ("threads_per_trial" if cfg.threads_per_trial is not None
+           else f"{cores} {cores_source()} // n_jobs {cfg.n_jobs}")
     exported = [f"{var}={os.environ[var]}" for var in (*THREAD_VARS, *COUNT_VARS) if var in os.environ]
     text = f"{threads} thread{'s' if threads != 1 else ''} per trial ({why}; joblib.cpu_count() and its cores too)"
     if exported:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from hparam_joblib.config._schema import SearchConfig
+from hparam_joblib.runtime._allocation import allocated_cores
 from hparam_joblib.runtime.loops._cores import CoreLease, lease_cores
 from hparam_joblib.runtime.loops._slots import Slot, slot_directory, take_slot
 from hparam_joblib.runtime.loops._task import WorkerTask
@@ -28,9 +29,7 @@ def startup_gate(task: WorkerTask) -> Slot | None:
 
     Exits the process when the launcher goes away while this loop waits (nobody would reuse it).
     """
-    from loky import cpu_count
-
-    cores = cpu_count()
+    cores = allocated_cores()
     if task.lease_interval is not None or task.config.n_jobs <= cores:
         return None  # Dask loops are spread over hosts and threads by the cluster
     try:
@@ -74,10 +73,8 @@ def start_trial_process(task: WorkerTask, device: str | None) -> tuple[TrialProc
     """The worker's warm trial process, started now (it loads the user's function meanwhile),
     the threads its trials are capped at (0: not capped), and the cores it runs on (None: every
     core this loop may use), held until the loop releases them."""
-    from loky import cpu_count
-
     loops_here = _loops_on_this_host(task)
-    threads = trial_threads(task.config, loops_here, cpu_count())
+    threads = trial_threads(task.config, loops_here, allocated_cores())
     env = thread_env(threads, os.environ)
     cores = lease_cores(threads, loops_here, task.worker_index, os.environ)
     if device is not None:
