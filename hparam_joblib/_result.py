@@ -69,6 +69,8 @@ class SearchResult:
         log_dir: where the trial logs are (``trial_00042.log``); '' when no trial ran.
         stop_reason: why a stop rule (``timeout``, ``stop_no_improvement``, ``stop_at_value``)
             ended this run before ``n_trials`` finished; empty otherwise.
+        at_once: how many trials ran at once at the end, when a trial killed for memory beside
+            others made the search run fewer than ``n_jobs`` (0: never lowered).
     """
 
     study_name: str
@@ -99,6 +101,7 @@ class SearchResult:
     cores_per_trial: tuple[int, ...] = ()
     log_dir: str = ""
     stop_reason: str = ""
+    at_once: int = 0
 
     @property
     def n_finished(self) -> int:

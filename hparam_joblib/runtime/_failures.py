@@ -12,7 +12,13 @@ kind            state   what happened                                           
 ``timeout``     PRUNED  it ran past ``trial_timeout``                          yes
 ``worker_died`` FAIL    the worker process running it died                     no (re-run)
 ``interrupted`` FAIL    Ctrl-C / SIGTERM / the launcher stopped the search     no (re-run)
+``out_of_       PRUNED  the kernel killed it for memory while no other trial   yes
+memory``                of the search ran: the configuration does not fit
+``out_of_       FAIL    killed for memory with other trials beside it: the     no (re-run)
+memory_beside``         search then runs fewer trials at once (``loops/_jobs``)
 =============== ======= ======================================================= ==============
+
+Out of memory is never the stop-fast rule's "broken code".
 
 "counts" is toward ``n_trials``. ``--retry-failed`` *retires* the ``error`` trials (study
 system attr :data:`~hparam_joblib._keys.RETIRED_KEY`): they stay PRUNED with their reason but no longer count.
@@ -44,6 +50,8 @@ from hparam_joblib._keys import (
     FAILURE_TRACEBACK_KEY,
     FAILURE_TYPE_KEY,
     INTERRUPTED,
+    OUT_OF_MEMORY,
+    OUT_OF_MEMORY_BESIDE,
     OWNER_KEY,
     PRUNED_STEP_KEY,
     PRUNER,
@@ -62,11 +70,13 @@ LABELS: dict[str, str] = {
     TIMEOUT: "timed out",
     WORKER_DIED: "worker died",
     INTERRUPTED: "interrupted",
+    OUT_OF_MEMORY: "out of memory alone",
+    OUT_OF_MEMORY_BESIDE: "out of memory beside other trials",
 }
 #: Short names for the progress bar.
 SHORT: dict[str, str] = {
     ERROR: "errors", PRUNER: "pruned", TIMEOUT: "timeouts", WORKER_DIED: "worker_died",
-    INTERRUPTED: "interrupted",
+    INTERRUPTED: "interrupted", OUT_OF_MEMORY: "oom", OUT_OF_MEMORY_BESIDE: "oom_rerun",
 }
 _ATTRS = (FAILURE_KIND_KEY, PRUNED_STEP_KEY, FAILURE_REASON_KEY)
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>.+)$', re.MULTILINE)

@@ -36,6 +36,8 @@ CONTRACT = {
     "TIMEOUT": "timeout",
     "WORKER_DIED": "worker_died",
     "INTERRUPTED": "interrupted",
+    "OUT_OF_MEMORY": "out_of_memory",
+    "OUT_OF_MEMORY_BESIDE": "out_of_memory_beside",
 }
 
 #: A call that writes an attr, with a string literal where the key goes.

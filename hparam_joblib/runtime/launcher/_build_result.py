@@ -26,6 +26,7 @@ def build_result(
     interrupted: int,
     n_retired: int = 0,
     log_dir: Path | None = None,
+    at_once: int = 0,
 ) -> SearchResult:
     """The search's result as the summary and the caller see it."""
     counts = storage.count_states(study._study_id)
@@ -64,6 +65,7 @@ def build_result(
         threads_seen=max((r.threads_seen for r in reports), default=0),
         cores_per_trial=tuple(sorted({r.cores for r in reports if r.cores})),
         log_dir="" if log_dir is None else str(log_dir),
+        at_once=at_once if 0 < at_once < cfg.n_jobs else 0,
     )
 
 

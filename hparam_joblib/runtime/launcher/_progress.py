@@ -6,7 +6,15 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from hparam_joblib._keys import ERROR, INTERRUPTED, PRUNER, TIMEOUT, WORKER_DIED
+from hparam_joblib._keys import (
+    ERROR,
+    INTERRUPTED,
+    OUT_OF_MEMORY,
+    OUT_OF_MEMORY_BESIDE,
+    PRUNER,
+    TIMEOUT,
+    WORKER_DIED,
+)
 from hparam_joblib._logging import tqdm_class
 from hparam_joblib.runtime._failures import LABELS, SHORT, kind_counts
 from hparam_joblib.storage import n_finished
@@ -31,6 +39,8 @@ class Progress:
         self.offset = offset
         self._kinds: dict[str, int] = {}
         self._failed_seen = -1
+        #: Trials run at once after memory ran out (None: n_jobs, never lowered).
+        self.at_once: int | None = None
         self.interactive = False
         self.show_best = show_best  # False for several objectives: there is no single best
         self.bar: Any = None
@@ -60,6 +70,8 @@ class Progress:
         finished = n_finished(counts) - self.offset
         delta = min(finished, self.bar.total) - self.bar.n
         postfix: dict[str, Any] = {"running": counts.get("RUNNING", 0)}
+        if self.at_once is not None:
+            postfix["at_once"] = f"{self.at_once} (memory)"
         if self.show_best and counts.get("COMPLETE", 0):
             try:
                 best = storage.get_best_trial(study_id)
@@ -141,6 +153,9 @@ def format_summary(result: SearchResult, verbose: bool = False) -> str:
     if result.stop_reason:
         lines.insert(1, f"  stopped by:   {result.stop_reason}; the same command continues the search")
     lines.extend(_storage_lines(result, verbose))
+    if result.at_once:
+        lines.append(f"  at once:      {result.at_once} trial(s) after one was killed for memory beside others "
+                     f"(n_jobs was the most)")
     if result.trial_processes:
         lines.append(f"  trial procs:  {result.trial_processes} ({_threads_text(result)})")
     if result.log_dir and result.trials_run:
@@ -200,8 +215,9 @@ def _kind_lines(result: SearchResult) -> list[str]:
     kinds = dict(result.kinds)
     if result.retired and kinds.get(ERROR):
         kinds[ERROR] -= result.retired
-    counted = [f"{kinds[k]} {LABELS[k]}" for k in (ERROR, PRUNER, TIMEOUT) if kinds.get(k)]
-    rerun = [f"{kinds[k]} {LABELS[k]}" for k in (WORKER_DIED, INTERRUPTED) if kinds.get(k)]
+    counted = [f"{kinds[k]} {LABELS[k]}" for k in (ERROR, PRUNER, TIMEOUT, OUT_OF_MEMORY) if kinds.get(k)]
+    rerun = [f"{kinds[k]} {LABELS[k]}" for k in (WORKER_DIED, INTERRUPTED, OUT_OF_MEMORY_BESIDE)
+             if kinds.get(k)]
     lines = []
     if counted or rerun:
         text = "; ".join(filter(None, [

@@ -155,6 +155,7 @@ def _run_search(
         stop_state = StopState(run_id, cfg.stop, None) if run_seconds is None and cfg.stop.active else None
         reports: list[WorkerReport] = []
         interrupted = 0
+        at_once = 0
         tracking = None
         if n_finished(storage.count_states(study_id)) < work.n_trials:
             if cfg.mlflow is not None:
@@ -165,10 +166,12 @@ def _run_search(
                                     show_progress=show_progress)
             interrupted = supervisor.run()
             reports = supervisor.reports
+            at_once = supervisor.at_once
         else:
             _say_nothing_to_run(cfg, storage, study_id)
         result = build_result(
-            study, storage, cfg, location, started, reports, interrupted, n_retired, log_dir_for(cfg, save_dir)
+            study, storage, cfg, location, started, reports, interrupted, n_retired, log_dir_for(cfg, save_dir),
+            at_once,
         )
         if stop_state is not None and not interrupted and result.n_finished < cfg.n_trials:
             result = dataclasses.replace(result, stop_reason=stop_state.summary())
@@ -193,7 +196,15 @@ def _run_search(
 
 
 def _how_it_ended(result: SearchResult, interrupted: int) -> str:
-    """``done``, ``interrupted by SIGTERM``, ``stopped: <the stop rule>`` or ``ended with ...``."""
+    """``done``, ``interrupted by SIGTERM``, ``stopped: <the stop rule>`` or ``ended with ...``,
+    and how many trials ran at once when memory made it fewer than n_jobs."""
+    how = _end_state(result, interrupted)
+    if result.at_once:
+        how += f"; ran at most {result.at_once} trial(s) at once after one was killed for memory beside others"
+    return how
+
+
+def _end_state(result: SearchResult, interrupted: int) -> str:
     if interrupted:
         return f"interrupted by {signal.Signals(interrupted).name}"
     if result.stop_reason:

@@ -20,6 +20,7 @@ from hparam_joblib.runtime.launcher._shutdown import stop_launch
 from hparam_joblib.runtime.launcher._stop_state import RungStop, StopState
 from hparam_joblib.runtime.launcher._tail import LogFollower, run_trials
 from hparam_joblib.runtime.loops._backend import Backend, Poll
+from hparam_joblib.runtime.loops._jobs import open_slots, remove_launch_files
 from hparam_joblib.runtime.loops._task import WorkerReport, workers_log_name
 from hparam_joblib.storage import StudyStore, n_finished
 
@@ -59,6 +60,8 @@ class Supervisor:
         self.deaths = DeathCount(cfg.max_worker_deaths, n_finished(counts))
         self.fruitless = EarlyEnds(2 * cfg.n_jobs + 5, launch.location.display, cfg.n_trials)
         self.next_index = 0
+        #: Trials this launch runs at once on this host: n_jobs, lowered when memory ran out (``loops/_jobs``).
+        self.at_once = cfg.n_jobs
 
     def run(self) -> int:
         """Start the loops and watch them until they are done; returns the signal number that
@@ -89,6 +92,8 @@ class Supervisor:
             install_handlers(previous)
             self.progress.close()
             follower.close()
+            self._read_at_once()
+            remove_launch_files(self.launch.run_id)
 
     def _follow_logs(self) -> LogFollower:
         """Create the log directory and follow this launch's workers' messages (and trials') in it."""
@@ -134,9 +139,16 @@ class Supervisor:
             return False
         self._restart_loops(news, stopping)
         follower.poll()
+        self._read_at_once()
         self.progress.update(self.storage, self.study_id)
         self.deaths.before = n_finished(self.storage.count_states(self.study_id))
         return True
+
+    def _read_at_once(self) -> None:
+        """How many trials this host runs at once now (a loop lowers it when memory runs out)."""
+        self.at_once = open_slots(self.launch.run_id, self.launch.cfg.n_jobs)
+        if self.at_once < self.launch.cfg.n_jobs:
+            self.progress.at_once = self.at_once
 
     def _handle_deaths(self, news: Poll) -> None:
         """Fail the dead workers' trials, count the deaths (see ``_deaths``)."""
@@ -168,10 +180,12 @@ class Supervisor:
         # A loop ends by itself only once the study is done, or when the launcher looked
         # gone to it (its lease lapsed while this process was stalled), or a stop rule
         # fired: start it again in the first two cases.
-        early = len(news.reports) if not timed and remaining > 0 and not stopping else 0
+        # A loop whose job slot closed (memory ran out) ended on purpose: it is not replaced.
+        ended = [r for r in news.reports if not r.memory_limited]
+        early = len(ended) if not timed and remaining > 0 and not stopping else 0
         if early:
             if not self.backend.remote:  # a Dask loop also ends when its lease lapsed
-                self.fruitless.check(news.reports, n_trials - remaining, self.storage)
+                self.fruitless.check(ended, n_trials - remaining, self.storage)
             logger.warning("%d worker loop(s) stopped before the study was done; starting again", early)
         if remaining > 0 and news.lost + early:
             self._start(min(news.lost + early, max(1, remaining)))

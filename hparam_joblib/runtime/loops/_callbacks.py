@@ -65,6 +65,8 @@ def optimize_callbacks(objective: Objective, deadline: float | None, rules: Resu
     callbacks: list[Callback] = []
     if objective.task.lease_interval is not None:
         callbacks.append(_stop_when_gone(objective))
+    if objective.jobs is not None:
+        callbacks.append(_stop_when_slot_closed(objective))
     if deadline is not None:
         callbacks.append(_stop_after(deadline))
     if rules is not None:
@@ -81,6 +83,16 @@ def _stop_when_gone(objective: Objective) -> Callback:
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if objective.launcher_gone():
+            study.stop()
+
+    return callback
+
+
+def _stop_when_slot_closed(objective: Objective) -> Callback:
+    """Stop before the next trial once memory ran out and this loop's job slot closed (``_jobs``)."""
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if objective.slot_closed():
             study.stop()
 
     return callback

@@ -19,6 +19,8 @@ from hparam_joblib._keys import (
     FAILURE_TYPE_KEY,
     GPU_KEY,
     LOG_FILE_KEY,
+    OUT_OF_MEMORY,
+    OUT_OF_MEMORY_BESIDE,
     OWNER_KEY,
     PEAK_RSS_MIB_KEY,
     PRUNED_STEP_KEY,
@@ -29,6 +31,7 @@ from hparam_joblib._keys import (
 from hparam_joblib.config._space import build_config, suggest_all
 from hparam_joblib.runtime._json import jsonable
 from hparam_joblib.runtime._tracking import TrialLogger
+from hparam_joblib.runtime.loops._jobs import JobSlot, lower_open_slots
 from hparam_joblib.runtime.loops._task import WorkerTask, trial_log_name
 from hparam_joblib.runtime.loops._watch import LauncherGone, LauncherWatch
 from hparam_joblib.runtime.trial._isolation import Outcome, TrialProcess
@@ -37,11 +40,21 @@ from hparam_joblib.storage import StudyStore, owner_record
 logger = logging.getLogger("hparam_joblib")
 
 
+class MemoryRetry(Exception):
+    """A trial was killed for memory while others ran beside it: it is FAIL (re-run, not counted)
+    and the loop goes on, unless its job slot closed."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        # Raised through study.optimize, which would log it with a traceback; we say it once.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
 class Objective:
     """The function handed to ``study.optimize``: sample, run isolated, translate the outcome."""
 
     def __init__(self, task: WorkerTask, storage: StudyStore, trials: TrialProcess, watch: LauncherWatch,
-                 device: str | None = None, tracker: TrialLogger | None = None) -> None:
+                 device: str | None = None, tracker: TrialLogger | None = None, jobs: JobSlot | None = None) -> None:
         self.task = task
         self.storage = storage
         self.trials = trials
@@ -50,12 +63,24 @@ class Objective:
         self.device = device
         #: Writes each finished trial's MLflow run in the background (``tracking.mlflow``), or None.
         self.tracker = tracker
+        #: This loop's job slot (how many trials run at once on this host; ``_jobs``), or None.
+        self.jobs = jobs
+        #: Trials of this launch running on this host as the current trial started.
+        self.running_at_start = 1
+        #: This loop ended because memory ran out and its slot closed.
+        self.memory_limited = False
         self.trials_run = 0
         self.warned_multi_report = False
 
     def launcher_gone(self) -> bool:
         """Is the launcher gone (or did it stop the search)?"""
         return self.watch.gone()
+
+    def slot_closed(self) -> bool:
+        """Must this loop start no more trials (memory ran out, its job slot closed)?"""
+        if self.jobs is not None and self.jobs.closed():
+            self.memory_limited = True
+        return self.memory_limited
 
     def gone(self, trial: optuna.Trial) -> LauncherGone:
         """The exception that ends this loop, after giving ``trial`` (FAIL) its reason."""
@@ -104,6 +129,8 @@ class Objective:
             trial.report(value, step)
             return trial.should_prune()
 
+        if self.jobs is not None:
+            self.running_at_start = self.jobs.running()
         outcome = self.trials.run(
             config,
             trial_number=trial.number,
@@ -131,6 +158,8 @@ class Objective:
             reason = self.watch.stop_reason or f"stopped while the trial ran: {self.watch.why}; it will be re-run"
             trial.set_user_attr(FAILURE_REASON_KEY, reason)
             raise LauncherGone(reason)
+        if outcome.kind == "died" and outcome.out_of_memory:
+            self._out_of_memory(trial, outcome)
         if outcome.kind == "pruned":
             reason = f"pruned by the pruner at step {outcome.step}"
             trial.set_user_attr(FAILURE_REASON_KEY, reason)
@@ -143,6 +172,38 @@ class Objective:
         logger.warning("Trial %d pruned: %s%s", trial.number, outcome.reason,
                        f" | last output: {last[0][:200]}" if last else "")
         raise optuna.TrialPruned(outcome.reason)
+
+
+    def _out_of_memory(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        """A trial the kernel killed for memory. Alone, the configuration is too big: PRUNED
+        with the reason (counted; never the broken-code stop). Beside others, the parallelism
+        was too high: FAIL (re-run, not counted) and this host runs fewer trials at once."""
+        running = max(self.running_at_start, self.jobs.running() if self.jobs is not None else 1)
+        peak = f"; its peak {outcome.peak_mib:.0f} MiB" if outcome.peak_mib else ""
+        beside = running - 1
+        others = f"{beside} other trial{'s' if beside != 1 else ''} of this search were running beside it" \
+            if beside else "no other trial of this search was running"
+        reason = f"out of memory: the kernel killed the trial's process at {outcome.out_of_memory}{peak}; {others}"
+        if outcome.exit_code is not None:
+            trial.set_user_attr(FAILURE_EXIT_CODE_KEY, outcome.exit_code)
+        if not beside:
+            reason += "; this configuration does not fit alone"
+            trial.set_user_attr(FAILURE_REASON_KEY, reason)
+            trial.set_user_attr(FAILURE_KIND_KEY, OUT_OF_MEMORY)
+            logger.warning("Trial %d pruned: %s", trial.number, reason)
+            raise optuna.TrialPruned(reason)
+        reason += "; it will be re-run"
+        trial.set_user_attr(FAILURE_REASON_KEY, reason)
+        trial.set_user_attr(FAILURE_KIND_KEY, OUT_OF_MEMORY_BESIDE)
+        logger.warning("Trial %d failed: %s", trial.number, reason)
+        if self.jobs is not None:
+            lowered = lower_open_slots(self.task.run_id, self.task.config.n_jobs, running)
+            if lowered is not None:
+                logger.warning(
+                    "out of memory with %d trials at once (trial %d, at %s): running at most %d at once "
+                    "from now on", running, trial.number, outcome.out_of_memory, lowered,
+                )
+        raise MemoryRetry(reason)
 
 
 def _fit_directions(value: float | list[float], n: int) -> tuple[float | list[float] | None, str]:

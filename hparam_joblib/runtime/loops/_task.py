@@ -83,3 +83,5 @@ class WorkerReport:
     threads_seen: int = 0
     #: The cores its trial process could run on (its CPU affinity; 0: unknown).
     cores: int = 0
+    #: It ended because memory ran out and its job slot closed (``_jobs``): not to be replaced.
+    memory_limited: bool = False

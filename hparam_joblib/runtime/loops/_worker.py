@@ -38,7 +38,8 @@ from hparam_joblib.runtime._tracking import TrialLogger
 from hparam_joblib.runtime.loops._callbacks import WAIT_FOR_OTHERS_SECONDS, ResultRules, optimize_callbacks
 from hparam_joblib.runtime.loops._cores import CoreLease
 from hparam_joblib.runtime.loops._gpus import DeviceLease, lease_device, lease_key
-from hparam_joblib.runtime.loops._objective import Objective
+from hparam_joblib.runtime.loops._jobs import JobSlot
+from hparam_joblib.runtime.loops._objective import MemoryRetry, Objective
 from hparam_joblib.runtime.loops._startup import start_trial_process, startup_gate
 from hparam_joblib.runtime.loops._task import WorkerReport, WorkerTask, workers_log_name
 from hparam_joblib.runtime.loops._watch import LauncherGone, LauncherWatch
@@ -79,6 +80,9 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     """Start up, run the loop, report; every resource this loop took is given back."""
     _enter_worker(task)
     cfg = task.config
+    jobs = JobSlot(task.run_id, cfg.n_jobs)
+    if not jobs.take(first=task.worker_index):  # memory ran out: this host runs fewer loops now
+        return WorkerReport(pid=os.getpid(), trials_run=0, lock_retries=0, memory_limited=True)
     lease: DeviceLease | None = None
     trials: TrialProcess | None = None
     tracker: TrialLogger | None = None
@@ -109,14 +113,18 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
             trials, threads, cores = start_trial_process(task, None)
         if task.tracking is not None:
             tracker = TrialLogger(task.tracking)
-        objective = Objective(task, storage, trials, watch, None if lease is None else lease.device, tracker)
+        objective = Objective(task, storage, trials, watch, None if lease is None else lease.device, tracker, jobs)
         trials.wait_ready(watch.gone)  # no trial holds a budget slot while the script loads
         if gate is not None:
             gate.release()
         _loop(task, storage, study, objective, _deadline(task))
+        if objective.memory_limited:  # memory ran out: free this process's memory and slot now
+            trials.close(grace=0.0)
+            jobs.release()
         trials.close()
-        return _report(storage, objective.trials_run, trials, threads)
+        return _report(storage, objective.trials_run, trials, threads, objective.memory_limited)
     finally:
+        jobs.release()
         if gate is not None:
             gate.release()
         if trials is not None:
@@ -242,10 +250,12 @@ def _loop(task: WorkerTask, storage: StudyStore, study: optuna.Study, objective:
     cfg = task.config
     set_verbosity(cfg.verbosity)
     try:
-        while True:
+        while not objective.slot_closed():
             try:
                 if _optimize(study, objective, deadline):  # deadline passed / a stop rule fired
                     break
+            except MemoryRetry:  # the trial is FAIL (re-run); go on unless this loop's slot closed
+                continue
             except BudgetExhausted:
                 # Every slot is taken; some may be RUNNING elsewhere (a sibling, another launch,
                 # or a dead process). Wait, with reads only, until they finish (done) or one is
@@ -280,7 +290,7 @@ def _optimize(study: optuna.Study, objective: Objective, deadline: float | None 
         study.optimize(objective, n_trials=None, catch=(), callbacks=callbacks or None)
         if objective.launcher_gone():
             raise LauncherGone(objective.watch.why)
-    except (BudgetExhausted, LauncherGone, HparamError):
+    except (BudgetExhausted, LauncherGone, HparamError, MemoryRetry):
         raise
     except Exception as err:
         for cause in causes(err):
@@ -307,7 +317,8 @@ def _wait_for_slot(storage: StudyStore, study_id: int, budget: int, objective: O
         time.sleep(WAIT_FOR_OTHERS_SECONDS)
 
 
-def _report(storage: StudyStore, trials_run: int, trials: TrialProcess | None, threads: int) -> WorkerReport:
+def _report(storage: StudyStore, trials_run: int, trials: TrialProcess | None, threads: int,
+            memory_limited: bool = False) -> WorkerReport:
     """What this worker sends back to the launcher."""
     return WorkerReport(
         pid=os.getpid(),
@@ -319,4 +330,5 @@ def _report(storage: StudyStore, trials_run: int, trials: TrialProcess | None, t
         threads=threads,
         threads_seen=0 if trials is None else trials.threads_seen,
         cores=0 if trials is None else trials.cores_seen,
+        memory_limited=memory_limited,
     )

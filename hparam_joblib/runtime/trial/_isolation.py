@@ -32,10 +32,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, Literal
 
 from hparam_joblib.runtime.trial._funcref import FunctionRef
+from hparam_joblib.runtime.trial._memory import MemoryWatch
 from hparam_joblib.runtime.trial._trial_process import BOOTSTRAP, peak_mib
 
 _POLL_SECONDS = 0.2
@@ -47,6 +47,10 @@ _EXIT_GRACE_SECONDS = 5.0
 LOAD_TIMEOUT_FLOOR = 600.0
 #: Lines of a failed trial's output kept in its failure reason.
 TAIL_LINES = 10
+#: A trial process's ``oom_score_adj``: when memory runs out, the kernel kills a trial (which the
+#: worker reports and the search re-runs) before the launcher or a worker (which would end the
+#: search or the trials beside it). Raising one's own score needs no privilege.
+OOM_SCORE_ADJ = 500
 
 #: Environment variables that size the thread pools of OpenMP, BLAS libraries, numexpr and numba
 #: (joblib's list, ``joblib._parallel_backends.ParallelBackendBase.MAX_NUM_THREADS_VARS``).
@@ -83,6 +87,9 @@ class Outcome:
     output_tail: str = ""
     #: The pid of the trial process that ran it.
     pid: int | None = None
+    #: What the process ran out of when the kernel killed it for memory (``_memory.oom_cause``:
+    #: "the memory cgroup's limit of 600 MiB (cgroup v1 /job)"), else "".
+    out_of_memory: str = ""
 
 
 def thread_env(threads: int, environ: Mapping[str, str]) -> dict[str, str]:
@@ -117,18 +124,6 @@ def tail(path: str | None, lines: int = TAIL_LINES, max_bytes: int = 8192) -> st
         return ""
     kept = [line.rstrip() for line in data.splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
-
-
-def _oom_kills() -> int | None:
-    """The cgroup's OOM-kill count (cgroup v2 ``memory.events``), or None when unreadable."""
-    try:
-        rel = Path("/proc/self/cgroup").read_text().strip().split("\n")[0].split(":", 2)[2]
-        for line in Path(f"/sys/fs/cgroup{rel}/memory.events").read_text().splitlines():
-            if line.startswith("oom_kill "):
-                return int(line.split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return None
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, float | None]:
@@ -191,6 +186,8 @@ class TrialProcess:
         self.threads_seen = 0
         #: The cores the process said it may run on (its affinity; 0: not known yet).
         self.cores_seen = 0
+        #: The kernel's out-of-memory counters, read before each trial.
+        self.memory = MemoryWatch()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -208,6 +205,7 @@ class TrialProcess:
             )
         finally:
             theirs.close()
+        _prefer_for_oom_kill(self.proc.pid)
         self.conn = Connection(ours.detach())
         self.conn.send(("init", self.ref, self.process_log, self.cpus))
         self.ready = False
@@ -315,7 +313,7 @@ class TrialProcess:
             self.start()
         assert self.proc is not None and self.conn is not None
         started = time.monotonic()
-        oom_before = _oom_kills()
+        self.memory.start()
         pid = self.proc.pid
         seen_peak: float | None = None
         sent = False
@@ -351,7 +349,7 @@ class TrialProcess:
                     if sample is not None:
                         seen_peak = max(seen_peak or 0.0, sample)
                 if eof or (not self.alive() and not self.conn.poll(0)):
-                    return self._died(log_path, pid, seen_peak, oom_before, loading=not sent)
+                    return self._died(log_path, pid, seen_peak, loading=not sent)
                 if limit is not None and time.monotonic() - started >= limit:
                     self._discard()
                     what = "trial ran" if sent else "training script was still loading,"
@@ -412,8 +410,7 @@ class TrialProcess:
         return Outcome("error", reason=f"{etype}: {text}" if text else etype, error_type=etype,
                        traceback=tb, peak_mib=peak, output_tail=tail(log_path), pid=pid)
 
-    def _died(self, log_path: str | None, pid: int, peak: float | None, oom_before: int | None,
-              loading: bool) -> Outcome:
+    def _died(self, log_path: str | None, pid: int, peak: float | None, loading: bool) -> Outcome:
         proc = self.proc
         self.proc, self.ready = None, False
         if self.conn is not None:
@@ -426,13 +423,24 @@ class TrialProcess:
                 peak = max(peak or 0.0, lifetime_peak)
         when = "while loading the training script" if loading else "before returning"
         memory = f"; peak memory {peak:.0f} MiB" if peak else ""
+        out_of_memory = ""
         if code is not None and code < 0:
             name = signal_name(-code)
-            oom_after = _oom_kills()
-            if -code == signal.SIGKILL and oom_before is not None and oom_after is not None and oom_after > oom_before:
-                name += " (out of memory: the kernel's OOM killer)"
+            if -code == signal.SIGKILL:
+                out_of_memory = self.memory.cause() or ""
+            if out_of_memory:
+                name += f" (out of memory: the kernel's OOM killer, at {out_of_memory})"
             reason = f"the trial's process was killed by {name} {when}{memory}"
         else:
             reason = f"the trial's process exited with status {code} {when}{memory}"
         return self._outcome("died", reason, log_path if not loading else self.process_log, pid, peak,
-                             exit_code=code)
+                             exit_code=code, out_of_memory=out_of_memory)
+
+
+def _prefer_for_oom_kill(pid: int) -> None:
+    """Raise a trial process's ``oom_score_adj`` (:data:`OOM_SCORE_ADJ`); best effort."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as fh:
+            fh.write(str(OOM_SCORE_ADJ))
+    except OSError:
+        pass

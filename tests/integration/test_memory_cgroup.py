@@ -1,0 +1,189 @@
+"""Out of memory, for real: searches run inside a memory cgroup the test creates (#21).
+
+The launcher is put in the cgroup before it starts (``sh -c 'echo $$ > cgroup.procs; exec python
+script.py'``), so its workers and trial processes are too; each trial allocates and touches
+``mib`` MiB and holds it. The search's own processes take ~200-300 MiB here (launcher, preloaded
+server, workers, warm trial processes), so a 700 MiB limit holds two 150 MiB trials, not four.
+
+Skipped when not root or the machine has no memory cgroup; ``HPARAM_JOBLIB_REQUIRE_CGROUP=1``
+makes that a failure instead (CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Project, child_env, search_config, states, trials
+
+SCRIPT = '''
+import time
+from hparam_joblib import hparam_search
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    block = bytearray(config["mib"] * 2**20)
+    for i in range(0, len(block), 4096):  # touch every page: resident, charged to the cgroup
+        block[i] = 1
+    time.sleep(config["hold"])
+    return config["x"]
+
+if __name__ == "__main__":
+    train()
+'''
+
+LIMIT_MIB = 700
+V1_ROOT = Path("/sys/fs/cgroup/memory")
+V2_ROOT = Path("/sys/fs/cgroup")
+
+pytestmark = pytest.mark.slow
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "creating a memory cgroup needs root"
+    if (V1_ROOT / "memory.limit_in_bytes").exists() or (V1_ROOT / "cgroup.procs").exists():
+        return None
+    controllers = V2_ROOT / "cgroup.subtree_control"
+    if controllers.exists() and "memory" in controllers.read_text().split():
+        return None
+    return "no memory cgroup on this machine (neither v1 /sys/fs/cgroup/memory nor v2 with memory enabled)"
+
+
+class MemoryCgroup:
+    """A throwaway memory cgroup (v1 where mounted, else v2) with a limit, no swap."""
+
+    def __init__(self, limit_mib: int) -> None:
+        self.v1 = V1_ROOT.is_dir()
+        root = V1_ROOT if self.v1 else V2_ROOT
+        self.path = root / f"hparam_joblib_test_{uuid.uuid4().hex[:8]}"
+        self.path.mkdir()
+        limit = str(limit_mib * 2**20)
+        if self.v1:
+            (self.path / "memory.limit_in_bytes").write_text(limit)
+            memsw = self.path / "memory.memsw.limit_in_bytes"
+            if memsw.exists():  # no swapping out of the limit where the machine has swap
+                memsw.write_text(limit)
+        else:
+            (self.path / "memory.max").write_text(limit)
+            if (self.path / "memory.swap.max").exists():
+                (self.path / "memory.swap.max").write_text("0")
+
+    def oom_kills(self) -> int:
+        name = "memory.oom_control" if self.v1 else "memory.events"
+        for line in (self.path / name).read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+        return -1
+
+    def remove(self) -> None:
+        """Move what is left to the root cgroup, then remove the cgroup (retried: the kernel
+        frees it once its last process is gone)."""
+        root = self.path.parent
+        deadline = time.monotonic() + 30
+        while self.path.exists():
+            for pid in (self.path / "cgroup.procs").read_text().split():
+                try:
+                    (root / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass
+            try:
+                self.path.rmdir()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+@pytest.fixture
+def cgroup() -> Iterator[MemoryCgroup]:
+    why = _unavailable()
+    if why:
+        if os.environ.get("HPARAM_JOBLIB_REQUIRE_CGROUP") == "1":
+            pytest.fail(f"HPARAM_JOBLIB_REQUIRE_CGROUP=1 but {why}")
+        pytest.skip(why)
+    group = MemoryCgroup(LIMIT_MIB)
+    try:
+        yield group
+    finally:
+        group.remove()
+
+
+def _run_in(group: MemoryCgroup, project: Project, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run the project's script with its launcher put in ``group`` before Python starts."""
+    procs = shlex.quote(str(group.path / "cgroup.procs"))
+    command = f"echo $$ > {procs} && exec {shlex.quote(sys.executable)} {shlex.quote(str(project.script))}"
+    return subprocess.run(["sh", "-c", command], cwd=project.root, capture_output=True, text=True,
+                          timeout=timeout, env=child_env(), check=False)
+
+
+def _project(project: Project, n_jobs: int, n_trials: int, mib: int, extra: str = "") -> Project:
+    project.script.write_text(SCRIPT)
+    project.write_config(search_config(n_trials=n_trials, n_jobs=n_jobs, mib=mib, hold=1.0,
+                                       sampler="{type: random}") + extra)
+    return project
+
+
+def test_two_trials_fit_the_limit(cgroup: MemoryCgroup, project: Project) -> None:
+    done = _run_in(cgroup, _project(project, n_jobs=2, n_trials=4, mib=150))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert states(project.db("exp_t")) == {"COMPLETE": 4}
+    assert cgroup.oom_kills() == 0
+    assert "out of memory" not in done.stderr
+
+
+def test_too_many_at_once_are_rerun_with_fewer(cgroup: MemoryCgroup, project: Project) -> None:
+    """Four 150 MiB trials do not fit: the kernel kills some; each is FAIL with the reason
+    (re-run, not counted, never "fix the code"), the search runs fewer at once, says so once per
+    step down, and still finishes exactly n_trials, exit 0."""
+    done = _run_in(cgroup, _project(project, n_jobs=4, n_trials=6, mib=150))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fix the code" not in done.stderr
+    kills = cgroup.oom_kills()
+    assert kills > 0
+    got = trials(project.db("exp_t"))
+    complete = [t for t in got if t["state"] == "COMPLETE"]
+    failed = [t for t in got if t["state"] == "FAIL"]
+    assert len(complete) == 6 and not [t for t in got if t["state"] == "PRUNED"]
+    assert failed and len(failed) <= kills
+    for t in failed:
+        reason = t["user_attrs"]["failure_reason"]
+        assert t["user_attrs"]["failure_kind"] == "out_of_memory_beside", reason
+        assert reason.startswith(f"out of memory: the kernel killed the trial's process at the memory "
+                                 f"cgroup's limit of {LIMIT_MIB} MiB"), reason
+        assert "its peak" in reason and "running beside it; it will be re-run" in reason, reason
+    lowered = [line for line in done.stderr.splitlines() if "from now on" in line]
+    assert lowered and all("out of memory with" in line and "running at most" in line for line in lowered)
+    assert "out of memory beside other trials (FAIL, not counted, re-run)" in done.stdout
+    assert "  at once:      " in done.stdout
+
+
+def test_a_configuration_too_big_alone_is_pruned(cgroup: MemoryCgroup, project: Project) -> None:
+    """One configuration that does not fit even alone: PRUNED with an out-of-memory reason, counted;
+    the rest of the search goes on (exit 0)."""
+    extra = "enqueue: [{mib: 100}, {mib: 650}, {mib: 100}, {mib: 100}]\n"
+    proj = _project(project, n_jobs=1, n_trials=4, mib=100, extra=extra)
+    proj.write_config(search_config(n_trials=4, n_jobs=1, hold=0.3, sampler="{type: random}")
+                      + "  mib: {type: categorical, choices: [100, 650]}\n" + extra)
+    done = _run_in(cgroup, proj)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fix the code" not in done.stderr
+    got = sorted(trials(project.db("exp_t")), key=lambda t: t["number"])
+    assert [t["state"] for t in got] == ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"], got
+    big = got[1]
+    reason = big["user_attrs"]["failure_reason"]
+    assert big["params"]["mib"] == 650
+    assert big["user_attrs"]["failure_kind"] == "out_of_memory", reason
+    assert reason.startswith(f"out of memory: the kernel killed the trial's process at the memory cgroup's "
+                             f"limit of {LIMIT_MIB} MiB"), reason
+    assert "no other trial of this search was running; this configuration does not fit alone" in reason
+    assert "1 out of memory alone (PRUNED, counted)" in done.stdout
+    assert cgroup.oom_kills() == 1
