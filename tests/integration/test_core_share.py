@@ -151,15 +151,27 @@ def test_more_loops_than_cores_are_not_pinned(project: Project) -> None:
     assert f"{len(allowed)} core{'s' if len(allowed) != 1 else ''} each" in _procs_line(done)
 
 
-@pytest.mark.parametrize("env", [{"LOKY_MAX_CPU_COUNT": "7"}, {"HPARAM_JOBLIB_PIN_CORES": "0"}],
-                         ids=["exported-LOKY_MAX_CPU_COUNT", "HPARAM_JOBLIB_PIN_CORES=0"])
-def test_an_exported_variable_or_the_switch_leaves_the_cores_unpinned(project: Project, env: dict[str, str]) -> None:
+def _fewer_counted() -> dict[str, str]:
+    """A SLURM job's count one below the allowed cores (no binding): a number, not a set of cores."""
+    return {"SLURM_CPUS_PER_TASK": str(len(_allowed()) - 1)}
+
+
+@pytest.mark.parametrize(
+    ("env", "counted"),
+    [({"LOKY_MAX_CPU_COUNT": "7"}, len), ({"HPARAM_JOBLIB_PIN_CORES": "0"}, len), (None, lambda a: len(a) - 1)],
+    ids=["exported-LOKY_MAX_CPU_COUNT", "HPARAM_JOBLIB_PIN_CORES=0", "fewer-cores-counted-than-allowed"],
+)
+def test_unpinned_when_exported_switched_off_or_counted_below_the_allowed_cores(
+        project: Project, env: dict[str, str] | None, counted: Any) -> None:
     """LOKY_MAX_CPU_COUNT exported by the user is kept as it is, and the user sizes the threads:
-    the trials run on every allowed core; HPARAM_JOBLIB_PIN_CORES=0 turns pinning off alone."""
+    the trials run on every allowed core; so with HPARAM_JOBLIB_PIN_CORES=0, and when the cores
+    counted (a quota, SLURM_CPUS_PER_TASK) are fewer than the allowed ones (other jobs may run
+    on the same cores: pinning would pile them up). The share itself still holds."""
     allowed = _allowed()
     if len(allowed) < 2:
         pytest.skip("needs 2 cores (with one there is nothing to pin)")
-    share = max(1, _cores() // 2)
+    env = env if env is not None else _fewer_counted()
+    share = max(1, min(_cores(), counted(allowed)) // 2)
     _, seen = _run(project, n_jobs=2, n_trials=2, env=env)
     for trial in seen:
         assert trial["env"]["LOKY_MAX_CPU_COUNT"] == env.get("LOKY_MAX_CPU_COUNT", str(share)), trial

@@ -74,9 +74,10 @@ def start_trial_process(task: WorkerTask, device: str | None) -> tuple[TrialProc
     the threads its trials are capped at (0: not capped), and the cores it runs on (None: every
     core this loop may use), held until the loop releases them."""
     loops_here = _loops_on_this_host(task)
-    threads = trial_threads(task.config, loops_here, allocated_cores())
+    counted = allocated_cores()
+    threads = trial_threads(task.config, loops_here, counted)
     env = thread_env(threads, os.environ)
-    cores = lease_cores(threads, loops_here, task.worker_index, os.environ)
+    cores = lease_cores(threads, loops_here, counted, os.environ, index=task.worker_index, launch=task.launcher_pid)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     process_log = None
