@@ -83,7 +83,8 @@ def threads_display(cfg: SearchConfig, cores: int | None = None) -> str:
     why = ("threads_per_trial" if cfg.threads_per_trial is not None
            else f"{cores} {cores_source()} // n_jobs {cfg.n_jobs}")
     exported = [f"{var}={os.environ[var]}" for var in (*THREAD_VARS, *COUNT_VARS) if var in os.environ]
-    text = f"{threads} thread{'s' if threads != 1 else ''} per trial ({why}; joblib.cpu_count() and its cores too)"
+    text = (f"{threads} thread{'s' if threads != 1 else ''} per trial ({why}), also as its joblib.cpu_count() "
+            f"and, where the cores split evenly, its CPU affinity")
     if exported:
         text += f"; exported, so kept: {', '.join(exported)}"
     return text
