@@ -89,11 +89,14 @@ def _stop_when_gone(objective: Objective) -> Callback:
 
 
 def _stop_when_slot_closed(objective: Objective) -> Callback:
-    """Stop before the next trial once memory ran out and this loop's job slot closed (``_jobs``)."""
+    """Stop before the next trial once memory ran out and this loop's job slot closed, else wait
+    until no more trials run than slots are open (``_jobs``)."""
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if objective.slot_closed():
             study.stop()
+        else:
+            objective.wait_for_room()
 
     return callback
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hparam_joblib._flock import lock, open_lock_file, unlock
@@ -90,6 +92,13 @@ class JobSlot:
     def closed(self) -> bool:
         """Was this loop's slot closed (memory ran out): it must start no more trials."""
         return self.slot is not None and self.slot.index >= open_slots(self.run_id, self.n_jobs)
+
+    def wait_for_room(self, should_stop: Callable[[], bool], poll: float = 0.1) -> None:
+        """Before a trial: while more loops hold a slot than are open (a closed loop still runs
+        its last trial), wait, so that the step down takes effect at once."""
+        while (self.slot is not None and not self.closed()
+               and self.running() > open_slots(self.run_id, self.n_jobs) and not should_stop()):
+            time.sleep(poll)
 
     def running(self) -> int:
         """How many loops of this launch hold a slot on this host (this one included)."""

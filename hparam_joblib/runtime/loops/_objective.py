@@ -82,6 +82,11 @@ class Objective:
             self.memory_limited = True
         return self.memory_limited
 
+    def wait_for_room(self) -> None:
+        """Before the next trial, after memory ran out: wait while a closed loop still runs its last."""
+        if self.jobs is not None:
+            self.jobs.wait_for_room(self.launcher_gone)
+
     def gone(self, trial: optuna.Trial) -> LauncherGone:
         """The exception that ends this loop, after giving ``trial`` (FAIL) its reason."""
         reason = f"not run: {self.watch.why or 'the launcher is gone'}"

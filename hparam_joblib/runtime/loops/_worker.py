@@ -255,6 +255,8 @@ def _loop(task: WorkerTask, storage: StudyStore, study: optuna.Study, objective:
                 if _optimize(study, objective, deadline):  # deadline passed / a stop rule fired
                     break
             except MemoryRetry:  # the trial is FAIL (re-run); go on unless this loop's slot closed
+                if not objective.slot_closed():
+                    objective.wait_for_room()
                 continue
             except BudgetExhausted:
                 # Every slot is taken; some may be RUNNING elsewhere (a sibling, another launch,
