@@ -20,7 +20,8 @@
 #     CUDA_VISIBLE_DEVICES as on a GPU cluster (0,1 and 2,3 for two jobs), and one partition
 #     `debug` with OverSubscribe=FORCE:4 (four jobs per core: a 2-core machine runs a 4-task
 #     array at once).
-# Accounting is off (no slurmdbd, no sacct): a job that must report its exit status writes it to
+# A requeued job may start again 10 s after it was requeued (cred_expire=10; SLURM's default is
+# 120 s). Accounting is off (no slurmdbd, no sacct): a job that must report its exit status writes it to
 # a file. `start` returns once sinfo shows the node idle (at most 90 s), else prints the logs and
 # fails (everything started is stopped again). `stop` cancels every job, waits for them to end
 # (at most 60 s), stops the daemons by their pid files and removes DIR.
@@ -88,7 +89,7 @@ SlurmctldPort=$port
 SlurmdPort=$((port + 1))
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$dir/munge/munge.socket
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=10
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/run/slurmctld.pid

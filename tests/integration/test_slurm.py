@@ -10,7 +10,9 @@ files the jobs and trials write (accounting is off: each job writes its exit sta
 * preemption: ``scancel --signal=TERM --full`` (every process) and ``--signal=USR1 --batch`` (the
   batch shell, which forwards it to the launcher, as ``#SBATCH --signal=B:USR1@120`` does): nothing
   left RUNNING, interrupted trials FAIL with a reason, the exit statuses; the array resubmitted
-  finishes the budget exactly.
+  finishes the budget exactly;
+* docs/clusters.md's sbatch script, as documented: it requeues itself on USR1 until the budget is
+  spent.
 
 Needs root (slurmd runs the jobs) and slurm-wlm + munge (installed with apt-get when missing).
 Skipped with the reason otherwise, unless ``HPARAM_JOBLIB_REQUIRE_SLURM=1`` (``.ci/run``): then
@@ -271,3 +273,61 @@ def test_preempted_array_leaves_nothing_running_and_resumes(project: Project, sl
     assert len(statuses) == 2, statuses  # both tasks recorded how they ended
     assert "RUNNING" not in final and final.get("COMPLETE", 0) + final.get("PRUNED", 0) == 16, final
     assert all(status == 0 for name, status in exit_statuses(project).items() if name not in statuses)
+
+
+def documented_sbatch_script(project: Project) -> str:
+    """docs/clusters.md's sbatch script, as a user would adapt it to this 2-core test cluster: 2
+    tasks of 1 core, no GPU, a 2-minute limit with USR1 90 s before it (SLURM sends it about
+    20-30 s in), this interpreter's environment; every other line as documented."""
+    text = (REPO / "docs" / "clusters.md").read_text()
+    section = text[text.index("## SLURM: an array job"):]
+    start = section.index("```bash\n") + len("```bash\n")
+    script = section[start:section.index("\n```", start)] + "\n"
+    edits = {
+        "#SBATCH --array=0-15": "#SBATCH --array=0-1",
+        "#SBATCH --cpus-per-task=8": "#SBATCH --cpus-per-task=1",
+        "#SBATCH --gres=gpu:2": "",
+        "#SBATCH --mem=64G": "",
+        "#SBATCH --time=04:00:00": "#SBATCH --time=2",
+        "#SBATCH --signal=B:USR1@120": "#SBATCH --signal=B:USR1@90",
+        "#SBATCH --output=logs/%A_%a.out": f"#SBATCH --output={project.root}/logs/%A_%a.out",
+        "source .venv/bin/activate": f"export PATH={Path(sys.executable).parent}:$PATH",
+        "python train.py &": f"python {project.script.name} &",
+    }
+    lines = []
+    for line in script.splitlines():
+        key = next((k for k in edits if line.startswith(k)), None)
+        kept = line.startswith(("#SBATCH --job-name=", "#SBATCH --requeue", "#SBATCH --open-mode=append"))
+        assert key is not None or kept or not line.startswith("#SBATCH"), f"an #SBATCH line the test does not know: {line}"
+        lines.append(line if key is None else edits.pop(key))
+    assert not edits, f"docs/clusters.md's script changed: {list(edits)} not found"
+    return "\n".join(lines) + "\n"
+
+
+def test_documented_sbatch_script_requeues_itself_until_the_budget_is_spent(
+        project: Project, slurm: dict[str, str], pg_url: str) -> None:
+    """The sbatch script of docs/clusters.md, submitted as it is (but for the cluster's size):
+    USR1 before the time limit stops each task with exit 138, the script requeues it, the
+    requeued tasks continue the study, and the last runs exit 0 with the budget exactly spent."""
+    project.script.write_text(SCRIPT)
+    project.write_config(search_config(n_jobs=2, n_trials=40, storage=pg_url, sleep=4.0, heartbeat_interval=1,
+                                       record=project.root / "record.jsonl"))
+    (project.root / "logs").mkdir()
+    batch = project.root / "sweep.sbatch"
+    batch.write_text(documented_sbatch_script(project))
+    out = subprocess.run(["sbatch", "--parsable", str(batch)], check=True, capture_output=True, text=True,
+                         env=slurm, timeout=60, cwd=project.root)
+    job = out.stdout.strip().split(";")[0]
+    started = time.time()
+    wait_gone(slurm, job)
+    logs = "".join(p.read_text() for p in sorted((project.root / "logs").iterdir()))
+    ends = [line for line in logs.splitlines() if line.startswith("task ") and ": exit " in line]
+    final = counts(pg_url)
+    print(f"documented script: {len(ends)} task ends in {time.time() - started:.1f} s: {ends}; states {final}")
+    statuses = Counter(line.rsplit(" ", 1)[1] for line in ends)
+    assert statuses["138"] >= 1, ends  # stopped by USR1 at least once, and requeued
+    assert statuses["0"] == 2, ends  # each task's last run finished
+    assert set(statuses) <= {"0", "138"}, ends
+    assert any("restart 1" in line for line in ends), ends
+    assert "RUNNING" not in final and final.get("COMPLETE", 0) == 40, final
+    assert "interrupted by SIGUSR1" in logs or final.get("FAIL", 0) >= 1, final
