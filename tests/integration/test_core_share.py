@@ -5,16 +5,18 @@ really ran. Real scripts, real loky workers, real SQLite."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from tests.conftest import Project, child_env, search_config, states
+from tests.conftest import Project, child_env, search_config, states, unprivileged_prefix
 
 #: Records what a trial sees, after waiting (bounded) until ``wait_for_loops`` trial processes have arrived,
 #: so that the trials of different loops run at the same time.
@@ -67,15 +69,23 @@ def _cores() -> int:
     return int(joblib.cpu_count())
 
 
-def _run(proj: Project, *, n_jobs: int, n_trials: int, extra: str = "", env: dict[str, str] | None = None,
-         prefix: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
-    """Run the search as a user does, in its own lock namespace (TMPDIR: the per-host core slots
-    of other searches on this machine, other tests', would leave this one unpinned)."""
+def _write(proj: Project, *, n_jobs: int, n_trials: int, extra: str = "") -> None:
     proj.script.write_text(SCRIPT)
     proj.write_config(search_config(n_jobs=n_jobs, n_trials=n_trials, n_startup_trials=None,
                                     sampler="{type: random}", wait_for_loops=n_jobs) + extra)
+    (proj.root / "tmp").mkdir(exist_ok=True)
+
+
+def _run(proj: Project, *, n_jobs: int, n_trials: int, extra: str = "", env: dict[str, str] | None = None,
+         prefix: Sequence[str] = ()) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """Run the search as a user does, in its own lock namespace (TMPDIR: the per-host core slots
+    of other searches on this machine, other tests', would leave this one unpinned)."""
+    if not (proj.root / "config" / "config.yaml").exists():
+        _write(proj, n_jobs=n_jobs, n_trials=n_trials, extra=extra)
+    for old in [*proj.root.glob("seen_*.json"), *proj.root.glob("arrived_*")]:
+        old.unlink()
+    shutil.rmtree(proj.root / "optuna_studies", ignore_errors=True)  # a second run starts a fresh study
     tmp = proj.root / "tmp"
-    tmp.mkdir(exist_ok=True)
     run_env = child_env()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "LOKY_MAX_CPU_COUNT",
                 "PYTHON_CPU_COUNT", "NUMBA_NUM_THREADS"):
@@ -209,3 +219,45 @@ def test_the_summary_line_reports_threads_seen_and_a_pool_above_the_cap() -> Non
         "trial procs:  2 (threads seen: at most 2 busy in a trial, above the cap of 1 (a library sized its own pool); 2 cores each)"
     assert line(threads_per_trial=0, threads_seen=4, cores_per_trial=(1, 2)) == \
         "trial procs:  2 (threads seen: at most 4 busy in a trial; 1-2 cores each; threads as exported)"
+
+
+def test_the_core_slots_are_shared_with_other_users(user_project: Project) -> None:
+    """Core slots left by root's searches (root's files in the sticky directory) do not keep an
+    ordinary user's search from pinning; while root's search holds every core, the user's runs
+    unpinned instead of piling onto the same cores."""
+    allowed = _allowed()
+    if len(allowed) < 2:
+        pytest.skip("needs 2 cores to split (this machine allows one)")
+    _write(user_project, n_jobs=2, n_trials=2)
+    as_user = unprivileged_prefix(user_project)
+    if not as_user:
+        pytest.skip("needs root, to run the search as another user")
+    tmp = user_project.root / "tmp"
+    from hparam_joblib.runtime.loops import _cores as core_slots
+
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp)
+    import tempfile
+
+    tempfile.tempdir = None
+    try:
+        directory = core_slots._shared_directory()  # root's, as root's own searches leave it
+        held = [core_slots._open_slot(directory / f"cpu{cpu}.lock") for cpu in allowed]
+    finally:
+        if old is None:
+            os.environ.pop("TMPDIR")
+        else:
+            os.environ["TMPDIR"] = old
+        tempfile.tempdir = None
+    try:
+        for fd in held:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _, seen = _run(user_project, n_jobs=2, n_trials=2, prefix=as_user)
+        assert all(t["affinity"] == allowed for t in seen), seen  # every core held by root's search
+    finally:
+        for fd in held:
+            os.close(fd)
+    _, seen = _run(user_project, n_jobs=2, n_trials=2, prefix=as_user)
+    share = max(1, _cores() // 2)
+    assert all(len(t["affinity"]) == share for t in seen), seen  # root's files, free now
+    assert not set(seen[0]["affinity"]) & set(seen[1]["affinity"]) or seen[0]["pid"] == seen[1]["pid"], seen
