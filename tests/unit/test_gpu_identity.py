@@ -7,7 +7,12 @@ differently, different for launches that hold different devices."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from hparam_joblib.runtime.loops._gpus import device_identities, lease_names, parse_smi_list, parse_smi_query
+from hparam_joblib.runtime.loops._slots import take_named_slot
+from tests.conftest import Project, child_env, unprivileged_prefix
 
 #: ``nvidia-smi -L`` on a machine with two GPUs (the NVIDIA System Management Interface docs).
 LIST_TWO = """\
@@ -104,3 +109,18 @@ def test_lock_names_follow_the_device_not_the_place_in_the_list() -> None:
         lease_names(key, device_identities(["0", "1"], none, {"SLURM_JOB_ID": "42"})))
     # Another study's leases are its own.
     assert not set(first) & set(lease_names("other", device_identities(["0", "1"], smi, {})))
+
+
+def test_slot_directory_made_by_one_user_takes_another_users_slots(user_project: Project) -> None:
+    """Several users' jobs share a node: the lock directory the first one makes (mode 1777, as
+    /tmp) lets the next user make its own lock files there. As root the second user is nobody."""
+    prefix = unprivileged_prefix(user_project)
+    directory = user_project.root / "slots"
+    held = take_named_slot(["mine"], directory, lambda: False)
+    assert held is not None
+    code = ("import sys; from pathlib import Path; from hparam_joblib.runtime.loops._slots import take_named_slot; "
+            "slot = take_named_slot(['theirs'], Path(sys.argv[1]), lambda: True); print(slot is not None)")
+    other = subprocess.run([*prefix, sys.executable, "-c", code, str(directory)], check=False, capture_output=True,
+                           text=True, timeout=60, env=child_env(), cwd=user_project.root)
+    held.release()
+    assert other.returncode == 0 and other.stdout.strip() == "True", other.stderr[-2000:]

@@ -41,11 +41,12 @@ def shared_directory(directory: Path) -> Path:
     """``directory``, made if missing, writable by every user (mode 1777, as ``/tmp``): on a
     cluster node several users' jobs take slots in it, and one user's 0755 directory would stop
     the others' first lock file (their slot keys differ, so no lock is shared by mistake)."""
-    if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o7777 != 0o1777:  # ours (an older version made it 0755)
         try:
             os.chmod(directory, 0o1777)
-        except OSError:  # made by another user at the same moment: theirs sets it
+        except OSError:
             pass
     return directory
 
