@@ -11,19 +11,20 @@ each size their trials for the whole node: the job's allocation, ``SLURM_CPUS_PE
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 #: The variables of a SLURM allocation, in the order they are trusted.
 SLURM_CPU_VARIABLES: tuple[str, ...] = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
 
 
-def allocated_cores(environ: os._Environ[str] | dict[str, str] | None = None) -> int:
+def allocated_cores(environ: Mapping[str, str] | None = None) -> int:
     """The cores this process may use (at least 1); see the module's docstring."""
     from loky import cpu_count
 
     return max(1, min([int(cpu_count()), *_scheduler_cores(os.environ if environ is None else environ)]))
 
 
-def cores_source(environ: os._Environ[str] | dict[str, str] | None = None) -> str:
+def cores_source(environ: Mapping[str, str] | None = None) -> str:
     """Where :func:`allocated_cores` came from, for ``--dry-run`` and the summary."""
     from loky import cpu_count
 
@@ -35,7 +36,7 @@ def cores_source(environ: os._Environ[str] | dict[str, str] | None = None) -> st
     return "cores"
 
 
-def _scheduler_cores(environ: os._Environ[str] | dict[str, str]) -> list[int]:
+def _scheduler_cores(environ: Mapping[str, str]) -> list[int]:
     for var in SLURM_CPU_VARIABLES:
         value = _positive(environ.get(var))
         if value is not None:
