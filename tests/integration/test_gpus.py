@@ -197,7 +197,7 @@ def test_launches_holding_different_devices_run_at_once(project: Project, case: 
         extra = (extra_l[0], extra_l[1])
         physical = {(f"L{i}", d): f"{i}/{d}" for i in (0, 1) for d in ("0", "1")}
     else:
-        visible, extra = ("0,1", "0,1"), ({"SLURM_JOB_ID": "41"}, {"SLURM_JOB_ID": "42"})
+        visible, extra = ("0,1", "0,1"), ({"SLURM_JOB_ID": "900041"}, {"SLURM_JOB_ID": "900042"})  # ids no test cluster reaches
         physical = {(f"L{i}", d): f"{i}/{d}" for i in (0, 1) for d in ("0", "1")}
     rows = _two_launches(project, visible, extra, wait=60)
     per_launch = Counter(r["launch"] for r in rows)
