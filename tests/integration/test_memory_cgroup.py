@@ -11,13 +11,16 @@ makes that a failure instead (CI).
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -164,6 +167,11 @@ def test_too_many_at_once_are_rerun_with_fewer(cgroup: MemoryCgroup, project: Pr
     assert lowered and all("out of memory with" in line and "running at most" in line for line in lowered)
     assert "out of memory beside other trials (FAIL, not counted, re-run)" in done.stdout
     assert "  at once:      " in done.stdout
+    assert "at_once=" in done.stderr  # the progress bar
+    with closing(sqlite3.connect(project.db("exp_t"))) as conn:
+        (runs,) = conn.execute("SELECT value_json FROM study_user_attributes WHERE key = 'runs'").fetchone()
+    how = json.loads(runs)[-1]["ended"]["how"]
+    assert how.startswith("done; ran at most ") and "killed for memory beside others" in how, how
 
 
 def test_a_configuration_too_big_alone_is_pruned(cgroup: MemoryCgroup, project: Project) -> None:
