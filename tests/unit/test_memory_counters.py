@@ -67,3 +67,21 @@ def test_the_machine_wide_oom_killer() -> None:
     assert str(oom_cause(None, before, MemoryCounters(None, None, 5))).startswith("the machine's memory")
     assert oom_cause(None, before, MemoryCounters(None, None, 4)) is None
     assert oom_cause(None, MemoryCounters(None, None, None), MemoryCounters(None, None, None)) is None
+
+
+def test_a_kill_counted_in_a_cgroup_without_a_limit_is_the_machines(tmp_path: Path) -> None:
+    """The kernel counts every OOM kill in the victim's cgroup: with no limit there (a login
+    session's cgroup), the machine ran out, not a limit."""
+    root = tmp_path / "cg"
+    session = root / "user.slice"
+    session.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("memory\n")
+    (session / "memory.max").write_text("max\n")
+    (session / "memory.events").write_text("oom 0\noom_kill 0\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/user.slice\n")
+    group = memory_cgroup(str(proc), root)
+    assert group is not None and limit_mib(group) is None
+    before = counters(group)
+    (session / "memory.events").write_text("oom 0\noom_kill 1\n")
+    assert str(oom_cause(group, before, counters(group))).startswith("the machine's memory")

@@ -156,14 +156,16 @@ def oom_cause(cgroup: Cgroup | None, before: MemoryCounters, after: MemoryCounte
     def moved(a: int | None, b: int | None) -> bool:
         return a is not None and b is not None and b > a
 
-    if cgroup is not None and (
+    limit = limit_mib(cgroup)
+    in_cgroup = cgroup is not None and (
         moved(before.cgroup_oom, after.cgroup_oom)
         or (before.cgroup_oom is None and moved(before.failcnt, after.failcnt))
-    ):
-        limit = limit_mib(cgroup)
-        size = f" of {limit:.0f} MiB" if limit is not None else ""
-        return f"the memory cgroup's limit{size} (cgroup v{cgroup.version} {cgroup.path})"
-    if moved(before.machine_oom, after.machine_oom):
+    )
+    if cgroup is not None and in_cgroup and limit is not None:
+        return f"the memory cgroup's limit of {limit:.0f} MiB (cgroup v{cgroup.version} {cgroup.path})"
+    # The kernel counts a kill in the victim's cgroup whichever OOM killer did it: in a cgroup
+    # without a limit, the machine ran out.
+    if in_cgroup or moved(before.machine_oom, after.machine_oom):
         total = machine_mib()
         return "the machine's memory" + (f" ({total:.0f} MiB)" if total is not None else "")
     return None
