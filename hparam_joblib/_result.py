@@ -71,6 +71,8 @@ class SearchResult:
             ended this run before ``n_trials`` finished; empty otherwise.
         at_once: how many trials ran at once at the end, when a trial killed for memory beside
             others made the search run fewer than ``n_jobs`` (0: never lowered).
+        n_jobs_auto: what ``n_jobs: auto`` chose and why (``up to 2 at once (the cores); 5 trial
+            starts waited for memory (largest trial peak 517 MiB)``); '' without auto.
     """
 
     study_name: str
@@ -102,6 +104,7 @@ class SearchResult:
     log_dir: str = ""
     stop_reason: str = ""
     at_once: int = 0
+    n_jobs_auto: str = ""
 
     @property
     def n_finished(self) -> int:

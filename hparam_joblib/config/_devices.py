@@ -21,11 +21,13 @@ def validate_devices(
     """``gpus`` then ``n_jobs`` (default: one trial per listed device); returns (gpus, n_jobs)."""
     gpus = validate_gpus(raw.get("gpus"), check, detect_gpus)
     n_jobs_raw = raw.get("n_jobs", len(gpus) or 1)
+    if n_jobs_is_auto(raw):  # the devices, else the cores; fewer at once when memory is short
+        return gpus, len(gpus) or cpu_count
     n_jobs = as_int(n_jobs_raw)
     if n_jobs is None or n_jobs == 0 or n_jobs < -cpu_count:
         raise check.fail(
             "n_jobs",
-            f"must be a positive integer, or -1 for all {cpu_count} cores, got {n_jobs_raw!r}",
+            f"must be a positive integer, -1 for all {cpu_count} cores, or auto, got {n_jobs_raw!r}",
         )
     if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
         n_jobs = cpu_count + 1 + n_jobs
@@ -40,6 +42,13 @@ def validate_devices(
             related=("gpus",),
         )
     return gpus, n_jobs
+
+
+def n_jobs_is_auto(raw: Mapping[str, Any]) -> bool:
+    """``n_jobs: auto``: start from the cores (or the devices) and run fewer trials at once when
+    memory would not hold another."""
+    value = raw.get("n_jobs")
+    return isinstance(value, str) and value.strip().lower() == "auto"
 
 
 def validate_gpus(value: Any, check: Checker, detect_gpus: GpuDetector | None = None) -> tuple[str, ...]:

@@ -195,6 +195,8 @@ class SearchConfig:
     sampler: AlgorithmSpec = _algorithms.DEFAULT_SAMPLER
     pruner: AlgorithmSpec = _algorithms.DEFAULT_PRUNER
     enqueue: tuple[Mapping[str, Any], ...] = ()
+    #: ``n_jobs: auto``: n_jobs is the cores (or devices); a trial starts only when memory holds it.
+    n_jobs_auto: bool = False
     #: Where the worker loops run: ``loky`` (this machine) or ``dask`` (a dask.distributed cluster).
     backend: Literal["loky", "dask"] = "loky"
     #: ``local`` (a LocalCluster of n_jobs single-threaded worker processes) or a scheduler address.

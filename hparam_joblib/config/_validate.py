@@ -14,7 +14,7 @@ from typing import Any
 from hparam_joblib.config._algorithm_checks import validate_pruner, validate_sampler
 from hparam_joblib.config._checker import Checker
 from hparam_joblib.config._conditions import check_conditions
-from hparam_joblib.config._devices import GpuDetector, validate_devices
+from hparam_joblib.config._devices import GpuDetector, n_jobs_is_auto, validate_devices
 from hparam_joblib.config._enqueue import validate_enqueue
 from hparam_joblib.config._overrides import SWEEP_KEY, Override
 from hparam_joblib.config._params import check_param_paths, validate_params
@@ -69,7 +69,7 @@ def validate(
         source=source, experiment_name=experiment_name, tag=tag, fixed=fixed,
         resolved=_redacted(raw, storage),
         direction=directions[0], directions=directions,  # type: ignore[arg-type]
-        n_jobs=n_jobs, gpus=gpus, n_trials=n_trials, n_startup_trials=n_startup_trials, seed=seed,
+        n_jobs=n_jobs, n_jobs_auto=n_jobs_is_auto(raw), gpus=gpus, n_trials=n_trials, n_startup_trials=n_startup_trials, seed=seed,
         trial_timeout=trial_timeout, lock_timeout=lock_timeout, heartbeat_interval=heartbeat_interval,
         params=params, sampler=sampler,
         backend=backend, dask_scheduler=dask_scheduler, storage=storage,  # type: ignore[arg-type]

@@ -120,10 +120,12 @@ def cgroup() -> Iterator[MemoryCgroup]:
         group.remove()
 
 
-def _run_in(group: MemoryCgroup, project: Project, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run the project's script with its launcher put in ``group`` before Python starts."""
+def _run_in(group: MemoryCgroup, project: Project, timeout: float = 240, cores: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the project's script with its launcher put in ``group`` before Python starts (on
+    ``cores`` only, e.g. ``0,1``, when given)."""
     procs = shlex.quote(str(group.path / "cgroup.procs"))
-    command = f"echo $$ > {procs} && exec {shlex.quote(sys.executable)} {shlex.quote(str(project.script))}"
+    pin = f"taskset -c {cores} " if cores else ""
+    command = f"echo $$ > {procs} && exec {pin}{shlex.quote(sys.executable)} {shlex.quote(str(project.script))}"
     return subprocess.run(["sh", "-c", command], cwd=project.root, capture_output=True, text=True,
                           timeout=timeout, env=child_env(), check=False)
 
@@ -195,3 +197,28 @@ def test_a_configuration_too_big_alone_is_pruned(cgroup: MemoryCgroup, project: 
     assert "no other trial of this search was running; this configuration does not fit alone" in reason
     assert "1 out of memory alone (PRUNED, counted)" in done.stdout
     assert cgroup.oom_kills() == 1
+
+
+def test_auto_runs_what_memory_holds(cgroup: MemoryCgroup, project: Project) -> None:
+    """Two 280 MiB trials do not fit: n_jobs 2 gets an OOM kill; n_jobs: auto starts from the
+    cores (2), learns a trial's peak from the first and starts another only when memory holds
+    it: no OOM kill, every trial COMPLETE, and it says what it chose and why."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    fixed = _run_in(cgroup, _project(project, n_jobs=2, n_trials=4, mib=280), cores="0,1")
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    kills = cgroup.oom_kills()
+    assert kills > 0  # the case is memory-bound
+    project.write_config(search_config(n_trials=4, n_jobs="auto", mib=280, hold=1.0, sampler="{type: random}",
+                                       tag="auto"))
+    done = _run_in(cgroup, project, cores="0,1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert cgroup.oom_kills() == kills
+    assert states(project.db("exp_auto")) == {"COMPLETE": 4}
+    assert "n_jobs=auto 2" in done.stderr  # the progress bar
+    line = next(x for x in done.stdout.splitlines() if x.startswith("  n_jobs auto:"))
+    assert line.startswith("  n_jobs auto:  up to 2 at once (the cores); "), line
+    assert "trial start(s) waited until memory held another trial (largest trial peak" in line, line
+    with closing(sqlite3.connect(project.db("exp_auto"))) as conn:
+        (runs,) = conn.execute("SELECT value_json FROM study_user_attributes WHERE key = 'runs'").fetchone()
+    assert json.loads(runs)[-1]["ended"]["how"].startswith("done; n_jobs auto: up to 2 at once (the cores)")

@@ -242,12 +242,21 @@ def test_n_jobs_values(n_jobs: Any, expected: Any) -> None:
         assert check(base(n_jobs=n_jobs)).n_jobs == expected
 
 
+@pytest.mark.parametrize("value", ["auto", "AUTO", " auto "])
+def test_n_jobs_auto_starts_from_the_cores_or_the_devices(value: str) -> None:
+    """n_jobs: auto is the cores (cpu_count), or one per listed device; a fixed n_jobs is not auto."""
+    cfg = check(base(n_jobs=value))
+    assert (cfg.n_jobs, cfg.n_jobs_auto) == (2, True)
+    assert check(base(n_jobs=value, gpus=["0", "1", "2"])).n_jobs == 3
+    assert check(base(n_jobs=2)).n_jobs_auto is False
+
+
 @pytest.mark.parametrize("n_jobs", [0, "x", 1.5, True, False, -3, [1], {"a": 1}, "1.5", ""])
 def test_n_jobs_rejected(n_jobs: Any) -> None:
     """n_jobs must be a non-zero integer no lower than -cpu_count; the message names the value."""
     with pytest.raises(
         ConfigError,
-        match=rf"^config\.yaml: n_jobs: must be a positive integer, or -1 for all 2 cores, got {re.escape(repr(n_jobs))}$",
+        match=rf"^config\.yaml: n_jobs: must be a positive integer, -1 for all 2 cores, or auto, got {re.escape(repr(n_jobs))}$",
     ):
         check(base(n_jobs=n_jobs))
 

@@ -66,7 +66,21 @@ def build_result(
         cores_per_trial=tuple(sorted({r.cores for r in reports if r.cores})),
         log_dir="" if log_dir is None else str(log_dir),
         at_once=at_once if 0 < at_once < cfg.n_jobs else 0,
+        n_jobs_auto=_auto_text(cfg, reports) if cfg.n_jobs_auto else "",
     )
+
+
+def _auto_text(cfg: SearchConfig, reports: list[WorkerReport]) -> str:
+    """What ``n_jobs: auto`` chose and why, for the summary and the run history."""
+    what = f"{len(cfg.gpus)} device(s)" if cfg.gpus else "the cores"
+    text = f"up to {cfg.n_jobs} at once ({what})"
+    waits = sum(r.memory_waits for r in reports)
+    peak = max((r.peak_trial_mib for r in reports), default=0.0)
+    if waits:
+        text += f"; {waits} trial start(s) waited until memory held another trial"
+    if peak:
+        text += f" (largest trial peak {peak:.0f} MiB)"
+    return text
 
 
 def latency(samples: list[float]) -> dict[str, float]:

@@ -41,6 +41,8 @@ class Progress:
         self._failed_seen = -1
         #: Trials run at once after memory ran out (None: n_jobs, never lowered).
         self.at_once: int | None = None
+        #: ``auto 2`` with ``n_jobs: auto`` (the cores or devices it started from), else "".
+        self.n_jobs_auto = ""
         self.interactive = False
         self.show_best = show_best  # False for several objectives: there is no single best
         self.bar: Any = None
@@ -70,6 +72,8 @@ class Progress:
         finished = n_finished(counts) - self.offset
         delta = min(finished, self.bar.total) - self.bar.n
         postfix: dict[str, Any] = {"running": counts.get("RUNNING", 0)}
+        if self.n_jobs_auto:
+            postfix["n_jobs"] = self.n_jobs_auto
         if self.at_once is not None:
             postfix["at_once"] = f"{self.at_once} (memory)"
         if self.show_best and counts.get("COMPLETE", 0):
@@ -153,6 +157,8 @@ def format_summary(result: SearchResult, verbose: bool = False) -> str:
     if result.stop_reason:
         lines.insert(1, f"  stopped by:   {result.stop_reason}; the same command continues the search")
     lines.extend(_storage_lines(result, verbose))
+    if result.n_jobs_auto:
+        lines.append(f"  n_jobs auto:  {result.n_jobs_auto}")
     if result.at_once:
         lines.append(f"  at once:      {result.at_once} trial(s) after one was killed for memory beside others "
                      f"(n_jobs was the most)")

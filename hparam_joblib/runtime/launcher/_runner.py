@@ -200,6 +200,8 @@ def _how_it_ended(result: SearchResult, interrupted: int) -> str:
     """``done``, ``interrupted by SIGTERM``, ``stopped: <the stop rule>`` or ``ended with ...``,
     and how many trials ran at once when memory made it fewer than n_jobs."""
     how = _end_state(result, interrupted)
+    if result.n_jobs_auto:
+        how += f"; n_jobs auto: {result.n_jobs_auto}"
     if result.at_once:
         how += f"; ran at most {result.at_once} trial(s) at once after one was killed for memory beside others"
     return how

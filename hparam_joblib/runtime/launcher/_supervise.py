@@ -55,6 +55,8 @@ class Supervisor:
             cfg.n_trials - retired, n_finished(counts) - retired, cfg.direction, enabled=show_progress,
             show_best=not cfg.multi_objective, offset=retired,
         )
+        if cfg.n_jobs_auto:
+            self.progress.n_jobs_auto = f"auto {cfg.n_jobs}"
         self.errors = ErrorStop(cfg.max_trial_errors, launch.run_id, counts)
         self.lease = LauncherLease(storage, study_id, launch.run_id, cfg.heartbeat_interval) if backend.remote else None
         self.deaths = DeathCount(cfg.max_worker_deaths, n_finished(counts))

@@ -19,8 +19,15 @@ from pathlib import Path
 
 from hparam_joblib._flock import lock, open_lock_file, unlock
 from hparam_joblib.runtime.loops._slots import Slot, shared_directory, slot_directory, take_named_slot
+from hparam_joblib.runtime.trial._memory import Cgroup, headroom_mib, memory_cgroup, rss_mib
 
 logger = logging.getLogger("hparam_joblib")
+
+#: ``n_jobs: auto`` admits a trial when the memory left holds the largest trial peak seen (less
+#: what its warm process already holds) times this, plus :data:`MARGIN_MIB`.
+MARGIN = 1.1
+MARGIN_MIB = 32.0
+_ADMIT_POLL_SECONDS = 0.2
 
 
 def jobs_directory() -> Path:
@@ -122,6 +129,81 @@ class JobSlot:
             finally:
                 os.close(fd)
         return held
+
+    # -- n_jobs: auto ---------------------------------------------------------------------------
+
+    def admit(self, pid: int | None, should_stop: Callable[[], bool]) -> float:
+        """``n_jobs: auto``, before a trial in process ``pid``: wait until memory holds one more
+        trial besides those running (each counted at the largest trial peak seen on this host;
+        before any trial finished, the first runs alone to show it). Returns the seconds waited."""
+        if self.slot is None:
+            return 0.0
+        started = time.monotonic()
+        directory = jobs_directory()
+        while not should_stop():
+            fd = open_lock_file(directory / f"{self.run_id}.admit.lock", 0o666)
+            try:
+                lock(fd)
+                busy = self._busy_pids()
+                peak = self._peak()
+                if not busy or (peak is not None and self._fits(peak, busy, pid)):
+                    (directory / f"{self.run_id}.busy.{self.slot.index}").write_text(str(pid or 0))
+                    return time.monotonic() - started
+            finally:
+                unlock(fd)
+                os.close(fd)
+            time.sleep(_ADMIT_POLL_SECONDS)
+        return time.monotonic() - started
+
+    def finished(self, peak_mib: float | None) -> None:
+        """After an admitted trial: it no longer runs; its peak joins the largest seen."""
+        if self.slot is None:
+            return
+        directory = jobs_directory()
+        try:
+            (directory / f"{self.run_id}.busy.{self.slot.index}").unlink()
+        except OSError:
+            pass
+        if peak_mib and peak_mib > (self._peak() or 0.0):
+            tmp = directory / f"{self.run_id}.peak.{os.getpid()}"
+            try:
+                tmp.write_text(f"{peak_mib:.1f}\n")
+                os.replace(tmp, directory / f"{self.run_id}.peak")
+            except OSError:
+                pass
+
+    def _cgroup(self) -> Cgroup | None:
+        if not hasattr(self, "_memory_cgroup"):
+            self._memory_cgroup = memory_cgroup()
+        return self._memory_cgroup
+
+    def _peak(self) -> float | None:
+        try:
+            return float((jobs_directory() / f"{self.run_id}.peak").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _busy_pids(self) -> list[int]:
+        """The trial processes of this launch's other loops that are running a trial now."""
+        pids = []
+        for path in jobs_directory().glob(f"{self.run_id}.busy.*"):
+            if self.slot is not None and path.name.endswith(f".{self.slot.index}"):
+                continue
+            try:
+                pid = int(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if pid == 0 or Path(f"/proc/{pid}").exists():
+                pids.append(pid)
+        return pids
+
+    def _fits(self, peak: float, busy: list[int], pid: int | None) -> bool:
+        room = headroom_mib(self._cgroup())
+        if room is None:
+            return True
+        reserve = sum(max(0.0, peak - rss_mib(p)) for p in busy if p)
+        need = max(0.0, peak - (rss_mib(pid) if pid else 0.0))
+        return room - reserve >= need * MARGIN + MARGIN_MIB
 
     def release(self) -> None:
         if self.slot is not None:

@@ -69,6 +69,8 @@ class Objective:
         self.running_at_start = 1
         #: This loop ended because memory ran out and its slot closed.
         self.memory_limited = False
+        #: Trials this loop started only after waiting for memory (``n_jobs: auto``).
+        self.memory_waits = 0
         self.trials_run = 0
         self.warned_multi_report = False
 
@@ -134,16 +136,24 @@ class Objective:
             trial.report(value, step)
             return trial.should_prune()
 
+        admitted = self.jobs is not None and cfg.n_jobs_auto
+        if (self.jobs is not None and cfg.n_jobs_auto
+                and self.jobs.admit(self.trials.pid if self.trials.alive() else None, self.launcher_gone) > 0.5):
+            self.memory_waits += 1
         if self.jobs is not None:
             self.running_at_start = self.jobs.running()
-        outcome = self.trials.run(
-            config,
-            trial_number=trial.number,
-            log_path=log_path,
-            timeout=cfg.trial_timeout,
-            should_stop=self.launcher_gone,
-            on_report=on_report,
-        )
+        try:
+            outcome = self.trials.run(
+                config,
+                trial_number=trial.number,
+                log_path=log_path,
+                timeout=cfg.trial_timeout,
+                should_stop=self.launcher_gone,
+                on_report=on_report,
+            )
+        finally:
+            if admitted and self.jobs is not None:
+                self.jobs.finished(self.trials.peak_mib or None)
         if outcome.peak_mib is not None:
             trial.set_user_attr(PEAK_RSS_MIB_KEY, round(outcome.peak_mib, 1))
         if outcome.pid is not None:

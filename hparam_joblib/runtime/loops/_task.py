@@ -85,3 +85,5 @@ class WorkerReport:
     cores: int = 0
     #: It ended because memory ran out and its job slot closed (``_jobs``): not to be replaced.
     memory_limited: bool = False
+    #: Trials it started only after waiting for memory to hold them (``n_jobs: auto``).
+    memory_waits: int = 0

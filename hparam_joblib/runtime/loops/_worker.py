@@ -122,7 +122,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
             trials.close(grace=0.0)
             jobs.release()
         trials.close()
-        return _report(storage, objective.trials_run, trials, threads, objective.memory_limited)
+        return _report(storage, objective.trials_run, trials, threads, objective.memory_limited,
+                       objective.memory_waits)
     finally:
         jobs.release()
         if gate is not None:
@@ -320,7 +321,7 @@ def _wait_for_slot(storage: StudyStore, study_id: int, budget: int, objective: O
 
 
 def _report(storage: StudyStore, trials_run: int, trials: TrialProcess | None, threads: int,
-            memory_limited: bool = False) -> WorkerReport:
+            memory_limited: bool = False, memory_waits: int = 0) -> WorkerReport:
     """What this worker sends back to the launcher."""
     return WorkerReport(
         pid=os.getpid(),
@@ -333,4 +334,5 @@ def _report(storage: StudyStore, trials_run: int, trials: TrialProcess | None, t
         threads_seen=0 if trials is None else trials.threads_seen,
         cores=0 if trials is None else trials.cores_seen,
         memory_limited=memory_limited,
+        memory_waits=memory_waits,
     )

@@ -171,6 +171,38 @@ def oom_cause(cgroup: Cgroup | None, before: MemoryCounters, after: MemoryCounte
     return None
 
 
+def headroom_mib(cgroup: Cgroup | None) -> float | None:
+    """Memory that one more trial could still take, in MiB: the cgroup's limit less its usage
+    (less the page cache the kernel would reclaim first), or the machine's ``MemAvailable``,
+    whichever is smaller; None when neither is readable."""
+    room: list[float] = []
+    limit = limit_mib(cgroup)
+    if cgroup is not None and limit is not None:
+        own = cgroup.dirs[0]
+        used = _read_int(own / ("memory.usage_in_bytes" if cgroup.version == 1 else "memory.current"))
+        cache = _keyed(own / "memory.stat", "total_inactive_file" if cgroup.version == 1 else "inactive_file")
+        if used is not None:
+            room.append(limit - (used - (cache or 0)) / 2**20)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                room.append(int(line.split()[1]) / 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return min(room) if room else None
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory now, in MiB (0 when gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 0.0
+
+
 class MemoryWatch:
     """One process's view: the cgroup found once, the counters read before each trial."""
 
