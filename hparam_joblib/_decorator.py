@@ -67,7 +67,7 @@ def _dry_run_text(cfg: SearchConfig, save_dir: Path, why: str = "") -> str:
         f"# study:  {cfg.study_name} -> {storage_display(cfg, save_dir)} (not touched: --dry-run)",
         *([f"#         ({why})"] if why and cfg.storage.kind != "postgresql" else []),
         (
-            f"# n_jobs: {cfg.n_jobs}, n_trials: {cfg.n_trials}, {direction}, "
+            f"# n_jobs: {_n_jobs_text(cfg)}, n_trials: {cfg.n_trials}, {direction}, "
             f"n_startup_trials: {cfg.n_startup_trials}{seeds}"
         ),
         (
@@ -101,6 +101,14 @@ def _stop_text(cfg: SearchConfig) -> str:
     if rules.at_value is not None:
         parts.append(f"at value {'>=' if cfg.direction == 'maximize' else '<='} {rules.at_value:g}")
     return ", ".join(parts) + f" (running trials then get stop_grace {rules.grace:g} s)"
+
+
+def _n_jobs_text(cfg: SearchConfig) -> str:
+    """``4``, or with ``n_jobs: auto`` what it starts from and the rule it runs by."""
+    if not cfg.n_jobs_auto:
+        return str(cfg.n_jobs)
+    what = f"{len(cfg.gpus)} device(s)" if cfg.gpus else "the cores"
+    return f"auto: up to {cfg.n_jobs} ({what}), a trial starting only when memory holds it"
 
 
 def _recycle_text(cfg: SearchConfig) -> str:

@@ -251,6 +251,14 @@ def test_n_jobs_auto_starts_from_the_cores_or_the_devices(value: str) -> None:
     assert check(base(n_jobs=2)).n_jobs_auto is False
 
 
+def test_dry_run_says_what_n_jobs_auto_starts_from() -> None:
+    from hparam_joblib._decorator import _dry_run_text
+
+    text = _dry_run_text(check(base(n_jobs="auto")), Path("."))
+    assert "# n_jobs: auto: up to 2 (the cores), a trial starting only when memory holds it, n_trials:" in text
+    assert "# n_jobs: 2, n_trials:" in _dry_run_text(check(base(n_jobs=2)), Path("."))
+
+
 @pytest.mark.parametrize("n_jobs", [0, "x", 1.5, True, False, -3, [1], {"a": 1}, "1.5", ""])
 def test_n_jobs_rejected(n_jobs: Any) -> None:
     """n_jobs must be a non-zero integer no lower than -cpu_count; the message names the value."""
