@@ -200,16 +200,16 @@ def test_a_configuration_too_big_alone_is_pruned(cgroup: MemoryCgroup, project: 
 
 
 def test_auto_runs_what_memory_holds(cgroup: MemoryCgroup, project: Project) -> None:
-    """Two 280 MiB trials do not fit: n_jobs 2 gets an OOM kill; n_jobs: auto starts from the
+    """Two 300 MiB trials do not fit: n_jobs 2 gets an OOM kill; n_jobs: auto starts from the
     cores (2), learns a trial's peak from the first and starts another only when memory holds
     it: no OOM kill, every trial COMPLETE, and it says what it chose and why."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores")
-    fixed = _run_in(cgroup, _project(project, n_jobs=2, n_trials=4, mib=280), cores="0,1")
+    fixed = _run_in(cgroup, _project(project, n_jobs=2, n_trials=4, mib=300), cores="0,1")
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     kills = cgroup.oom_kills()
     assert kills > 0  # the case is memory-bound
-    project.write_config(search_config(n_trials=4, n_jobs="auto", mib=280, hold=1.0, sampler="{type: random}",
+    project.write_config(search_config(n_trials=4, n_jobs="auto", mib=300, hold=1.0, sampler="{type: random}",
                                        tag="auto"))
     done = _run_in(cgroup, project, cores="0,1")
     assert done.returncode == 0, done.stderr[-3000:]
