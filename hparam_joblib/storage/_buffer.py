@@ -200,9 +200,11 @@ class BufferedWrites(CoreWrites):
         def call() -> bool:
             try:
                 with _create_scoped_session(self.scoped_session) as session:
+                    # The state read FOR UPDATE once, before any write of the transaction.
+                    current = self._updatable_state(session.connection(), trial_id, for_update=True)
                     if pending is not None or attrs:
-                        self._write_pending_without_commit(session, trial_id, pending, attrs)
-                    return self._set_state_without_commit(session, trial_id, state, values)
+                        self._write_pending_without_commit(session, trial_id, pending, attrs, checked=True)
+                    return self._set_state_without_commit(session, trial_id, state, values, current)
             except sqlalchemy_exc.IntegrityError:  # as Optuna's: a concurrent update won
                 return False
 

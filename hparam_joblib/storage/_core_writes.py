@@ -67,11 +67,14 @@ class CoreWrites(Retrying):
         return cast(TrialState, state)
 
     def _set_state_without_commit(
-        self, session: Any, trial_id: int, state: TrialState, values: Sequence[float] | None
+        self, session: Any, trial_id: int, state: TrialState, values: Sequence[float] | None,
+        current: TrialState | None = None,
     ) -> bool:
-        """Optuna's ``RDBStorage.set_trial_state_values`` (same checks, same rows) in Core."""
+        """Optuna's ``RDBStorage.set_trial_state_values`` (same checks, same rows) in Core.
+        ``current``: the state the caller already read ``FOR UPDATE`` in this transaction."""
         conn = session.connection()
-        current = self._updatable_state(conn, trial_id, for_update=True)
+        if current is None:
+            current = self._updatable_state(conn, trial_id, for_update=True)
         if values is not None and len(values) > 0:
             conn.execute(_V.delete().where(_V.c.trial_id == trial_id, _V.c.objective.in_(range(len(values)))))
             rows = []
@@ -91,11 +94,13 @@ class CoreWrites(Retrying):
         return True
 
     def _write_pending_without_commit(self, session: Any, trial_id: int, pending: _PendingWrites | None,
-                                      attrs: dict[str, Any] | None) -> None:
+                                      attrs: dict[str, Any] | None, checked: bool = False) -> None:
         """Buffered params and attrs of ``trial_id`` into ``session``: the rows Optuna would write
-        (same checks), with one statement per table instead of ORM objects per row."""
+        (same checks), with one statement per table instead of ORM objects per row. ``checked``:
+        the caller already read the trial's state (updatable) in this transaction."""
         conn = session.connection()
-        self._updatable_state(conn, trial_id)
+        if not checked:
+            self._updatable_state(conn, trial_id)
         if pending is not None and pending.params:
             rows = []
             for name, value, dist, previous in pending.params:
@@ -109,7 +114,8 @@ class CoreWrites(Retrying):
                         optuna_distributions.check_distribution_compatibility(_distribution(found[0]), dist)
                 rows.append({"trial_id": trial_id, "param_name": name, "param_value": value,
                              "distribution_json": optuna_distributions.distribution_to_json(dist)})
-            conn.execute(_P.insert(), rows)
+            # One multi-row INSERT (executemany sends one statement per row to the server).
+            conn.execute(_P.insert().values(rows) if len(rows) > 1 else _P.insert(), rows if len(rows) == 1 else None)
         for table, items in ((_SA, pending.system_attrs if pending else None), (_UA, attrs)):
             if items:
                 _upsert_attrs(conn, table, trial_id, items)

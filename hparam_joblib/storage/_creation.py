@@ -5,6 +5,8 @@ retried as a whole, and found again when a lost connection hid whether its commi
 from __future__ import annotations
 
 import copy
+import json
+import time
 import uuid
 
 from optuna.storages import RDBStorage
@@ -15,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hparam_joblib._keys import OWNER_KEY
 from hparam_joblib.storage._base import BudgetExhausted
 from hparam_joblib.storage._buffer import WriteBuffer
-from hparam_joblib.storage._fast_path import _BUDGET_TAKEN, _STUDY_FOR_UPDATE
+from hparam_joblib.storage._fast_path import _BUDGET_TAKEN, _SA, _STUDY_FOR_UPDATE
 from hparam_joblib.storage._owners import owner_record
 from hparam_joblib.storage._queries import read_running_owners
 from hparam_joblib.storage._retrying import Retrying
@@ -25,6 +27,9 @@ class BudgetedCreation(Retrying):
     """Optuna's trial creation with our budget and owner (replaces Optuna's own 5-try loop)."""
 
     _buffer: WriteBuffer
+    #: Trials this process created on a server -> when (monotonic): their first heartbeat was
+    #: written with them (see ``record_heartbeat``).
+    _created_beat: dict[int, float]
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         return self._create_new_trial(study_id, template_trial)._trial_id
@@ -33,7 +38,10 @@ class BudgetedCreation(Retrying):
         # Optuna's _CachedStorage calls this directly; replaces Optuna's own 5-try loop (which
         # sleeps up to 2 s per try) with our bounded, counted retry.
         token = uuid.uuid4().hex[:16]  # finds this trial again if the commit's fate is unknown
+        began = time.monotonic()  # no later than the first heartbeat the creating transaction writes
         frozen = self._retry(lambda: self._create_trial_once(study_id, template_trial, token), write=True)
+        if template_trial is None and not self.is_sqlite and self.heartbeat_interval is not None:
+            self._created_beat[frozen._trial_id] = began
         self.created_trial_ids.add(frozen._trial_id)
         self._buffer.adopt(frozen, study_id, mirrored=template_trial is None)
         return frozen
@@ -65,9 +73,8 @@ class BudgetedCreation(Retrying):
                     # The first heartbeat, with the trial: a machine that dies before the
                     # worker's heartbeat thread beats once still leaves a trial that goes stale.
                     session.add(models.TrialHeartbeatModel(trial_id=trial_id))
-                self._set_trial_attr_without_commit(
-                    session, models.TrialSystemAttributeModel, trial_id, OWNER_KEY, owner
-                )
+                # A plain insert: the trial was inserted just above, RUNNING, with no attrs.
+                conn.execute(_SA.insert(), [{"trial_id": trial_id, "key": OWNER_KEY, "value_json": json.dumps(owner)}])
             if template_trial is not None:
                 frozen = copy.deepcopy(template_trial)
                 frozen.number = number

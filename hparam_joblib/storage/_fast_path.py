@@ -88,7 +88,9 @@ def _upsert_attrs(conn: Any, table: Any, trial_id: int, items: dict[str, Any]) -
     """Set attrs of a trial, replacing same-key rows ((trial_id, key) is unique), on any dialect."""
     keys = list(items)
     conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key.in_(keys)))
-    conn.execute(table.insert(), [{"trial_id": trial_id, "key": k, "value_json": json.dumps(items[k])} for k in keys])
+    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(items[k])} for k in keys]
+    # Several rows: one multi-row INSERT (one statement on the server, where executemany sends one each).
+    conn.execute(table.insert().values(rows) if len(rows) > 1 else table.insert(), rows if len(rows) == 1 else None)
 
 
 _PAST_TRIALS = select(func.count(_T.c.trial_id)).where(

@@ -12,7 +12,7 @@ from typing import Any
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from hparam_joblib._keys import OWNER_KEY
 from hparam_joblib.storage._fast_path import _HAS_WAITING, _STUDY_FOR_UPDATE, _T, _UA
@@ -39,6 +39,9 @@ def read_running_owners(scoped_session: Any, study_id: int) -> list[tuple[int, i
             .all()
         )
     return [(int(t), int(n), json.loads(v) if v else {}) for t, n, v in rows]
+
+
+_COUNT_STATES = select(_T.c.state, func.count(_T.c.trial_id)).where(_T.c.study_id == bindparam("sid")).group_by(_T.c.state)
 
 
 class LauncherQueries(Retrying):
@@ -72,14 +75,9 @@ class LauncherQueries(Retrying):
         """``{state name: count}`` for the study, in one cheap query."""
 
         def query() -> dict[str, int]:
-            with _create_scoped_session(self.scoped_session) as session:
-                rows = (
-                    session.query(models.TrialModel.state, func.count(models.TrialModel.trial_id))
-                    .filter(models.TrialModel.study_id == study_id)
-                    .group_by(models.TrialModel.state)
-                    .all()
-                )
-            return {state.name: int(n) for state, n in rows}
+            with self._autocommit() as conn:  # the launcher polls it: one round trip
+                rows = conn.execute(_COUNT_STATES, {"sid": study_id}).all()
+            return {state.name if isinstance(state, TrialState) else str(state): int(n) for state, n in rows}
 
         return self._retry(query)
 
@@ -87,7 +85,7 @@ class LauncherQueries(Retrying):
         """Does the study hold a WAITING (enqueued) trial? One lookup in the (study, state) index."""
 
         def query() -> bool:
-            with self.engine.connect() as conn:
+            with self._autocommit() as conn:  # asked before every trial: one round trip
                 return conn.execute(_HAS_WAITING, {"sid": study_id}).first() is not None
 
         return self._retry(query)

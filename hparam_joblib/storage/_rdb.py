@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import event
+from sqlalchemy import event, func, text
 
 from hparam_joblib._keys import FAILURE_REASON_KEY
 from hparam_joblib.storage._buffer import BufferedWrites, WriteBuffer
@@ -36,7 +38,7 @@ from hparam_joblib.storage._cache import CachedReads
 from hparam_joblib.storage._creation import BudgetedCreation
 from hparam_joblib.storage._location import StorageLocation, sqlite_url
 from hparam_joblib.storage._owners import stale_with_reasons
-from hparam_joblib.storage._postgresql import _RECONNECT_FILTER, connect_args, driver_url
+from hparam_joblib.storage._postgresql import _RECONNECT_FILTER, connect_args, driver_url, ping_when_idle
 from hparam_joblib.storage._queries import LauncherQueries
 from hparam_joblib.storage._retry import RetryPolicy
 from hparam_joblib.storage._schema import CheckedVersionManager, LazyVersionManager, with_version_manager
@@ -46,6 +48,16 @@ if TYPE_CHECKING:
     from optuna.study import StudyDirection
 
 logger = logging.getLogger("hparam_joblib")
+
+_HB = models.TrialHeartbeatModel.__table__
+
+#: RUNNING trials whose heartbeat is older than the grace period, by the server's clock (the
+#: heartbeats are its ``now()`` as a local timestamp, as Optuna compares them).
+_STALE = text(
+    "SELECT t.trial_id FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "WHERE t.study_id = :sid AND t.state = 'RUNNING' "
+    "AND LOCALTIMESTAMP - h.heartbeat > make_interval(secs => :grace) ORDER BY t.trial_id"
+)
 
 
 class SearchStorage(BudgetedCreation, BufferedWrites, CachedReads, LauncherQueries):
@@ -87,14 +99,14 @@ class SearchStorage(BudgetedCreation, BufferedWrites, CachedReads, LauncherQueri
         self._init_retrying(_WriteLock(self.db_path + ".lock") if self.is_sqlite else None)
         self._init_cache()
         self._buffer = WriteBuffer()
+        self._created_beat = {}
         url = sqlite_url(Path(self.db_path)) if self.is_sqlite else driver_url(location.url)
         engine_kwargs: dict[str, Any]
         if self.is_sqlite:
             engine_kwargs = {"creator": functools.partial(_connect, self.db_path, self.policy.busy_timeout)}
         else:
-            # pool_pre_ping: a connection the server dropped while a long trial ran is replaced
-            # instead of failing the trial's final write.
-            engine_kwargs = {"pool_pre_ping": True, "connect_args": connect_args(url)}
+            # No pool_pre_ping (a ping at every checkout): ping_when_idle, below.
+            engine_kwargs = {"connect_args": connect_args(url)}
 
         def init() -> None:
             RDBStorage.__init__(
@@ -127,6 +139,8 @@ class SearchStorage(BudgetedCreation, BufferedWrites, CachedReads, LauncherQueri
         if self.is_sqlite:
             event.listen(self.engine, "begin", self._on_begin)
         else:
+            # A connection the server dropped while a long trial ran is replaced before use.
+            ping_when_idle(self.engine)
             rdb_logger = logging.getLogger("optuna.storages._rdb.storage")
             if _RECONNECT_FILTER not in rdb_logger.filters:
                 rdb_logger.addFilter(_RECONNECT_FILTER)
@@ -164,7 +178,17 @@ class SearchStorage(BudgetedCreation, BufferedWrites, CachedReads, LauncherQueri
         """RUNNING trials whose last heartbeat is older than the grace period (servers only)."""
         if self.heartbeat_interval is None:
             return []
-        return list(self._retry(lambda: RDBStorage._get_stale_trial_ids(self, study_id)))
+        if self.is_sqlite:
+            return list(self._retry(lambda: RDBStorage._get_stale_trial_ids(self, study_id)))
+        grace = float(self.grace_period or 2 * self.heartbeat_interval)
+
+        def query() -> list[int]:
+            # Optuna's test in one statement and one round trip (it reads now(), then every
+            # running trial, then their heartbeats, in a transaction): asked before every trial.
+            with self._autocommit() as conn:
+                return [int(r[0]) for r in conn.execute(_STALE, {"sid": study_id, "grace": grace})]
+
+        return self._retry(query)
 
     # -- Optuna's other methods, each retried as one call (writes: set_, create_, delete_,
     # record_; tests/unit/test_storage_methods.py checks that none is left to Optuna) ----------
@@ -181,7 +205,22 @@ class SearchStorage(BudgetedCreation, BufferedWrites, CachedReads, LauncherQueri
         self._retry(lambda: RDBStorage.set_study_system_attr(self, study_id, key, value), write=True)
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self._retry(lambda: RDBStorage.record_heartbeat(self, trial_id), write=True)
+        """One beat: the row's time set to the server's ``now()`` in one statement (Optuna's
+        reads the row, then ``now()``, then writes). Optuna's heartbeat thread beats as soon as a
+        trial starts; a trial this process created less than half an interval ago already has
+        that beat (written with it), so that one is skipped: the gap between beats stays under
+        1.5 intervals, the grace period is 3."""
+        created = self._created_beat.pop(trial_id, None)
+        interval = self.heartbeat_interval
+        if created is not None and interval is not None and time.monotonic() - created < interval / 2:
+            return
+        self._retry(lambda: self._beat_once(trial_id), write=True)
+
+    def _beat_once(self, trial_id: int) -> None:
+        with self._autocommit() as conn:  # one statement, one round trip
+            updated = conn.execute(_HB.update().where(_HB.c.trial_id == trial_id).values(heartbeat=func.now()))
+            if updated.rowcount == 0:  # an enqueued trial: created without one (as Optuna's)
+                conn.execute(_HB.insert().values(trial_id=trial_id, heartbeat=func.now()))
 
     def get_study_id_from_name(self, study_name: str) -> int:
         return self._retry(lambda: RDBStorage.get_study_id_from_name(self, study_name))

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -123,6 +123,19 @@ class Retrying(StoreFields, RDBStorage):
                 else:
                     logger.debug("SQLite locked (attempt %d); retrying in %.3fs", attempt, pause)
                 time.sleep(pause)
+
+    @contextlib.contextmanager
+    def _autocommit(self) -> Iterator[Any]:
+        """A connection whose statements each commit on their own on a server: a lone read (or
+        a lone write) costs one round trip instead of BEGIN, the statement and COMMIT or
+        ROLLBACK (and psycopg 3 follows a ROLLBACK with DEALLOCATE ALL of its prepared
+        statements). SQLite keeps the transaction of our ``begin`` event (``BEGIN IMMEDIATE`` for
+        writes), committed when the block ends without error."""
+        with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+            conn.commit()
 
     def _lost_commit(self) -> bool:
         """Did the connection break during this call's last commit (its fate is unknown)?"""
