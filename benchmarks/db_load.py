@@ -23,7 +23,8 @@ The recipe, as Optuna documents it for several processes: each of N processes ru
 ``study.optimize(objective, n_trials=total / N)``, TPE (seed i) and Optuna's default pruner.
 Objectives: ``plain`` (two float parameters, returns a value) and ``report`` (the same plus two
 intermediate values, each followed by the pruner's question: ``trial.report`` +
-``trial.should_prune`` for Optuna, ``hparam_joblib.report`` for us).
+``trial.should_prune`` for Optuna, ``hparam_joblib.report`` for us, with ``pruner: {type: median}``,
+Optuna's default pruner, since ours defaults to none).
 
     python benchmarks/db_load.py                      # the full table (about 5-10 min on 2 cores)
     python benchmarks/db_load.py --quick              # n_jobs 1 only, plain objective
@@ -390,6 +391,8 @@ def run_point(proxy: Proxy, base: str, proj: Path, framework: str, n_jobs: int, 
             cmd = [PYTHON, "train.py", "--quiet", "--set", f"storage={url}", "--set", f"n_jobs={n_jobs}",
                    "--set", f"n_trials={n_trials}", "--set", f"reports={reports}", "--set", f"sleep_s={sleep_s}",
                    "--set", f"heartbeat_interval={heartbeat}"]
+            if reports:  # Optuna's default pruner, as the recipe has (ours is none by default)
+                cmd += ["--set", "pruner.type=median"]
             proc = subprocess.Popen(cmd, cwd=proj, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             launcher_pid = proc.pid
             out, _ = proc.communicate(timeout=900)
