@@ -12,7 +12,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from hparam_joblib._keys import ERROR, INTERRUPTED, TIMEOUT, WORKER_DIED
+from hparam_joblib._keys import ERROR, INTERRUPTED, OUT_OF_MEMORY, OUT_OF_MEMORY_BESIDE, TIMEOUT, WORKER_DIED
 from hparam_joblib.config._yaml import dump_yaml
 from hparam_joblib.results._read import (
     StudyData,
@@ -185,12 +185,15 @@ _ACCOUNTED = {
     TIMEOUT: "PRUNED, counted toward n_trials",
     WORKER_DIED: "FAIL, not counted: re-run",
     INTERRUPTED: "FAIL, not counted: re-run",
+    OUT_OF_MEMORY: "PRUNED, counted toward n_trials: the configuration does not fit in memory alone",
+    OUT_OF_MEMORY_BESIDE: "FAIL, not counted: re-run with fewer trials at once",
 }
 
 
 def _failure_lines(data: StudyData) -> list[str]:
     """Pruner decisions apart from failures; failures by kind (error, timeout, worker died,
-    interrupted), each by reason; the trials retired by --retry-failed."""
+    interrupted, out of memory alone or beside other trials), each by reason; the trials
+    retired by --retry-failed."""
     retired = set(data.retired)
     by_kind: dict[str, list[FrozenTrial]] = {}
     for t in data.trials:
@@ -202,7 +205,7 @@ def _failure_lines(data: StudyData) -> list[str]:
     if pruned:
         lines.append(f"pruned:     {len(pruned)} by the pruner (by reason)")
         lines += _reason_lines(pruned, "  ")
-    failed = [k for k in (ERROR, TIMEOUT, WORKER_DIED, INTERRUPTED) if by_kind.get(k)]
+    failed = [k for k in _ACCOUNTED if by_kind.get(k)]
     if not failed:
         lines.append("failures:   none")
     else:

@@ -174,6 +174,14 @@ def test_too_many_at_once_are_rerun_with_fewer(cgroup: MemoryCgroup, project: Pr
         (runs,) = conn.execute("SELECT value_json FROM study_user_attributes WHERE key = 'runs'").fetchone()
     how = json.loads(runs)[-1]["ended"]["how"]
     assert how.startswith("done; ran at most ") and "killed for memory beside others" in how, how
+    status = subprocess.run(
+        [sys.executable, "-c", "import sys; from hparam_joblib.results._cli import main; sys.exit(main())",
+         "status", str(project.db("exp_t"))], capture_output=True, text=True, timeout=120, env=child_env(),
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    assert (f"  out of memory beside other trials: {len(failed)} (FAIL, not counted: re-run with fewer "
+            "trials at once)") in status.stdout, status.stdout
 
 
 def test_a_configuration_too_big_alone_is_pruned(cgroup: MemoryCgroup, project: Project) -> None:
