@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hparam_joblib._errors import UsageError
 from hparam_joblib._keys import (
     CONFIG_KEY,
+    CPU_SECONDS_KEY,
     FAILURE_REASON_KEY,
     LOG_FILE_KEY,
     OWNER_KEY,
@@ -367,7 +368,7 @@ def trials_table(data: StudyData) -> tuple[list[str], list[list[Any]]]:
     columns = (
         ["number", "state", *value_columns]
         + [f"params_{p}" for p in params]
-        + ["duration_s", "datetime_start", "datetime_complete", "failure_reason", "peak_rss_mib", "log_file"]
+        + ["duration_s", "cpu_s", "datetime_start", "datetime_complete", "failure_reason", "peak_rss_mib", "log_file"]
     )
     rows = []
     for t in data.trials:
@@ -379,6 +380,7 @@ def trials_table(data: StudyData) -> tuple[list[str], list[list[Any]]]:
             + [t.params.get(p) for p in params]
             + [
                 duration,
+                t.user_attrs.get(CPU_SECONDS_KEY),
                 t.datetime_start.isoformat(sep=" ") if t.datetime_start else None,
                 t.datetime_complete.isoformat(sep=" ") if t.datetime_complete else None,
                 failure_reason(t),

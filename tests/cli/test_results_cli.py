@@ -226,7 +226,7 @@ def test_trials_prints_a_table_by_default(real: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["number", "state", "value", "x", "model.lr", "model.depth", "mode",
-                                "duration_s", "failure_reason", "peak_rss_mib"]
+                                "duration_s", "cpu_s", "failure_reason", "peak_rss_mib"]
     assert len(lines) == 21
     study = load(real)
     for t in study.trials:
@@ -267,7 +267,7 @@ def test_trials_csv_has_one_row_per_trial(real: Path, tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
         "number", "state", "value", "params_x", "params_model.lr", "params_model.depth", "params_mode",
-        "duration_s", "datetime_start", "datetime_complete", "failure_reason", "peak_rss_mib", "log_file",
+        "duration_s", "cpu_s", "datetime_start", "datetime_complete", "failure_reason", "peak_rss_mib", "log_file",
     ]
     by_number = {t.number: t for t in load(real).trials}
     assert sorted(int(r["number"]) for r in rows) == sorted(by_number)
@@ -281,6 +281,7 @@ def test_trials_csv_has_one_row_per_trial(real: Path, tmp_path: Path) -> None:
         else:
             assert row["value"] == "" and row["failure_reason"] == trial.user_attrs["failure_reason"].splitlines()[0]
         assert Path(row["log_file"]).is_file() and float(row["peak_rss_mib"]) > 0
+        assert float(row["cpu_s"]) >= 0
 
 
 @pytest.mark.slow

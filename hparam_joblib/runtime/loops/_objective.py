@@ -11,6 +11,7 @@ import optuna
 
 from hparam_joblib._keys import (
     CONFIG_KEY,
+    CPU_SECONDS_KEY,
     ERROR,
     FAILURE_EXIT_CODE_KEY,
     FAILURE_KIND_KEY,
@@ -156,6 +157,8 @@ class Objective:
                 self.jobs.finished(self.trials.peak_mib or None)
         if outcome.peak_mib is not None:
             trial.set_user_attr(PEAK_RSS_MIB_KEY, round(outcome.peak_mib, 1))
+        if outcome.cpu_seconds is not None:
+            trial.set_user_attr(CPU_SECONDS_KEY, outcome.cpu_seconds)
         if outcome.pid is not None:
             trial.set_user_attr(TRIAL_PID_KEY, outcome.pid)
         return outcome

@@ -23,6 +23,7 @@ affinity never changes).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -87,6 +88,8 @@ class Outcome:
     output_tail: str = ""
     #: The pid of the trial process that ran it.
     pid: int | None = None
+    #: CPU seconds (user + system, the process and its reaped children) the trial used, when known.
+    cpu_seconds: float | None = None
     #: What the process ran out of when the kernel killed it for memory (``_memory.oom_cause``:
     #: "the memory cgroup's limit of 600 MiB (cgroup v1 /job)"), else "".
     out_of_memory: str = ""
@@ -182,6 +185,9 @@ class TrialProcess:
         self.started = 0
         #: The largest peak RSS seen of any trial, in MiB.
         self.peak_mib = 0.0
+        #: CPU time of the trial process when the running trial was sent, and at the last poll.
+        self._cpu_start: float | None = None
+        self._cpu_last: float | None = None
         #: The most threads that used the CPU in one trial (``_trial_process.busy_threads``).
         self.threads_seen = 0
         #: The cores the process said it may run on (its affinity; 0: not known yet).
@@ -294,6 +300,29 @@ class TrialProcess:
         should_stop: Callable[[], bool],
         on_report: Callable[[float, int], bool],
     ) -> Outcome:
+        """Run ``func(config)`` in the warm process (:meth:`_run`), with the CPU seconds the trial
+        used: the trial process's user + system time, its reaped children's included (DataLoader
+        workers), from ``/proc`` between the request and the answer (the last sample when the
+        process died). Never raises for anything the trial does."""
+        self._cpu_start = self._cpu_last = None
+        outcome = self._run(config, trial_number=trial_number, log_path=log_path, timeout=timeout,
+                            should_stop=should_stop, on_report=on_report)
+        end = process_cpu_seconds(outcome.pid) if outcome.pid is not None else None
+        end = end if end is not None else self._cpu_last
+        if self._cpu_start is not None and end is not None and end >= self._cpu_start:
+            outcome = dataclasses.replace(outcome, cpu_seconds=round(end - self._cpu_start, 3))
+        return outcome
+
+    def _run(
+        self,
+        config: dict[str, Any],
+        *,
+        trial_number: int,
+        log_path: str | None,
+        timeout: float | None,
+        should_stop: Callable[[], bool],
+        on_report: Callable[[float, int], bool],
+    ) -> Outcome:
         """Run ``func(config)`` in the warm process; never raises for anything the trial does.
 
         Args:
@@ -321,6 +350,7 @@ class TrialProcess:
         try:
             while True:
                 if self.ready and not sent:
+                    self._cpu_start = self._cpu_last = process_cpu_seconds(pid)
                     self.conn.send(("run", trial_number, config, log_path))
                     sent = True
                     started = time.monotonic()  # loading the script had its own trial_timeout
@@ -348,6 +378,7 @@ class TrialProcess:
                     sample = peak_mib(pid)
                     if sample is not None:
                         seen_peak = max(seen_peak or 0.0, sample)
+                    self._cpu_last = process_cpu_seconds(pid) or self._cpu_last
                 if eof or (not self.alive() and not self.conn.poll(0)):
                     return self._died(log_path, pid, seen_peak, loading=not sent)
                 if limit is not None and time.monotonic() - started >= limit:
@@ -435,6 +466,20 @@ class TrialProcess:
             reason = f"the trial's process exited with status {code} {when}{memory}"
         return self._outcome("died", reason, log_path if not loading else self.process_log, pid, peak,
                              exit_code=code, out_of_memory=out_of_memory)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime + cutime + cstime of ``pid`` from ``/proc/<pid>/stat``, in seconds (None
+    when unknown: not Linux, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15]) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _prefer_for_oom_kill(pid: int) -> None:
