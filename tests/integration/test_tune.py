@@ -40,6 +40,9 @@ sweep_parameters:
     assert int(rows[1].group(2)) >= 5 and int(rows[2].group(2)) >= 10  # trials ran at each rung
     assert float(rows[2].group(5)) > 1.2  # sleep-bound work: two workers are clearly faster
     assert re.search(r"recommended: n_jobs=2 .*--set n_jobs=2", done.stdout)
+    # Sleeping trials: little CPU, little memory; what they wait on is neither.
+    assert re.search(r"what limits it at n_jobs=2: neither cores nor memory: the trials wait on something else "
+                     r"\(I/O, the database, a lock\) \(the trials use [\d.]+ of \d+ cores", done.stdout), done.stdout
     assert not (project.root / "optuna_studies").exists()
     assert (project.root / "ladder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(Path(tempfile.gettempdir()).glob("hparam_joblib_tune_*")) == scratch_before

@@ -98,3 +98,21 @@ def test_stop_record_round_trip() -> None:
     attrs = {stop_key("a"): stop_record("because")}
     assert read_stop(attrs, "a")["why"] == "because"  # type: ignore[index]
     assert read_stop(attrs, "b") is None
+
+
+def test_tune_names_what_limits_the_recommended_n_jobs() -> None:
+    """From the rung's rate, CPU seconds and peak: the cores, memory, the GPUs, or none of them."""
+    from hparam_joblib.runtime.launcher._tune import Resources, Rung, what_limits
+
+    def rung(n_jobs: int, rate: float, cpu: float, peak: float) -> Rung:
+        return Rung(n_jobs, 10, 10.0, rate, peak, cpu_per_trial=cpu)
+
+    cores = what_limits(rung(2, 2.0, 0.95, 100), Resources(cores=2, memory_mib=20000))
+    assert cores.startswith("what limits it at n_jobs=2: the cores (the trials use 1.9 of 2 cores (95%)")
+    memory = what_limits(rung(2, 0.5, 0.2, 4000), Resources(cores=8, memory_mib=9000))
+    assert memory.startswith("what limits it at n_jobs=2: memory (") and "room for about 2 at once" in memory
+    gpus = what_limits(rung(4, 1.0, 0.5, 100), Resources(cores=16, memory_mib=60000, gpus=4))
+    assert gpus.startswith("what limits it at n_jobs=4: the GPUs")
+    idle = what_limits(rung(2, 2.0, 0.05, 100), Resources(cores=2, memory_mib=20000))
+    assert "neither cores nor memory: the trials wait on something else" in idle
+    assert "unknown" in what_limits(rung(2, 2.0, 0.0, 0.0), Resources(cores=2, memory_mib=None))

@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 
+from hparam_joblib._keys import CPU_SECONDS_KEY
 from hparam_joblib.config._algorithms import DEFAULT_PRUNER
 from hparam_joblib.config._schema import SearchConfig, StopRules
 from hparam_joblib.runtime.launcher._runner import run_search
@@ -48,6 +49,8 @@ class Rung:
     stopped: int = 0
     #: The rung's ``--tune-seconds``.
     budget: float = 0.0
+    #: Mean CPU seconds of the rung's finished trials (``cpu_seconds``), 0 when unknown.
+    cpu_per_trial: float = 0.0
 
     def speedup(self, base: Rung) -> float:
         """Throughput relative to the first rung (normally n_jobs=1)."""
@@ -94,6 +97,53 @@ def steady_rate(study: optuna.Study) -> tuple[int, float]:
     return len(trials), len(trials) / span if span > 0 else 0.0
 
 
+def mean_cpu_seconds(study: optuna.Study) -> float:
+    """The mean CPU seconds of the finished trials that recorded them (0.0: none did)."""
+    seconds = [
+        float(t.user_attrs[CPU_SECONDS_KEY]) for t in study.get_trials(deepcopy=False)
+        if t.state == optuna.trial.TrialState.COMPLETE and isinstance(t.user_attrs.get(CPU_SECONDS_KEY), (int, float))
+    ]
+    return sum(seconds) / len(seconds) if seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What this machine gives the search: cores, memory that trials could still take, devices."""
+
+    cores: int
+    memory_mib: float | None
+    gpus: int = 0
+
+
+def what_limits(pick: Rung, resources: Resources) -> str:
+    """Which resource the recommended n_jobs runs into, from what the rungs measured: the cores
+    (the trials' CPU seconds per second against the cores), memory (one more trial's peak would
+    not fit), the GPUs (one trial per device), or none of them (the trials wait on something
+    else: I/O, the database, a lock)."""
+    busy = pick.rate * pick.cpu_per_trial  # cores kept busy by trial code at this rung
+    facts = []
+    if pick.cpu_per_trial > 0:
+        facts.append(f"the trials use {busy:.1f} of {resources.cores} cores ({busy / resources.cores:.0%})")
+    room = None
+    if resources.memory_mib is not None and pick.peak_mib > 0:
+        room = int(resources.memory_mib // pick.peak_mib)
+        facts.append(f"each trial peaks at {pick.peak_mib:.0f} MiB of {resources.memory_mib:.0f} MiB free: "
+                     f"room for about {room} at once")
+    if resources.gpus:
+        facts.append(f"{resources.gpus} GPU(s), one trial each")
+    if pick.cpu_per_trial > 0 and busy >= 0.8 * resources.cores:
+        limit = "the cores"
+    elif room is not None and room <= pick.n_jobs:
+        limit = "memory"
+    elif resources.gpus and pick.n_jobs >= resources.gpus:
+        limit = "the GPUs"
+    elif pick.cpu_per_trial > 0 and room is not None:
+        limit = "neither cores nor memory: the trials wait on something else (I/O, the database, a lock)"
+    else:
+        limit = "unknown (no trial recorded its CPU seconds or peak memory)"
+    return f"what limits it at n_jobs={pick.n_jobs}: {limit}" + (f" ({'; '.join(facts)})" if facts else "")
+
+
 def run_ladder(
     func: Callable[[dict[str, Any]], Any],
     cfg: SearchConfig,
@@ -131,7 +181,8 @@ def run_ladder(
             with open_study_readonly(location, rung_cfg.study_name) as study:
                 trials, rate = steady_rate(study)
                 stopped = stopped_trials(study)
-            rungs.append(Rung(n_jobs, trials, result.wall_time, rate, result.peak_trial_mib, stopped, seconds))
+                cpu = mean_cpu_seconds(study)
+            rungs.append(Rung(n_jobs, trials, result.wall_time, rate, result.peak_trial_mib, stopped, seconds, cpu))
             if location.is_server:
                 _drop_study(location, rung_cfg.study_name)
     finally:
@@ -153,8 +204,9 @@ def recommend(rungs: Sequence[Rung]) -> Rung:
     return next(r for r in rungs if r.rate >= (1 - TOLERANCE) * best)
 
 
-def format_table(rungs: Sequence[Rung]) -> str:
-    """A plain-text table of the ladder, what each rung stopped, and the recommendation."""
+def format_table(rungs: Sequence[Rung], resources: Resources | None = None) -> str:
+    """A plain-text table of the ladder, what each rung stopped, the recommendation and (with
+    ``resources``) what limits it."""
     base = rungs[0]
     seconds = base.budget
     lines = [
@@ -189,6 +241,8 @@ def format_table(rungs: Sequence[Rung]) -> str:
         f"recommended: n_jobs={pick.n_jobs} (smallest within {TOLERANCE:.0%} of the best throughput); "
         f"run with: --set n_jobs={pick.n_jobs}"
     )
+    if resources is not None:
+        lines.append(what_limits(pick, resources))
     return "\n".join(lines)
 
 
