@@ -168,3 +168,20 @@ def test_a_second_search_in_one_process_sees_the_environment_set_after_the_first
     assert states(project.db("exp_first")) == {"COMPLETE": 6} and states(project.db("exp_second")) == {"COMPLETE": 6}
     seen = [json.loads(line) for line in (project.root / "seen.jsonl").read_text().splitlines()]
     assert [s["tag"] for s in seen] == ["first"] * 6 + ["second"] * 6
+
+
+def test_a_tmpdir_too_long_for_the_servers_socket_falls_back_to_fresh_workers(project: Project) -> None:
+    """The server's Unix socket lives in TMPDIR; a path longer than a socket allows (108 bytes)
+    must not stop the search: the workers start as loky's fresh interpreters instead."""
+    tmp = project.root / ("d" * 60) / ("e" * 60)
+    tmp.mkdir(parents=True)
+    project.script.write_text(SCRIPT)
+    project.write_config(config_yaml())
+    env = {**child_env(), "TMPDIR": str(tmp)}
+    done = subprocess.run([sys.executable, str(project.script)], check=False, cwd=project.root,
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert states(project.db("exp_t")) == {"COMPLETE": 6}
+    seen = [json.loads((project.root / f"seen_{n}.json").read_text()) for n in range(6)]
+    assert all("multiprocessing.forkserver" not in str(s["server_cmd"]) for s in seen)  # loky's own workers

@@ -40,6 +40,8 @@ FORKED_FROM: int | None = None
 
 _lock = threading.Lock()
 _context: Any = None
+#: The server could not start in this process (see :func:`start`): no preloaded workers.
+_failed = False
 
 try:  # the stdlib's forkserver (POSIX); the classes must be importable in the worker (pickled by name)
     from multiprocessing import context as _mp_context
@@ -96,7 +98,7 @@ def context() -> Any:
     global _context
     from hparam_joblib._tested import python_tested
 
-    if not _AVAILABLE or os.environ.get(ENV_SWITCH, "1") == "0" or not python_tested():
+    if not _AVAILABLE or _failed or os.environ.get(ENV_SWITCH, "1") == "0" or not python_tested():
         return None
     with _lock:
         if _context is None:
@@ -105,10 +107,19 @@ def context() -> Any:
 
 
 def start() -> None:
-    """Start the server now (it imports while the launcher sets up); cheap when it runs already."""
+    """Start the server now (it imports while the launcher sets up); cheap when it runs already.
+
+    A server that cannot start (its socket lives in the temporary directory: a ``TMPDIR`` longer
+    than a Unix socket path allows, a read-only one) is not an error: the workers start as loky's
+    own fresh interpreters instead, as with ``HPARAM_JOBLIB_PRELOADED_WORKERS=0``."""
+    global _failed
     ctx = context()
     if ctx is not None:
-        _SERVER.ensure_running()
+        try:
+            _SERVER.ensure_running()
+        except OSError as err:
+            _failed = True
+            logger.debug("no preloaded worker server (%s); the workers start as fresh interpreters", err)
 
 
 def launcher_gone() -> bool:
