@@ -26,9 +26,11 @@ from hparam_joblib._pipes import quiet_closed_pipes
 from hparam_joblib._result import SearchResult
 from hparam_joblib.runtime._signals import (
     install_handlers,
+    reset_stopping,
     shield_children,
     signum_of,
     stop_handlers,
+    stopping,
     unshield,
 )
 from hparam_joblib.runtime.trial._funcref import WRAPPED_ATTR
@@ -161,6 +163,7 @@ def hparam_search(
             setup_logging("hparam_joblib:")
             # Ctrl-C / kill -INT, SIGTERM and SIGUSR1 stop the set-up too (the search loop installs
             # its own): a script started in the background of a shell inherits SIGINT ignored.
+            reset_stopping()
             previous = install_handlers(stop_handlers())
             shielded = shield_children()  # a job-wide SIGUSR1 reaches the launcher alone
             pipes = contextlib.ExitStack()
@@ -180,7 +183,13 @@ def hparam_search(
                 print(f"interrupted ({signal.Signals(signum).name}) before the search started", file=sys.stderr)
                 raise SystemExit(128 + signum) from None
             finally:
-                install_handlers(previous)
+                if cli and stopping():
+                    # The script exits next, with the first signal's status: later ones are
+                    # ignored (the interpreter's exit would reset a Python handler to the default).
+                    install_handlers(dict.fromkeys(stop_handlers(), signal.SIG_IGN))
+                else:
+                    install_handlers(previous)
+                    reset_stopping()
                 if shielded:
                     unshield()
                 pipes.close()

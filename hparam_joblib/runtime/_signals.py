@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 #: Besides Ctrl-C, the signals that stop a search cleanly.
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)
@@ -31,14 +31,47 @@ class StopSignal(KeyboardInterrupt):
         self.signum = signum
 
 
+class _Stopping:
+    """Whether a stop signal came (the launcher is stopping) and which ones were said again."""
+
+    stopping = False
+    said: ClassVar[set[int]] = set()
+
+
 def raise_stop(signum: int, frame: object) -> None:
-    """The handler of :data:`STOP_SIGNALS` while the launcher runs."""
+    """The handler of Ctrl-C and :data:`STOP_SIGNALS` while the launcher runs: the first one
+    unwinds the main thread (a KeyboardInterrupt); from then on the launcher is stopping and
+    every further one is only noted (:func:`already_stopping`), so that a signal repeated (a
+    batch script forwarding SLURM's SIGTERM that every process got too, Ctrl-C pressed twice)
+    cannot cut the shutdown short and leave trials RUNNING."""
+    _Stopping.stopping = True
+    install_handlers(dict.fromkeys(stop_handlers(), already_stopping))
     raise StopSignal(signum)
+
+
+def already_stopping(signum: int, frame: object) -> None:
+    """A stop signal while the launcher is stopping: said once per signal, never raised."""
+    import logging
+
+    if signum not in _Stopping.said:
+        _Stopping.said.add(signum)
+        logging.getLogger("hparam_joblib").warning("%s: already stopping", signal.Signals(signum).name)
+
+
+def stopping() -> bool:
+    """Has a stop signal come (the handlers now only note further ones)?"""
+    return _Stopping.stopping
+
+
+def reset_stopping() -> None:
+    """A new search in this process (a notebook kernel): stop signals stop it again."""
+    _Stopping.stopping = False
+    _Stopping.said = set()
 
 
 def stop_handlers() -> dict[Any, Any]:
     """Ctrl-C and the stop signals, each raising (a KeyboardInterrupt) in the main thread."""
-    return {signal.SIGINT: signal.default_int_handler, **{s: raise_stop for s in STOP_SIGNALS}}
+    return {signal.SIGINT: raise_stop, **{s: raise_stop for s in STOP_SIGNALS}}
 
 
 def signum_of(stop: BaseException) -> int:

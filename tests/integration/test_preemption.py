@@ -73,3 +73,22 @@ def test_a_stop_signal_during_the_set_up_says_so(project: Project) -> None:
     assert proc.returncode == 138, err[-2000:]
     assert "interrupted (SIGUSR1) before the search started" in err and "Traceback" not in err
     assert states(db) == {"COMPLETE": 2}
+
+
+def test_signals_repeated_during_the_shutdown_do_not_cut_it_short(project: Project) -> None:
+    """A batch script forwarding SIGTERM to a launcher that SLURM signalled too, or Ctrl-C pressed
+    again: a burst of stop signals while the launcher stops its workers still leaves no trial
+    RUNNING, and the exit status is the first signal's."""
+    project.write_config(search_config(n_jobs=2, n_trials=12, sleep=2.0))
+    db = project.db("exp_t")
+    proc = project.start()
+    wait_for(lambda: db.exists() and finished(db) >= 2 and running_count(db) == 2, 120)
+    end = time.monotonic() + 3.0
+    while proc.poll() is None and time.monotonic() < end:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "RUNNING" not in states(db), states(db)
+    assert {t["state"] for t in trials(db)} <= {"COMPLETE", "FAIL"}

@@ -9,7 +9,13 @@ import signal
 
 from hparam_joblib._errors import HparamError, StorageError
 from hparam_joblib.runtime._failures import ErrorStop
-from hparam_joblib.runtime._signals import install_handlers, signum_of, stop_handlers
+from hparam_joblib.runtime._signals import (
+    already_stopping,
+    install_handlers,
+    signum_of,
+    stop_handlers,
+    stopping,
+)
 from hparam_joblib.runtime.launcher._broken_code import check_errors
 from hparam_joblib.runtime.launcher._deaths import DeathCount, on_deaths
 from hparam_joblib.runtime.launcher._early_ends import EarlyEnds
@@ -91,7 +97,8 @@ class Supervisor:
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGUSR1 (StopSignal)
             return self._on_signal(stop)
         finally:
-            install_handlers(previous)
+            if not stopping():  # after a stop signal, further ones stay noted-only until the exit
+                install_handlers(previous)
             self.progress.close()
             follower.close()
             self._read_at_once()
@@ -206,5 +213,14 @@ class Supervisor:
         return int(signum)
 
     def _stop(self, reason: str) -> None:
-        """Stop every loop of this launch and fail its RUNNING trials (see ``_shutdown``)."""
-        stop_launch(self.backend, self.lease, self.storage, self.study_id, self.launch.run_id, reason)
+        """Stop every loop of this launch and fail its RUNNING trials (see ``_shutdown``).
+
+        A second stop signal meanwhile (SLURM's and systemd's SIGTERM reach every process and a
+        batch script forwards its own; Ctrl-C pressed twice) must not cut this short, or the
+        trials would stay RUNNING: it is noted, not raised, until the shutdown (bounded) is done."""
+        previous = install_handlers(dict.fromkeys(stop_handlers(), already_stopping))
+        try:
+            stop_launch(self.backend, self.lease, self.storage, self.study_id, self.launch.run_id, reason)
+        finally:
+            if not stopping():  # a stop signal keeps them noted-only until the launcher exits
+                install_handlers(previous)
