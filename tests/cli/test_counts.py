@@ -55,6 +55,7 @@ def test_fail_trials_are_never_counted_as_finished(project: Project) -> None:
 
     out = _status(db)
     assert "trials:     10 (COMPLETE 8, FAIL 2); 8/6 of n_trials finished (COMPLETE + PRUNED)" in out, out
-    runs = [line for line in out.splitlines() if line.startswith("  run ")]
+    throughput = out.split("throughput:", 1)[1].split("launches:", 1)[0]
+    runs = [line for line in throughput.splitlines() if line.startswith("  run ")]
     assert len(runs) == 3, out
     assert "(4 in " in runs[0] and "n/a (0 finished)" in runs[1] and "(4 in " in runs[2], out
