@@ -58,6 +58,17 @@ def already_stopping(signum: int, frame: object) -> None:
         logging.getLogger("hparam_joblib").warning("%s: already stopping", signal.Signals(signum).name)
 
 
+def search_done(signum: int, frame: object) -> None:
+    """A stop signal after the loops finished on their own (the summary is being written): the
+    search is done, so it ends as done (exit 0); said once per signal."""
+    import logging
+
+    if signum not in _Stopping.said:
+        _Stopping.said.add(signum)
+        logging.getLogger("hparam_joblib").warning("%s: the search is already done; finishing",
+                                                   signal.Signals(signum).name)
+
+
 def stopping() -> bool:
     """Has a stop signal come (the handlers now only note further ones)?"""
     return _Stopping.stopping

@@ -37,6 +37,7 @@ from hparam_joblib.runtime._history import (
     run_entry,
     settings_changes,
 )
+from hparam_joblib.runtime._signals import install_handlers, search_done, stop_handlers
 from hparam_joblib.runtime._tracking import finish_parent, start_parent
 from hparam_joblib.runtime.launcher._build_result import build_result
 from hparam_joblib.runtime.launcher._enqueue import enqueue
@@ -166,6 +167,8 @@ def _run_search(
             supervisor = Supervisor(launch, backend, storage, study_id, retired=n_retired, stop_state=stop_state,
                                     show_progress=show_progress)
             interrupted = supervisor.run()
+            if not interrupted:  # the loops are done: a stop signal now must not undo that
+                install_handlers(dict.fromkeys(stop_handlers(), search_done))
             reports = supervisor.reports
             at_once = supervisor.at_once
         else:

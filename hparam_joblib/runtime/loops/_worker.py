@@ -105,7 +105,9 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         if cfg.gpus:
             # The device is leased on this host for the trial process's whole life (its CUDA
             # context is reused across trials); no two running trial processes share one.
-            lease = lease_device(cfg.gpus, lease_key(cfg.study_name), watch.gone, first=task.worker_index)
+            # Per study and storage: two projects that happen to share a study name never share leases.
+            key = lease_key(cfg.study_name, task.location.display)
+            lease = lease_device(cfg.gpus, key, watch.gone, first=task.worker_index)
             if lease is None:
                 return _report(storage, 0, None, 0)
             trials, threads, cores = start_trial_process(task, lease.device)
