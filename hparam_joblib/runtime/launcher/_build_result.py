@@ -27,6 +27,7 @@ def build_result(
     n_retired: int = 0,
     log_dir: Path | None = None,
     at_once: int = 0,
+    lowest_at_once: int = 0,
 ) -> SearchResult:
     """The search's result as the summary and the caller see it."""
     counts = storage.count_states(study._study_id)
@@ -66,11 +67,11 @@ def build_result(
         cores_per_trial=tuple(sorted({r.cores for r in reports if r.cores})),
         log_dir="" if log_dir is None else str(log_dir),
         at_once=at_once if 0 < at_once < cfg.n_jobs else 0,
-        n_jobs_auto=_auto_text(cfg, reports) if cfg.n_jobs_auto else "",
+        n_jobs_auto=_auto_text(cfg, reports, at_once, lowest_at_once) if cfg.n_jobs_auto else "",
     )
 
 
-def _auto_text(cfg: SearchConfig, reports: list[WorkerReport]) -> str:
+def _auto_text(cfg: SearchConfig, reports: list[WorkerReport], at_once: int = 0, lowest: int = 0) -> str:
     """What ``n_jobs: auto`` chose and why, for the summary and the run history."""
     what = f"{len(cfg.gpus)} device(s)" if cfg.gpus else "the cores"
     text = f"up to {cfg.n_jobs} at once ({what})"
@@ -80,6 +81,10 @@ def _auto_text(cfg: SearchConfig, reports: list[WorkerReport]) -> str:
         text += f"; {waits} trial start(s) waited until memory held another trial"
     if peak:
         text += f" (largest trial peak {peak:.0f} MiB)"
+    if 0 < lowest < cfg.n_jobs:
+        text += f"; out of memory with more at once: lowered to {lowest}"
+        if at_once > lowest:
+            text += f", back up to {at_once} as memory held more"
     return text
 
 

@@ -157,7 +157,7 @@ def _run_search(
         stop_state = StopState(run_id, cfg.stop, None) if run_seconds is None and cfg.stop.active else None
         reports: list[WorkerReport] = []
         interrupted = 0
-        at_once = 0
+        at_once = lowest_at_once = 0
         tracking = None
         if n_finished(storage.count_states(study_id)) < work.n_trials:
             if cfg.mlflow is not None:
@@ -171,11 +171,12 @@ def _run_search(
                 install_handlers(dict.fromkeys(stop_handlers(), search_done))
             reports = supervisor.reports
             at_once = supervisor.at_once
+            lowest_at_once = supervisor.lowest_at_once
         else:
             _say_nothing_to_run(cfg, storage, study_id)
         result = build_result(
             study, storage, cfg, location, started, reports, interrupted, n_retired, log_dir_for(cfg, save_dir),
-            at_once,
+            at_once, lowest_at_once,
         )
         if stop_state is not None and not interrupted and result.n_finished < cfg.n_trials:
             result = dataclasses.replace(result, stop_reason=stop_state.summary())

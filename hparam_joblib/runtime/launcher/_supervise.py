@@ -26,7 +26,12 @@ from hparam_joblib.runtime.launcher._shutdown import stop_launch
 from hparam_joblib.runtime.launcher._stop_state import RungStop, StopState
 from hparam_joblib.runtime.launcher._tail import LogFollower, run_trials
 from hparam_joblib.runtime.loops._backend import Backend, Poll
-from hparam_joblib.runtime.loops._jobs import open_slots, remove_launch_files
+from hparam_joblib.runtime.loops._jobs import (
+    open_slots,
+    remove_launch_files,
+    running_trials,
+    waiting_for_memory,
+)
 from hparam_joblib.runtime.loops._task import WorkerReport, workers_log_name
 from hparam_joblib.storage import StudyStore, n_finished
 
@@ -70,6 +75,8 @@ class Supervisor:
         self.next_index = 0
         #: Trials this launch runs at once on this host: n_jobs, lowered when memory ran out (``loops/_jobs``).
         self.at_once = cfg.n_jobs
+        #: The fewest it ever was (``n_jobs: auto`` opens slots again when memory holds more).
+        self.lowest_at_once = cfg.n_jobs
 
     def run(self) -> int:
         """Start the loops and watch them until they are done; returns the signal number that
@@ -154,10 +161,16 @@ class Supervisor:
         return True
 
     def _read_at_once(self) -> None:
-        """How many trials this host runs at once now (a loop lowers it when memory runs out)."""
-        self.at_once = open_slots(self.launch.run_id, self.launch.cfg.n_jobs)
-        if self.at_once < self.launch.cfg.n_jobs:
-            self.progress.at_once = self.at_once
+        """How many trials this host runs at once now (a loop lowers it when memory runs out;
+        ``n_jobs: auto`` raises it again), and with auto how many run and wait for memory."""
+        cfg = self.launch.cfg
+        self.at_once = open_slots(self.launch.run_id, cfg.n_jobs)
+        self.lowest_at_once = min(self.lowest_at_once, self.at_once)
+        self.progress.at_once = self.at_once if self.at_once < cfg.n_jobs else None
+        if cfg.n_jobs_auto:
+            running = running_trials(self.launch.run_id)
+            waiting = waiting_for_memory(self.launch.run_id)
+            self.progress.n_jobs_auto = f"auto {running}" + (f" ({waiting} waiting for memory)" if waiting else "")
 
     def _handle_deaths(self, news: Poll) -> None:
         """Fail the dead workers' trials, count the deaths (see ``_deaths``)."""

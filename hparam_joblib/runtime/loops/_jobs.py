@@ -7,6 +7,14 @@ lowers that number to the trials that were running, less one; before each trial,
 slot is no longer open ends (after its current trial; its warm trial process and the memory it
 holds go with it), and the launcher does not start another in its place. Memory is per host,
 so the file is too: on a Dask cluster each host lowers its own.
+
+``n_jobs: auto``: every loop keeps its slot, and a trial starts only when :meth:`JobSlot.admit`
+lets it: fewer running than the open count, and the memory left holding one more trial at the
+recent trial peak (the largest of the last few trials on this host) besides those running. Before
+any trial finished, the oldest running trial's resident memory, once it has run
+:data:`PROBE_SECONDS`, stands in for the peak (trials load their data first), so a CPU-bound
+search starts every slot within seconds. An out-of-memory kill lowers the open count as above;
+it rises again by one when enough trials finished since and memory holds one more at the recent peak.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ logger = logging.getLogger("hparam_joblib")
 #: what its warm process already holds) times this, plus :data:`MARGIN_MIB`.
 MARGIN = 1.1
 MARGIN_MIB = 32.0
+#: Before any trial finished, how long the oldest running trial runs before its resident memory
+#: stands in for a trial's peak and more trials start.
+PROBE_SECONDS = 2.0
 _ADMIT_POLL_SECONDS = 0.2
 
 
@@ -48,6 +59,17 @@ def open_slots(run_id: str, n_jobs: int) -> int:
     return max(1, min(n_jobs, value))
 
 
+def _write(path: Path, text: str) -> bool:
+    """Replace ``path``'s content at once (readers see the old or the new, never half)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")  # not matched by the globs below
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        return False
+    return True
+
+
 def lower_open_slots(run_id: str, n_jobs: int, running: int) -> int | None:
     """After an out-of-memory kill with ``running`` trials at once: open ``running - 1`` slots
     at most (never fewer than 1). Two loops killed together lower it once (the file is read and
@@ -63,32 +85,56 @@ def lower_open_slots(run_id: str, n_jobs: int, running: int) -> int | None:
         new = max(1, min(now, running - 1))
         if new >= now:
             return None
-        tmp = directory / f"{run_id}.jobs.{os.getpid()}"
-        try:
-            tmp.write_text(f"{new}\n")
-            os.replace(tmp, _count_file(run_id))
-        except OSError:
+        if not _write(_count_file(run_id), f"{new}\n"):
             return None
+        try:  # trials finished since the last change: counted again from here (``n_jobs: auto``)
+            (directory / f"{run_id}.since").unlink()
+        except OSError:
+            pass
         return new
     finally:
         unlock(fd)
         os.close(fd)
 
 
-class JobSlot:
-    """A loop's job slot for its life (:meth:`take`), and what it tells about the others."""
+def waiting_for_memory(run_id: str) -> int:
+    """How many loops of launch ``run_id`` (``n_jobs: auto``) wait for memory on this host now."""
+    return sum(1 for _ in jobs_directory().glob(f"{run_id}.wait.*"))
 
-    def __init__(self, run_id: str, n_jobs: int) -> None:
+
+def running_trials(run_id: str) -> int:
+    """How many admitted trials of launch ``run_id`` (``n_jobs: auto``) run on this host now."""
+    count = 0
+    for path in jobs_directory().glob(f"{run_id}.busy.*"):
+        try:
+            pid = int(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if pid == 0 or Path(f"/proc/{pid}").exists():
+            count += 1
+    return count
+
+
+class JobSlot:
+    """A loop's job slot for its life (:meth:`take`), and what it tells about the others.
+
+    With ``auto`` (``n_jobs: auto``) no slot ever closes: :meth:`admit` decides, before each
+    trial, whether one more runs now."""
+
+    def __init__(self, run_id: str, n_jobs: int, auto: bool = False) -> None:
         self.run_id = run_id
         self.n_jobs = n_jobs
+        self.auto = auto
         self.slot: Slot | None = None
+        #: ``n_jobs: auto``: the last line said about the open count rising (for the worker's log).
+        self.raised_to: int | None = None
 
     def _names(self, n: int) -> list[str]:
         return [f"{self.run_id}-{i}" for i in range(n)]
 
     def take(self, first: int = 0) -> bool:
         """Take a free open slot now; False when none is free (this loop is not needed)."""
-        n = open_slots(self.run_id, self.n_jobs)
+        n = self.n_jobs if self.auto else open_slots(self.run_id, self.n_jobs)
         try:
             self.slot = take_named_slot(self._names(n), jobs_directory(), lambda: True, first=first % n)
         except OSError as err:  # no lock files here: run without (never fewer at once)
@@ -98,19 +144,25 @@ class JobSlot:
 
     def closed(self) -> bool:
         """Was this loop's slot closed (memory ran out): it must start no more trials."""
+        if self.auto:
+            return False
         return self.slot is not None and self.slot.index >= open_slots(self.run_id, self.n_jobs)
 
     def wait_for_room(self, should_stop: Callable[[], bool], poll: float = 0.1) -> None:
         """Before a trial: while more loops hold a slot than are open (a closed loop still runs
-        its last trial), wait, so that the step down takes effect at once."""
-        while (self.slot is not None and not self.closed()
+        its last trial), wait, so that the step down takes effect at once. (``auto``: :meth:`admit`
+        waits instead.)"""
+        while (self.slot is not None and not self.auto and not self.closed()
                and self.running() > open_slots(self.run_id, self.n_jobs) and not should_stop()):
             time.sleep(poll)
 
     def running(self) -> int:
-        """How many loops of this launch hold a slot on this host (this one included)."""
+        """How many loops of this launch hold a slot on this host (this one included); with
+        ``auto``, how many trials run (this one included)."""
         if self.slot is None:
             return 1
+        if self.auto:
+            return 1 + len(self._busy())
         held = 0
         directory = jobs_directory()
         for i, name in enumerate(self._names(self.n_jobs)):
@@ -133,71 +185,148 @@ class JobSlot:
     # -- n_jobs: auto ---------------------------------------------------------------------------
 
     def admit(self, pid: int | None, should_stop: Callable[[], bool]) -> float:
-        """``n_jobs: auto``, before a trial in process ``pid``: wait until memory holds one more
-        trial besides those running (each counted at the largest trial peak seen on this host;
-        before any trial finished, the first runs alone to show it). Returns the seconds waited."""
+        """``n_jobs: auto``, before a trial in process ``pid``: wait until fewer trials run than
+        are open and memory holds one more besides them (each counted at the recent trial peak
+        on this host; before any trial finished, at the oldest running trial's resident memory
+        once it ran :data:`PROBE_SECONDS`). Alone, a trial always starts. Returns about how many
+        seconds it waited because memory would not hold it (not the first look, nor the open count)."""
         if self.slot is None:
             return 0.0
-        started = time.monotonic()
+        for_memory = 0.0
         directory = jobs_directory()
-        while not should_stop():
-            fd = open_lock_file(directory / f"{self.run_id}.admit.lock", 0o666)
+        waiting = directory / f"{self.run_id}.wait.{self.slot.index}"  # the progress line counts these
+        try:
+            while not should_stop():
+                fd = open_lock_file(directory / f"{self.run_id}.admit.lock", 0o666)
+                try:
+                    lock(fd)
+                    busy = self._busy()
+                    estimate = self._estimate(busy) if busy else None
+                    if not busy or (len(busy) < open_slots(self.run_id, self.n_jobs)
+                                    and self._fits(estimate, [p for p, _ in busy], pid)):
+                        _write(directory / f"{self.run_id}.busy.{self.slot.index}", str(pid or 0))
+                        return for_memory
+                finally:
+                    unlock(fd)
+                    os.close(fd)
+                if busy and estimate is not None:  # refused for memory (not the first look, not the cap)
+                    for_memory += _ADMIT_POLL_SECONDS
+                    if for_memory > _ADMIT_POLL_SECONDS and not waiting.exists():
+                        _write(waiting, "")
+                time.sleep(_ADMIT_POLL_SECONDS)
+            return for_memory
+        finally:
             try:
-                lock(fd)
-                busy = self._busy_pids()
-                peak = self._peak()
-                if not busy or (peak is not None and self._fits(peak, busy, pid)):
-                    (directory / f"{self.run_id}.busy.{self.slot.index}").write_text(str(pid or 0))
-                    return time.monotonic() - started
-            finally:
-                unlock(fd)
-                os.close(fd)
-            time.sleep(_ADMIT_POLL_SECONDS)
-        return time.monotonic() - started
+                waiting.unlink()
+            except OSError:
+                pass
 
-    def finished(self, peak_mib: float | None) -> None:
-        """After an admitted trial: it no longer runs; its peak joins the largest seen."""
+    def finished(self, peak_mib: float | None, out_of_memory: bool = False) -> None:
+        """After an admitted trial: it no longer runs; its peak joins the recent ones (an
+        out-of-memory kill's too: what it held when killed). A trial that finished counts
+        toward opening one more slot again (:meth:`_maybe_raise`)."""
         if self.slot is None:
             return
         directory = jobs_directory()
         try:
-            (directory / f"{self.run_id}.busy.{self.slot.index}").unlink()
+            fd = open_lock_file(directory / f"{self.run_id}.admit.lock", 0o666)
         except OSError:
-            pass
-        if peak_mib and peak_mib > (self._peak() or 0.0):
-            tmp = directory / f"{self.run_id}.peak.{os.getpid()}"
+            return
+        try:
+            lock(fd)
             try:
-                tmp.write_text(f"{peak_mib:.1f}\n")
-                os.replace(tmp, directory / f"{self.run_id}.peak")
+                (directory / f"{self.run_id}.busy.{self.slot.index}").unlink()
             except OSError:
                 pass
+            if peak_mib:
+                recent = (self._peaks() + [peak_mib])[-self._window():]
+                _write(directory / f"{self.run_id}.peaks", "".join(f"{p:.1f}\n" for p in recent))
+            if not out_of_memory:
+                self._maybe_raise()
+        finally:
+            unlock(fd)
+            os.close(fd)
+
+    def _window(self) -> int:
+        """How many recent trial peaks count: a big configuration long past no longer holds
+        the search back."""
+        return max(4, 2 * self.n_jobs)
+
+    def _maybe_raise(self) -> None:
+        """After a trial finished (under the admit lock): when memory ran out before (fewer slots
+        open than ``n_jobs``), as many trials as are open finished since, and memory holds one
+        more at the recent peak beside what the open slots take, open one more."""
+        open_now = open_slots(self.run_id, self.n_jobs)
+        if open_now >= self.n_jobs:
+            return
+        since_file = jobs_directory() / f"{self.run_id}.since"
+        try:
+            since = int(since_file.read_text()) + 1
+        except (OSError, ValueError):
+            since = 1
+        peak = self._peak()
+        if since < max(2, open_now) or peak is None:
+            _write(since_file, f"{since}\n")
+            return
+        busy = self._busy()
+        room = headroom_mib(self._cgroup())
+        if room is None:
+            return
+        reserve = sum(max(0.0, peak - rss_mib(p)) for p, _ in busy if p)
+        idle_open = max(0, open_now - len(busy))
+        if room - reserve - idle_open * peak < peak * MARGIN + MARGIN_MIB:
+            _write(since_file, f"{since}\n")
+            return
+        if _write(_count_file(self.run_id), f"{open_now + 1}\n"):
+            _write(since_file, "0\n")
+            self.raised_to = open_now + 1
+            logger.warning("memory holds one more trial (recent trial peak %.0f MiB, %.0f MiB free): "
+                           "running up to %d at once again", peak, room, open_now + 1)
 
     def _cgroup(self) -> Cgroup | None:
         if not hasattr(self, "_memory_cgroup"):
             self._memory_cgroup = memory_cgroup()
         return self._memory_cgroup
 
-    def _peak(self) -> float | None:
+    def _peaks(self) -> list[float]:
         try:
-            return float((jobs_directory() / f"{self.run_id}.peak").read_text())
+            return [float(x) for x in (jobs_directory() / f"{self.run_id}.peaks").read_text().split()]
         except (OSError, ValueError):
-            return None
+            return []
 
-    def _busy_pids(self) -> list[int]:
-        """The trial processes of this launch's other loops that are running a trial now."""
-        pids = []
+    def _peak(self) -> float | None:
+        """The largest of the recent trial peaks on this host, or None before any finished."""
+        return max(self._peaks(), default=None)
+
+    def _estimate(self, busy: list[tuple[int, float]]) -> float | None:
+        """One trial's memory: the recent peak; before any trial finished, the largest resident
+        memory of the running trials once the oldest has run :data:`PROBE_SECONDS` (None: wait)."""
+        peak = self._peak()
+        if peak is not None:
+            return peak
+        if not busy or time.time() - min(since for _, since in busy) < PROBE_SECONDS:
+            return None
+        return max((rss_mib(p) for p, _ in busy if p), default=0.0)
+
+    def _busy(self) -> list[tuple[int, float]]:
+        """The trial processes of this launch's other loops that are running a trial now, with
+        when each started (pid 0: its process is starting)."""
+        busy = []
         for path in jobs_directory().glob(f"{self.run_id}.busy.*"):
             if self.slot is not None and path.name.endswith(f".{self.slot.index}"):
                 continue
             try:
                 pid = int(path.read_text())
+                since = path.stat().st_mtime
             except (OSError, ValueError):
                 continue
             if pid == 0 or Path(f"/proc/{pid}").exists():
-                pids.append(pid)
-        return pids
+                busy.append((pid, since))
+        return busy
 
-    def _fits(self, peak: float, busy: list[int], pid: int | None) -> bool:
+    def _fits(self, peak: float | None, busy: list[int], pid: int | None) -> bool:
+        if peak is None:
+            return False
         room = headroom_mib(self._cgroup())
         if room is None:
             return True

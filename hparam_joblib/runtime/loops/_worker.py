@@ -80,7 +80,7 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
     """Start up, run the loop, report; every resource this loop took is given back."""
     _enter_worker(task)
     cfg = task.config
-    jobs = JobSlot(task.run_id, cfg.n_jobs)
+    jobs = JobSlot(task.run_id, cfg.n_jobs, auto=cfg.n_jobs_auto)
     if not jobs.take(first=task.worker_index):  # memory ran out: this host runs fewer loops now
         return WorkerReport(pid=os.getpid(), trials_run=0, lock_retries=0, memory_limited=True)
     lease: DeviceLease | None = None
