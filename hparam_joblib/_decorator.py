@@ -216,9 +216,12 @@ def _tune(func: Callable[[dict[str, Any]], Any], cfg: SearchConfig, args: Script
         flush=True,
     )
     rungs = tune.run_ladder(func, cfg, ladder, args.tune_seconds)
+    from hparam_joblib.runtime.trial._gpu_memory import device_total_mib
     from hparam_joblib.runtime.trial._memory import headroom_mib, memory_cgroup
 
-    print(tune.format_table(rungs, tune.Resources(allocated_cores(), headroom_mib(memory_cgroup()), len(cfg.gpus))))
+    resources = tune.Resources(allocated_cores(), headroom_mib(memory_cgroup()), len(cfg.gpus),
+                               device_total_mib(list(cfg.gpus)))
+    print(tune.format_table(rungs, resources))
     if args.tune_plot:
         try:
             tune.save_plot(rungs, Path(args.tune_plot))

@@ -50,6 +50,8 @@ PRUNED_STEP_KEY = "pruned_step"
 LOG_FILE_KEY = "log_file"
 GPU_KEY = "gpu"
 PEAK_RSS_MIB_KEY = "peak_rss_mib"
+#: Trial user attr: the trial's peak GPU memory in MiB, where PyTorch, NVML or nvidia-smi can tell.
+PEAK_GPU_MIB_KEY = "peak_gpu_mib"
 #: Trial user attr: CPU seconds the trial used (its process and reaped children, user + system).
 CPU_SECONDS_KEY = "cpu_seconds"
 TRIAL_PID_KEY = "trial_pid"

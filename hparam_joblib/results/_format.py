@@ -288,7 +288,7 @@ def format_table(columns: list[str], rows: list[list[Any]], reason_width: int = 
             return ""
         if column == "duration_s" and isinstance(value, float):
             return f"{value:.2f}"
-        if column == "peak_rss_mib" and isinstance(value, (int, float)):
+        if column in ("peak_rss_mib", "peak_gpu_mib") and isinstance(value, (int, float)):
             return f"{value:.0f}"
         text = fmt_value(value)
         if column == "failure_reason" and len(text) > reason_width:
@@ -296,7 +296,10 @@ def format_table(columns: list[str], rows: list[list[Any]], reason_width: int = 
         return text
 
     # Datetimes and log paths are long: the CSV has them.
-    keep = [i for i, c in enumerate(columns) if c not in ("datetime_start", "datetime_complete", "log_file")]
+    # GPU memory only where a trial recorded it (a CPU search gets no empty column).
+    no_gpu = "peak_gpu_mib" in columns and all(r[columns.index("peak_gpu_mib")] is None for r in rows)
+    drop = ("datetime_start", "datetime_complete", "log_file") + (("peak_gpu_mib",) if no_gpu else ())
+    keep = [i for i, c in enumerate(columns) if c not in drop]
     head = [columns[i].removeprefix("params_") for i in keep]
     body = [[cell(columns[i], row[i]) for i in keep] for row in rows]
     widths = [max([len(h)] + [len(r[j]) for r in body]) for j, h in enumerate(head)]

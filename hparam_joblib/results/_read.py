@@ -25,6 +25,7 @@ from hparam_joblib._keys import (
     FAILURE_REASON_KEY,
     LOG_FILE_KEY,
     OWNER_KEY,
+    PEAK_GPU_MIB_KEY,
     PEAK_RSS_MIB_KEY,
     RETIRED_KEY,
     RUNS_KEY,
@@ -368,7 +369,7 @@ def trials_table(data: StudyData) -> tuple[list[str], list[list[Any]]]:
     columns = (
         ["number", "state", *value_columns]
         + [f"params_{p}" for p in params]
-        + ["duration_s", "cpu_s", "datetime_start", "datetime_complete", "failure_reason", "peak_rss_mib", "log_file"]
+        + ["duration_s", "cpu_s", "datetime_start", "datetime_complete", "failure_reason", "peak_rss_mib", "peak_gpu_mib", "log_file"]
     )
     rows = []
     for t in data.trials:
@@ -385,6 +386,7 @@ def trials_table(data: StudyData) -> tuple[list[str], list[list[Any]]]:
                 t.datetime_complete.isoformat(sep=" ") if t.datetime_complete else None,
                 failure_reason(t),
                 t.user_attrs.get(PEAK_RSS_MIB_KEY),
+                t.user_attrs.get(PEAK_GPU_MIB_KEY),
                 t.user_attrs.get(LOG_FILE_KEY),
             ]
         )

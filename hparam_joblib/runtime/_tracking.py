@@ -34,6 +34,7 @@ from hparam_joblib._keys import (
     GPU_KEY,
     LOG_FILE_KEY,
     MLFLOW_PARENT_KEY,
+    PEAK_GPU_MIB_KEY,
     PEAK_RSS_MIB_KEY,
     PRUNED_STEP_KEY,
     TRIAL_PID_KEY,
@@ -276,7 +277,7 @@ class TrialLogger:
             }
             if reason:
                 tags["failure_reason" if status == "FAILED" else "pruning_reason"] = reason[:_TAG_LIMIT]
-            for attr in (PRUNED_STEP_KEY, FAILURE_TYPE_KEY, PEAK_RSS_MIB_KEY, TRIAL_PID_KEY, GPU_KEY):
+            for attr in (PRUNED_STEP_KEY, FAILURE_TYPE_KEY, PEAK_RSS_MIB_KEY, PEAK_GPU_MIB_KEY, TRIAL_PID_KEY, GPU_KEY):
                 if attr in trial.user_attrs:
                     tags[attr] = str(trial.user_attrs[attr])
             stamp = end or int(time.time() * 1000)

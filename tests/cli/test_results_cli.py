@@ -267,7 +267,7 @@ def test_trials_csv_has_one_row_per_trial(real: Path, tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
         "number", "state", "value", "params_x", "params_model.lr", "params_model.depth", "params_mode",
-        "duration_s", "cpu_s", "datetime_start", "datetime_complete", "failure_reason", "peak_rss_mib", "log_file",
+        "duration_s", "cpu_s", "datetime_start", "datetime_complete", "failure_reason", "peak_rss_mib", "peak_gpu_mib", "log_file",
     ]
     by_number = {t.number: t for t in load(real).trials}
     assert sorted(int(r["number"]) for r in rows) == sorted(by_number)

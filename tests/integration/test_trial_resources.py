@@ -57,3 +57,46 @@ def test_each_trial_records_its_cpu_seconds(project: Project) -> None:
     assert table.returncode == 0, table.stderr
     header = table.stdout.splitlines()[0].split()
     assert header[header.index("duration_s") + 1] == "cpu_s"
+    assert "peak_gpu_mib" not in header  # a CPU search gets no empty GPU column
+    assert not any("peak_gpu_mib" in t["user_attrs"] for t in by_mode.values())
+
+
+GPU_SCRIPT = '''
+import time
+import torch
+from hparam_joblib import hparam_search
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    block = torch.empty(config["mib"] * 2**20, dtype=torch.uint8, device="cuda")
+    block.fill_(1)
+    torch.cuda.synchronize()
+    time.sleep(1.0)
+    return float(config["mib"])
+
+if __name__ == "__main__":
+    train()
+'''
+
+
+def test_each_trial_records_its_peak_gpu_memory(project: Project) -> None:
+    """On a real GPU: PyTorch's own peak (reset per trial, so a small trial after a big one shows
+    its own), and `hparam-joblib trials` shows the column. Runs only where CUDA is."""
+    torch = __import__("pytest").importorskip("torch")
+    if not torch.cuda.is_available():
+        __import__("pytest").skip("needs a CUDA device")
+    project.script.write_text(GPU_SCRIPT)
+    project.write_config(
+        search_config(n_jobs=1, n_trials=2, n_startup_trials=None, gpus="[0]",
+                      sweep="  mib: {type: categorical, choices: [64, 512]}\n")
+        + "enqueue: [{mib: 512}, {mib: 64}]\n"
+    )
+    done = project.run()
+    assert done.returncode == 0, done.stderr[-3000:]
+    by_mib = {t["params"]["mib"]: t["user_attrs"]["peak_gpu_mib"] for t in trials(project.db("exp_t"))}
+    assert 512 <= by_mib[512] < 2048, by_mib
+    assert 64 <= by_mib[64] < 512, by_mib  # its own peak, not the process's
+    code = "import sys; from hparam_joblib.results._cli import main; sys.exit(main())"
+    table = subprocess.run([sys.executable, "-c", code, "trials", str(project.db("exp_t"))], check=False,
+                           capture_output=True, text=True, timeout=120, env=child_env())
+    assert "peak_gpu_mib" in table.stdout.splitlines()[0].split()

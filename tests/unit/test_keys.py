@@ -30,6 +30,7 @@ CONTRACT = {
     "LOG_FILE_KEY": "log_file",
     "GPU_KEY": "gpu",
     "PEAK_RSS_MIB_KEY": "peak_rss_mib",
+    "PEAK_GPU_MIB_KEY": "peak_gpu_mib",
     "CPU_SECONDS_KEY": "cpu_seconds",
     "TRIAL_PID_KEY": "trial_pid",
     "ERROR": "error",

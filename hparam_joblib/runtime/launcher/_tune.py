@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 
-from hparam_joblib._keys import CPU_SECONDS_KEY
+from hparam_joblib._keys import CPU_SECONDS_KEY, PEAK_GPU_MIB_KEY
 from hparam_joblib.config._algorithms import DEFAULT_PRUNER
 from hparam_joblib.config._schema import SearchConfig, StopRules
 from hparam_joblib.runtime.launcher._runner import run_search
@@ -51,6 +51,8 @@ class Rung:
     budget: float = 0.0
     #: Mean CPU seconds of the rung's finished trials (``cpu_seconds``), 0 when unknown.
     cpu_per_trial: float = 0.0
+    #: The largest GPU memory peak of the rung's trials (``peak_gpu_mib``), 0 when unknown.
+    gpu_peak_mib: float = 0.0
 
     def speedup(self, base: Rung) -> float:
         """Throughput relative to the first rung (normally n_jobs=1)."""
@@ -106,13 +108,22 @@ def mean_cpu_seconds(study: optuna.Study) -> float:
     return sum(seconds) / len(seconds) if seconds else 0.0
 
 
+def max_gpu_peak(study: optuna.Study) -> float:
+    """The largest peak GPU memory a trial recorded (0.0: none did)."""
+    peaks = [float(t.user_attrs[PEAK_GPU_MIB_KEY]) for t in study.get_trials(deepcopy=False)
+             if isinstance(t.user_attrs.get(PEAK_GPU_MIB_KEY), (int, float))]
+    return max(peaks, default=0.0)
+
+
 @dataclass(frozen=True)
 class Resources:
-    """What this machine gives the search: cores, memory that trials could still take, devices."""
+    """What this machine gives the search: cores, memory that trials could still take, devices
+    (and the memory of the smallest, when NVML or nvidia-smi can tell)."""
 
     cores: int
     memory_mib: float | None
     gpus: int = 0
+    gpu_memory_mib: float | None = None
 
 
 def what_limits(pick: Rung, resources: Resources) -> str:
@@ -131,6 +142,9 @@ def what_limits(pick: Rung, resources: Resources) -> str:
                      f"room for about {room} at once")
     if resources.gpus:
         facts.append(f"{resources.gpus} GPU(s), one trial each")
+    if pick.gpu_peak_mib > 0:
+        of = f" of {resources.gpu_memory_mib:.0f} MiB per device" if resources.gpu_memory_mib else ""
+        facts.append(f"each trial peaks at {pick.gpu_peak_mib:.0f} MiB of GPU memory{of}")
     if pick.cpu_per_trial > 0 and busy >= 0.8 * resources.cores:
         limit = "the cores"
     elif room is not None and room <= pick.n_jobs:
@@ -182,7 +196,9 @@ def run_ladder(
                 trials, rate = steady_rate(study)
                 stopped = stopped_trials(study)
                 cpu = mean_cpu_seconds(study)
-            rungs.append(Rung(n_jobs, trials, result.wall_time, rate, result.peak_trial_mib, stopped, seconds, cpu))
+                gpu = max_gpu_peak(study)
+            rungs.append(Rung(n_jobs, trials, result.wall_time, rate, result.peak_trial_mib, stopped, seconds, cpu,
+                              gpu))
             if location.is_server:
                 _drop_study(location, rung_cfg.study_name)
     finally:

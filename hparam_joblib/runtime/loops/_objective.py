@@ -23,6 +23,7 @@ from hparam_joblib._keys import (
     OUT_OF_MEMORY,
     OUT_OF_MEMORY_BESIDE,
     OWNER_KEY,
+    PEAK_GPU_MIB_KEY,
     PEAK_RSS_MIB_KEY,
     PRUNED_STEP_KEY,
     PRUNER,
@@ -143,6 +144,7 @@ class Objective:
             self.memory_waits += 1
         if self.jobs is not None:
             self.running_at_start = self.jobs.running()
+        outcome: Outcome | None = None
         try:
             outcome = self.trials.run(
                 config,
@@ -154,11 +156,14 @@ class Objective:
             )
         finally:
             if admitted and self.jobs is not None:
-                self.jobs.finished(self.trials.peak_mib or None)
+                self.jobs.finished(None if outcome is None else outcome.peak_mib,
+                                   out_of_memory=outcome is not None and bool(outcome.out_of_memory))
         if outcome.peak_mib is not None:
             trial.set_user_attr(PEAK_RSS_MIB_KEY, round(outcome.peak_mib, 1))
         if outcome.cpu_seconds is not None:
             trial.set_user_attr(CPU_SECONDS_KEY, outcome.cpu_seconds)
+        if outcome.gpu_peak_mib is not None:
+            trial.set_user_attr(PEAK_GPU_MIB_KEY, outcome.gpu_peak_mib)
         if outcome.pid is not None:
             trial.set_user_attr(TRIAL_PID_KEY, outcome.pid)
         return outcome
@@ -219,7 +224,8 @@ class Objective:
             if lowered is not None:
                 logger.warning(
                     "out of memory with %d trials at once (trial %d, at %s): running at most %d at once "
-                    "from now on", running, trial.number, outcome.out_of_memory, lowered,
+                    "%s", running, trial.number, outcome.out_of_memory, lowered,
+                    "until memory holds more (n_jobs: auto)" if self.jobs.auto else "from now on",
                 )
         raise MemoryRetry(reason)
 

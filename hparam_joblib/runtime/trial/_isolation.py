@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Literal
 
 from hparam_joblib.runtime.trial._funcref import FunctionRef
+from hparam_joblib.runtime.trial._gpu_memory import DeviceMemorySampler
 from hparam_joblib.runtime.trial._memory import MemoryWatch
 from hparam_joblib.runtime.trial._trial_process import BOOTSTRAP, peak_mib
 
@@ -93,6 +94,8 @@ class Outcome:
     #: What the process ran out of when the kernel killed it for memory (``_memory.oom_cause``:
     #: "the memory cgroup's limit of 600 MiB (cgroup v1 /job)"), else "".
     out_of_memory: str = ""
+    #: Peak GPU memory of the trial, in MiB, where PyTorch, NVML or nvidia-smi can tell (``_gpu_memory``).
+    gpu_peak_mib: float | None = None
 
 
 def thread_env(threads: int, environ: Mapping[str, str]) -> dict[str, str]:
@@ -194,6 +197,8 @@ class TrialProcess:
         self.cores_seen = 0
         #: The kernel's out-of-memory counters, read before each trial.
         self.memory = MemoryWatch()
+        #: The trial's device memory seen from here (a process given a GPU, with NVML or nvidia-smi).
+        self.gpu = DeviceMemorySampler.for_env(self.env)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -305,8 +310,13 @@ class TrialProcess:
         workers), from ``/proc`` between the request and the answer (the last sample when the
         process died). Never raises for anything the trial does."""
         self._cpu_start = self._cpu_last = None
+        if self.gpu is not None:
+            self.gpu.start()
         outcome = self._run(config, trial_number=trial_number, log_path=log_path, timeout=timeout,
                             should_stop=should_stop, on_report=on_report)
+        sampled = self.gpu.peak if self.gpu is not None else None
+        if sampled is not None and outcome.gpu_peak_mib is None:  # PyTorch's own count wins where it has one
+            outcome = dataclasses.replace(outcome, gpu_peak_mib=round(sampled, 1))
         end = process_cpu_seconds(outcome.pid) if outcome.pid is not None else None
         end = end if end is not None else self._cpu_last
         if self._cpu_start is not None and end is not None and end >= self._cpu_start:
@@ -379,6 +389,8 @@ class TrialProcess:
                     if sample is not None:
                         seen_peak = max(seen_peak or 0.0, sample)
                     self._cpu_last = process_cpu_seconds(pid) or self._cpu_last
+                    if self.gpu is not None:
+                        self.gpu.sample(pid)
                 if eof or (not self.alive() and not self.conn.poll(0)):
                     return self._died(log_path, pid, seen_peak, loading=not sent)
                 if limit is not None and time.monotonic() - started >= limit:
@@ -425,21 +437,23 @@ class TrialProcess:
             reason = f"the training script failed to load: {etype}: {text}" if text else \
                 f"the training script failed to load: {etype}"
             return self._outcome("error", reason, self.process_log, pid, None, error_type=etype, traceback=tb)
-        *body, peak, threads = message
+        *body, peak, threads, gpu = message
         if peak is not None:
             self.peak_mib = max(self.peak_mib, peak)
         self.threads_seen = max(self.threads_seen, threads)
+        gpu = round(gpu, 1) if gpu is not None else None
         if tag == "result":
             _, value, why = body
             if value is None:
                 return Outcome("error", reason=why, error_type="InvalidReturn", peak_mib=peak,
-                               output_tail=tail(log_path), pid=pid)
-            return Outcome("value", value=value, peak_mib=peak, pid=pid)
+                               output_tail=tail(log_path), pid=pid, gpu_peak_mib=gpu)
+            return Outcome("value", value=value, peak_mib=peak, pid=pid, gpu_peak_mib=gpu)
         if tag == "pruned":
-            return Outcome("pruned", reason=f"pruner at step {body[1]}", step=body[1], peak_mib=peak, pid=pid)
+            return Outcome("pruned", reason=f"pruner at step {body[1]}", step=body[1], peak_mib=peak, pid=pid,
+                           gpu_peak_mib=gpu)
         _, etype, text, tb = body
         return Outcome("error", reason=f"{etype}: {text}" if text else etype, error_type=etype,
-                       traceback=tb, peak_mib=peak, output_tail=tail(log_path), pid=pid)
+                       traceback=tb, peak_mib=peak, output_tail=tail(log_path), pid=pid, gpu_peak_mib=gpu)
 
     def _died(self, log_path: str | None, pid: int, peak: float | None, loading: bool) -> Outcome:
         proc = self.proc

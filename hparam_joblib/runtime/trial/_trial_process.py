@@ -15,7 +15,8 @@ Pipe protocol (a ``multiprocessing.connection.Connection`` on the inherited sock
 * process -> worker: ``("ready", pid, cores)`` (the cores its affinity allows) or ``("load_error",
   type, message, traceback)`` once; per trial ``("report", value, step)`` any number of times,
   then one of ``("result", value, why)``, ``("error", type, message, traceback)``, ``("pruned",
-  step)``, each followed by ``peak_mib, threads`` (:func:`busy_threads` of the trial).
+  step)``, each followed by ``peak_mib, threads, gpu_peak_mib`` (:func:`busy_threads` of the
+  trial; PyTorch's peak GPU memory in the trial, or None).
 
 Each trial's stdout and stderr (file descriptors 1 and 2, so C-level output too) go to its own
 log file; between trials they go to the process's log (module-level output of the user's script).
@@ -34,6 +35,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
+
+from hparam_joblib.runtime.trial._gpu_memory import reset_torch_peak, torch_peak_mib
 
 #: Set in a trial process (read by ``@hparam_search`` to refuse a search started at import time).
 IN_TRIAL_PROCESS_ENV = "HPARAM_JOBLIB_TRIAL_PROCESS"
@@ -247,9 +250,11 @@ def main(fd: int, parent: int) -> None:
         if log_path:
             _redirect_output(log_path)
         _reset_peak_memory()
+        reset_torch_peak()
         ticks = _thread_ticks()
         outcome = _run_one(func, conn, number, config)
         threads = busy_threads(ticks)
+        gpu_peak = torch_peak_mib()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -257,7 +262,7 @@ def main(fd: int, parent: int) -> None:
                 pass
         if process_log:
             _redirect_output(process_log)
-        conn.send((*outcome, peak_mib(), threads))
+        conn.send((*outcome, peak_mib(), threads, gpu_peak))
 
 
 #: The command line a worker starts a trial process with (``-c``, not ``-m``: with ``-m`` this
