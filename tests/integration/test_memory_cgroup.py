@@ -17,14 +17,13 @@ import shlex
 import sqlite3
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import closing
-from pathlib import Path
 
 import pytest
 
+from benchmarks._cgroup import MemoryCgroup
+from benchmarks._cgroup import unavailable as _unavailable
 from tests.conftest import Project, child_env, search_config, states, trials
 
 SCRIPT = '''
@@ -33,6 +32,7 @@ from hparam_joblib import hparam_search
 
 @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
 def train(config):
+    time.sleep(config.get("delay", 0.0))  # memory that grows late in a trial
     block = bytearray(config["mib"] * 2**20)
     for i in range(0, len(block), 4096):  # touch every page: resident, charged to the cgroup
         block[i] = 1
@@ -44,66 +44,7 @@ if __name__ == "__main__":
 '''
 
 LIMIT_MIB = 700
-V1_ROOT = Path("/sys/fs/cgroup/memory")
-V2_ROOT = Path("/sys/fs/cgroup")
-
 pytestmark = pytest.mark.slow
-
-
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "creating a memory cgroup needs root"
-    if (V1_ROOT / "memory.limit_in_bytes").exists() or (V1_ROOT / "cgroup.procs").exists():
-        return None
-    controllers = V2_ROOT / "cgroup.subtree_control"
-    if controllers.exists() and "memory" in controllers.read_text().split():
-        return None
-    return "no memory cgroup on this machine (neither v1 /sys/fs/cgroup/memory nor v2 with memory enabled)"
-
-
-class MemoryCgroup:
-    """A throwaway memory cgroup (v1 where mounted, else v2) with a limit, no swap."""
-
-    def __init__(self, limit_mib: int) -> None:
-        self.v1 = V1_ROOT.is_dir()
-        root = V1_ROOT if self.v1 else V2_ROOT
-        self.path = root / f"hparam_joblib_test_{uuid.uuid4().hex[:8]}"
-        self.path.mkdir()
-        limit = str(limit_mib * 2**20)
-        if self.v1:
-            (self.path / "memory.limit_in_bytes").write_text(limit)
-            memsw = self.path / "memory.memsw.limit_in_bytes"
-            if memsw.exists():  # no swapping out of the limit where the machine has swap
-                memsw.write_text(limit)
-        else:
-            (self.path / "memory.max").write_text(limit)
-            if (self.path / "memory.swap.max").exists():
-                (self.path / "memory.swap.max").write_text("0")
-
-    def oom_kills(self) -> int:
-        name = "memory.oom_control" if self.v1 else "memory.events"
-        for line in (self.path / name).read_text().splitlines():
-            if line.startswith("oom_kill "):
-                return int(line.split()[1])
-        return -1
-
-    def remove(self) -> None:
-        """Move what is left to the root cgroup, then remove the cgroup (retried: the kernel
-        frees it once its last process is gone)."""
-        root = self.path.parent
-        deadline = time.monotonic() + 30
-        while self.path.exists():
-            for pid in (self.path / "cgroup.procs").read_text().split():
-                try:
-                    (root / "cgroup.procs").write_text(pid)
-                except OSError:
-                    pass
-            try:
-                self.path.rmdir()
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
 
 
 @pytest.fixture
@@ -209,8 +150,9 @@ def test_a_configuration_too_big_alone_is_pruned(cgroup: MemoryCgroup, project: 
 
 def test_auto_runs_what_memory_holds(cgroup: MemoryCgroup, project: Project) -> None:
     """Two 300 MiB trials do not fit: n_jobs 2 gets an OOM kill; n_jobs: auto starts from the
-    cores (2), learns a trial's peak from the first and starts another only when memory holds
-    it: no OOM kill, every trial COMPLETE, and it says what it chose and why."""
+    cores (2), takes the first trial's memory (once it ran a moment) for a trial's, and starts
+    another only when memory holds it: no OOM kill, every trial COMPLETE, and it says what it
+    chose and why."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores")
     fixed = _run_in(cgroup, _project(project, n_jobs=2, n_trials=4, mib=300), cores="0,1")
@@ -223,10 +165,54 @@ def test_auto_runs_what_memory_holds(cgroup: MemoryCgroup, project: Project) -> 
     assert done.returncode == 0, done.stderr[-3000:]
     assert cgroup.oom_kills() == kills
     assert states(project.db("exp_auto")) == {"COMPLETE": 4}
-    assert "n_jobs=auto 2" in done.stderr  # the progress bar
+    assert "n_jobs=auto " in done.stderr  # the progress bar
     line = next(x for x in done.stdout.splitlines() if x.startswith("  n_jobs auto:"))
     assert line.startswith("  n_jobs auto:  up to 2 at once (the cores); "), line
     assert "trial start(s) waited until memory held another trial (largest trial peak" in line, line
     with closing(sqlite3.connect(project.db("exp_auto"))) as conn:
         (runs,) = conn.execute("SELECT value_json FROM study_user_attributes WHERE key = 'runs'").fetchone()
     assert json.loads(runs)[-1]["ended"]["how"].startswith("done; n_jobs auto: up to 2 at once (the cores)")
+
+
+def test_auto_starts_every_core_at_once_when_memory_is_plentiful(cgroup: MemoryCgroup, project: Project) -> None:
+    """A CPU-bound search must not pay for learning the memory: small trials start side by side
+    within seconds (the first does not run alone), no trial waits for memory."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    project.script.write_text(SCRIPT)
+    project.write_config(search_config(n_trials=4, n_jobs="auto", mib=20, hold=4.0, sampler="{type: random}"))
+    done = _run_in(cgroup, project, cores="0,1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = sorted(trials(project.db("exp_t")), key=lambda t: t["start"])
+    assert [t["state"] for t in got] == ["COMPLETE"] * 4
+    assert got[1]["start"] < got[0]["complete"], got  # the second started while the first ran
+    line = next(x for x in done.stdout.splitlines() if x.startswith("  n_jobs auto:"))
+    assert "waited until memory" not in line, line
+    assert cgroup.oom_kills() == 0
+
+
+def test_auto_steps_down_then_back_up(cgroup: MemoryCgroup, project: Project) -> None:
+    """Memory that grows late (after the first look at a trial's memory) lets two 300 MiB trials
+    start together: the kernel kills one, it is re-run (FAIL, not counted) and auto runs one at
+    a time; once the recent trials are small and memory holds two again, it says so and runs two
+    again. Every configuration ends COMPLETE, exit 0."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    project.script.write_text(SCRIPT)
+    enqueue = "enqueue: [{mib: 300}, {mib: 300}" + ", {mib: 20}" * 6 + "]\n"
+    project.write_config(search_config(n_trials=8, n_jobs="auto", hold=2.5, delay=2.2, sampler="{type: random}")
+                         + "  mib: {type: categorical, choices: [20, 300]}\n" + enqueue)
+    done = _run_in(cgroup, project, cores="0,1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fix the code" not in done.stderr
+    kills = cgroup.oom_kills()
+    assert kills >= 1
+    got = trials(project.db("exp_t"))
+    failed = [t for t in got if t["state"] == "FAIL"]
+    assert len([t for t in got if t["state"] == "COMPLETE"]) == 8 and not [t for t in got if t["state"] == "PRUNED"]
+    assert failed and all(t["user_attrs"]["failure_kind"] == "out_of_memory_beside" for t in failed)
+    assert any("running at most 1 at once until memory holds more (n_jobs: auto)" in x for x in done.stderr.splitlines())
+    assert any("memory holds one more trial" in x and "running up to 2 at once again" in x
+               for x in done.stderr.splitlines()), done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("  n_jobs auto:"))
+    assert "out of memory with more at once: lowered to 1, back up to 2 as memory held more" in line, line
