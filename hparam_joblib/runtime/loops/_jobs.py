@@ -11,9 +11,9 @@ so the file is too: on a Dask cluster each host lowers its own.
 ``n_jobs: auto``: every loop keeps its slot, and a trial starts only when :meth:`JobSlot.admit`
 lets it: fewer running than the open count, and the memory left holding one more trial at the
 recent trial peak (the largest of the last few trials on this host) besides those running. Before
-any trial finished, the oldest running trial's resident memory, once it has run
-:data:`PROBE_SECONDS`, stands in for the peak (trials load their data first), so a CPU-bound
-search starts every slot within seconds. An out-of-memory kill lowers the open count as above;
+any trial finished, the oldest running trial's resident memory, once it holds still (or it has run
+:data:`PROBE_SECONDS`), stands in for the peak (trials load their data first), so a CPU-bound
+search starts every slot within a second or two. An out-of-memory kill lowers the open count as above;
 it rises again by one when enough trials finished since and memory holds one more at the recent peak.
 """
 
@@ -35,9 +35,12 @@ logger = logging.getLogger("hparam_joblib")
 #: what its warm process already holds) times this, plus :data:`MARGIN_MIB`.
 MARGIN = 1.1
 MARGIN_MIB = 32.0
-#: Before any trial finished, how long the oldest running trial runs before its resident memory
-#: stands in for a trial's peak and more trials start.
+#: Before any trial finished, how long at most the oldest running trial runs before its resident
+#: memory stands in for a trial's peak and more trials start; sooner once that memory holds still
+#: (changed less than 1 % + 1 MiB over :data:`STEADY_SECONDS`, after :data:`PROBE_MIN_SECONDS`).
 PROBE_SECONDS = 2.0
+PROBE_MIN_SECONDS = 0.5
+STEADY_SECONDS = 0.3
 _ADMIT_POLL_SECONDS = 0.2
 
 
@@ -128,6 +131,8 @@ class JobSlot:
         self.slot: Slot | None = None
         #: ``n_jobs: auto``: the last line said about the open count rising (for the worker's log).
         self.raised_to: int | None = None
+        #: Before any peak: the oldest running trial's pid, resident MiB and when that was read.
+        self._probe: tuple[int, float, float] | None = None
 
     def _names(self, n: int) -> list[str]:
         return [f"{self.run_id}-{i}" for i in range(n)]
@@ -300,13 +305,29 @@ class JobSlot:
 
     def _estimate(self, busy: list[tuple[int, float]]) -> float | None:
         """One trial's memory: the recent peak; before any trial finished, the largest resident
-        memory of the running trials once the oldest has run :data:`PROBE_SECONDS` (None: wait)."""
+        memory of the running trials once the oldest one's holds still or it has run
+        :data:`PROBE_SECONDS` (None: wait and look again)."""
         peak = self._peak()
         if peak is not None:
             return peak
-        if not busy or time.time() - min(since for _, since in busy) < PROBE_SECONDS:
+        if not busy:
             return None
-        return max((rss_mib(p) for p, _ in busy if p), default=0.0)
+        oldest, since = min(busy, key=lambda b: b[1])
+        ran = time.time() - since
+        largest = max((rss_mib(p) for p, _ in busy if p), default=0.0)
+        if ran >= PROBE_SECONDS:
+            return largest
+        if ran < PROBE_MIN_SECONDS or not oldest:
+            return None
+        now, rss = time.monotonic(), rss_mib(oldest)
+        probe = self._probe
+        if probe is None or probe[0] != oldest:
+            self._probe = (oldest, rss, now)
+            return None
+        if now - probe[2] < STEADY_SECONDS:
+            return None
+        self._probe = (oldest, rss, now)
+        return largest if abs(rss - probe[1]) <= 0.01 * probe[1] + 1.0 else None
 
     def _busy(self) -> list[tuple[int, float]]:
         """The trial processes of this launch's other loops that are running a trial now, with
