@@ -165,6 +165,12 @@ def test_auto_runs_what_memory_holds(cgroup: MemoryCgroup, project: Project) -> 
     assert done.returncode == 0, done.stderr[-3000:]
     assert cgroup.oom_kills() == kills
     assert states(project.db("exp_auto")) == {"COMPLETE": 4}
+    # A trial is created only once memory holds it: none sat RUNNING, its clock going, meanwhile
+    # (one ran at a time here; the next is created as the last one's memory is freed, just before
+    # Optuna records it finished).
+    runs = sorted(trials(project.db("exp_auto")), key=lambda t: t["start"])
+    for before, after in zip(runs, runs[1:]):
+        assert (before["complete"] - after["start"]).total_seconds() < 0.5, runs
     assert "n_jobs=auto " in done.stderr  # the progress bar
     line = next(x for x in done.stdout.splitlines() if x.startswith("  n_jobs auto:"))
     assert line.startswith("  n_jobs auto:  up to 2 at once (the cores); "), line

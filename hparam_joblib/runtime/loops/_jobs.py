@@ -226,10 +226,11 @@ class JobSlot:
             except OSError:
                 pass
 
-    def finished(self, peak_mib: float | None, out_of_memory: bool = False) -> None:
+    def finished(self, peak_mib: float | None, out_of_memory: bool = False, ran: bool = True) -> None:
         """After an admitted trial: it no longer runs; its peak joins the recent ones (an
         out-of-memory kill's too: what it held when killed). A trial that finished counts
-        toward opening one more slot again (:meth:`_maybe_raise`)."""
+        toward opening one more slot again (:meth:`_maybe_raise`); ``ran=False``: the room was
+        taken but no trial ran in it."""
         if self.slot is None:
             return
         directory = jobs_directory()
@@ -246,7 +247,7 @@ class JobSlot:
             if peak_mib:
                 recent = (self._peaks() + [peak_mib])[-self._window():]
                 _write(directory / f"{self.run_id}.peaks", "".join(f"{p:.1f}\n" for p in recent))
-            if not out_of_memory:
+            if ran and not out_of_memory:
                 self._maybe_raise()
         finally:
             unlock(fd)
@@ -357,6 +358,10 @@ class JobSlot:
 
     def release(self) -> None:
         if self.slot is not None:
+            try:  # an admitted trial that never ran (the loop ended): its room is free
+                (jobs_directory() / f"{self.run_id}.busy.{self.slot.index}").unlink()
+            except OSError:
+                pass
             self.slot.release()
             self.slot = None
 

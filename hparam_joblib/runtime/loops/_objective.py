@@ -73,6 +73,8 @@ class Objective:
         self.memory_limited = False
         #: Trials this loop started only after waiting for memory (``n_jobs: auto``).
         self.memory_waits = 0
+        #: ``n_jobs: auto``: memory was found for the next trial (``admit``), not yet used.
+        self.admitted = False
         self.trials_run = 0
         self.warned_multi_report = False
 
@@ -90,6 +92,25 @@ class Objective:
         """Before the next trial, after memory ran out: wait while a closed loop still runs its last."""
         if self.jobs is not None:
             self.jobs.wait_for_room(self.launcher_gone)
+
+    def admit(self) -> None:
+        """``n_jobs: auto``, before a trial is created: wait until memory holds one more trial
+        (``JobSlot.admit``). Raises LauncherGone when the search stopped meanwhile."""
+        if self.jobs is None or not self.task.config.n_jobs_auto or self.admitted:
+            return
+        waited = self.jobs.admit(self.trials.pid if self.trials.alive() else None, self.launcher_gone)
+        if self.launcher_gone():
+            self.unadmit()
+            raise LauncherGone(self.watch.why or "the launcher is gone")
+        self.admitted = True
+        if waited > 0.5:
+            self.memory_waits += 1
+
+    def unadmit(self) -> None:
+        """The admitted trial will not run (no trial was created): give its room back."""
+        if self.jobs is not None and self.task.config.n_jobs_auto:
+            self.jobs.finished(None, ran=False)
+        self.admitted = False
 
     def gone(self, trial: optuna.Trial) -> LauncherGone:
         """The exception that ends this loop, after giving ``trial`` (FAIL) its reason."""
@@ -138,10 +159,8 @@ class Objective:
             trial.report(value, step)
             return trial.should_prune()
 
-        admitted = self.jobs is not None and cfg.n_jobs_auto
-        if (self.jobs is not None and cfg.n_jobs_auto
-                and self.jobs.admit(self.trials.pid if self.trials.alive() else None, self.launcher_gone) > 0.5):
-            self.memory_waits += 1
+        self.admit()  # (done before the trial was created; a trial handed over another way waits here)
+        admitted, self.admitted = self.admitted, False
         if self.jobs is not None:
             self.running_at_start = self.jobs.running()
         outcome: Outcome | None = None

@@ -116,6 +116,8 @@ def _worker_main(task: WorkerTask) -> WorkerReport:
         if task.tracking is not None:
             tracker = TrialLogger(task.tracking)
         objective = Objective(task, storage, trials, watch, None if lease is None else lease.device, tracker, jobs)
+        if cfg.n_jobs_auto:
+            _admit_before_ask(study, objective)
         trials.wait_ready(watch.gone)  # no trial holds a budget slot while the script loads
         if gate is not None:
             gate.release()
@@ -234,6 +236,22 @@ def _only_budgeted_trials(study: optuna.Study, storage: StudyStore) -> None:
         return trial
 
     study.ask = checked_ask  # type: ignore[method-assign]
+
+
+def _admit_before_ask(study: optuna.Study, objective: Objective) -> None:
+    """``n_jobs: auto``: a trial is created only once memory holds it (``Objective.admit``), so
+    no trial sits RUNNING in the study, its clock going, while it waits for memory."""
+    ask = study.ask
+
+    def admitted_ask(*args: Any, **kwargs: Any) -> optuna.Trial:
+        objective.admit()
+        try:
+            return ask(*args, **kwargs)
+        except BaseException:  # no trial (the budget is spent, the launcher gone): give the room back
+            objective.unadmit()
+            raise
+
+    study.ask = admitted_ask  # type: ignore[method-assign]
 
 
 def _deadline(task: WorkerTask) -> float | None:
