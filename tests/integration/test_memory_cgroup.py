@@ -11,6 +11,7 @@ makes that a failure instead (CI).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -169,7 +170,7 @@ def test_auto_runs_what_memory_holds(cgroup: MemoryCgroup, project: Project) -> 
     # (one ran at a time here; the next is created as the last one's memory is freed, just before
     # Optuna records it finished).
     runs = sorted(trials(project.db("exp_auto")), key=lambda t: t["start"])
-    for before, after in zip(runs, runs[1:]):
+    for before, after in itertools.pairwise(runs):
         assert (before["complete"] - after["start"]).total_seconds() < 0.5, runs
     assert "n_jobs=auto " in done.stderr  # the progress bar
     line = next(x for x in done.stdout.splitlines() if x.startswith("  n_jobs auto:"))
@@ -222,3 +223,34 @@ def test_auto_steps_down_then_back_up(cgroup: MemoryCgroup, project: Project) ->
                for x in done.stderr.splitlines()), done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("  n_jobs auto:"))
     assert "out of memory with more at once: lowered to 1, back up to 2 as memory held more" in line, line
+
+
+def test_out_of_memory_is_named_on_a_dask_worker(project: Project) -> None:
+    """The same naming on the Dask backend (a LocalCluster, its workers in the cgroup too): a
+    configuration too big alone is PRUNED as out of memory at the cgroup's limit, the rest of
+    the search goes on, exit 0."""
+    pytest.importorskip("distributed")
+    why = _unavailable()
+    if why:
+        if os.environ.get("HPARAM_JOBLIB_REQUIRE_CGROUP") == "1":
+            pytest.fail(f"HPARAM_JOBLIB_REQUIRE_CGROUP=1 but {why}")
+        pytest.skip(why)
+    group = MemoryCgroup(1500)  # a LocalCluster's scheduler and workers take more than loky's
+    try:
+        project.script.write_text(SCRIPT)
+        project.write_config(search_config(n_trials=3, n_jobs=1, hold=0.3, sampler="{type: random}", backend="dask",
+                                           dask_scheduler="local")
+                             + "  mib: {type: categorical, choices: [50, 1600]}\n"
+                             + "enqueue: [{mib: 50}, {mib: 1600}, {mib: 50}]\n")
+        done = _run_in(group, project, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = sorted(trials(project.db("exp_t")), key=lambda t: t["number"])
+        assert [t["state"] for t in got] == ["COMPLETE", "PRUNED", "COMPLETE"], got
+        reason = got[1]["user_attrs"]["failure_reason"]
+        assert got[1]["user_attrs"]["failure_kind"] == "out_of_memory", reason
+        assert reason.startswith("out of memory: the kernel killed the trial's process at the memory cgroup's "
+                                 "limit of 1500 MiB"), reason
+        assert "this configuration does not fit alone" in reason
+        assert group.oom_kills() >= 1
+    finally:
+        group.remove()
