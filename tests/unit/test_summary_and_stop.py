@@ -113,6 +113,10 @@ def test_tune_names_what_limits_the_recommended_n_jobs() -> None:
     assert memory.startswith("what limits it at n_jobs=2: memory (") and "room for about 2 at once" in memory
     gpus = what_limits(rung(4, 1.0, 0.5, 100), Resources(cores=16, memory_mib=60000, gpus=4))
     assert gpus.startswith("what limits it at n_jobs=4: the GPUs")
+    with_memory = Rung(4, 10, 10.0, 1.0, 100, cpu_per_trial=0.5, gpu_peak_mib=9300)
+    text = what_limits(with_memory, Resources(cores=16, memory_mib=60000, gpus=4, gpu_memory_mib=81559))
+    assert text.startswith("what limits it at n_jobs=4: the GPUs") and \
+        "each trial peaks at 9300 MiB of GPU memory of 81559 MiB per device" in text, text
     idle = what_limits(rung(2, 2.0, 0.05, 100), Resources(cores=2, memory_mib=20000))
     assert "neither cores nor memory: the trials wait on something else" in idle
     assert "unknown" in what_limits(rung(2, 2.0, 0.0, 0.0), Resources(cores=2, memory_mib=None))
