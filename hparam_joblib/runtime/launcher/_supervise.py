@@ -170,7 +170,8 @@ class Supervisor:
         if cfg.n_jobs_auto:
             running = running_trials(self.launch.run_id)
             waiting = waiting_for_memory(self.launch.run_id)
-            self.progress.n_jobs_auto = f"auto {running}" + (f" ({waiting} waiting for memory)" if waiting else "")
+            if running or waiting:  # (between trials, and once all are done, the last count stays)
+                self.progress.n_jobs_auto = f"auto {running}" + (f" ({waiting} waiting for memory)" if waiting else "")
 
     def _handle_deaths(self, news: Poll) -> None:
         """Fail the dead workers' trials, count the deaths (see ``_deaths``)."""
