@@ -61,6 +61,32 @@ def test_each_trial_records_its_cpu_seconds(project: Project) -> None:
     assert not any("peak_gpu_mib" in t["user_attrs"] for t in by_mode.values())
 
 
+CHILD_MEMORY_SCRIPT = '''
+import subprocess, sys
+from hparam_joblib import hparam_search
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    # A child (a DataLoader worker, a preprocessing subprocess) holds the memory, not the trial process.
+    code = ("import time\\nblock = bytearray(%d * 2**20)\\nfor i in range(0, len(block), 4096): block[i] = 1\\n"
+            "time.sleep(1.5)" % config["mib"])
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return 0.0
+
+if __name__ == "__main__":
+    train()
+'''
+
+
+def test_a_trials_peak_memory_counts_its_child_processes(project: Project) -> None:
+    project.script.write_text(CHILD_MEMORY_SCRIPT)
+    project.write_config(search_config(n_jobs=1, n_trials=1, n_startup_trials=None, mib=300))
+    done = project.run()
+    assert done.returncode == 0, done.stderr[-3000:]
+    (t,) = trials(project.db("exp_t"))
+    assert t["user_attrs"]["peak_rss_mib"] >= 300, t["user_attrs"]
+
+
 GPU_SCRIPT = '''
 import time
 import torch

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from hparam_joblib.runtime.trial._funcref import FunctionRef
 from hparam_joblib.runtime.trial._gpu_memory import DeviceMemorySampler
-from hparam_joblib.runtime.trial._memory import MemoryWatch
+from hparam_joblib.runtime.trial._memory import MemoryWatch, tree_mib
 from hparam_joblib.runtime.trial._trial_process import BOOTSTRAP, peak_mib
 
 _POLL_SECONDS = 0.2
@@ -197,6 +197,8 @@ class TrialProcess:
         self.cores_seen = 0
         #: The kernel's out-of-memory counters, read before each trial.
         self.memory = MemoryWatch()
+        #: The most memory the trial process and its children held together, sampled (MiB).
+        self._tree_peak = 0.0
         #: The trial's device memory seen from here (a process given a GPU, with NVML or nvidia-smi).
         self.gpu = DeviceMemorySampler.for_env(self.env)
 
@@ -312,8 +314,12 @@ class TrialProcess:
         self._cpu_start = self._cpu_last = None
         if self.gpu is not None:
             self.gpu.start()
+        self._tree_peak = 0.0
         outcome = self._run(config, trial_number=trial_number, log_path=log_path, timeout=timeout,
                             should_stop=should_stop, on_report=on_report)
+        if self._tree_peak > (outcome.peak_mib or 0.0):  # its children held memory too
+            outcome = dataclasses.replace(outcome, peak_mib=round(self._tree_peak, 1))
+            self.peak_mib = max(self.peak_mib, self._tree_peak)
         sampled = self.gpu.peak if self.gpu is not None else None
         if sampled is not None and outcome.gpu_peak_mib is None:  # PyTorch's own count wins where it has one
             outcome = dataclasses.replace(outcome, gpu_peak_mib=round(sampled, 1))
@@ -391,6 +397,9 @@ class TrialProcess:
                     self._cpu_last = process_cpu_seconds(pid) or self._cpu_last
                     if self.gpu is not None:
                         self.gpu.sample(pid)
+                    tree = tree_mib(pid)
+                    if tree is not None:
+                        self._tree_peak = max(self._tree_peak, tree)
                 if eof or (not self.alive() and not self.conn.poll(0)):
                     return self._died(log_path, pid, seen_peak, loading=not sent)
                 if limit is not None and time.monotonic() - started >= limit:

@@ -13,6 +13,7 @@ Imports no Optuna (the trial side).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +202,51 @@ def rss_mib(pid: int) -> float:
     except (OSError, ValueError, IndexError):
         return 0.0
     return 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started under ``pid`` (children, theirs, ...), from ``/proc/<pid>/task/*/children``
+    ([] where the kernel does not list them)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo and len(found) < 4096:
+        parent = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as fh:
+                    kids = [int(x) for x in fh.read().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
+
+
+def _pss_mib(pid: int) -> float:
+    """A process's proportional share of resident memory (shared pages split among the
+    processes sharing them: a forked DataLoader worker's copy-on-write pages are not counted
+    twice), in MiB; its RSS where ``smaps_rollup`` is not readable; 0 when gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return rss_mib(pid)
+    return rss_mib(pid)
+
+
+def tree_mib(pid: int) -> float | None:
+    """The memory of ``pid`` and every process under it now (DataLoader workers, a subprocess),
+    in MiB, proportional shares summed; None when it has no child (its own peak says it all)."""
+    kids = descendants(pid)
+    if not kids:
+        return None
+    return sum(_pss_mib(p) for p in [pid, *kids])
 
 
 class MemoryWatch:
