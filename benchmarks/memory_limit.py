@@ -9,6 +9,7 @@ status and the wall time; JSON under ``benchmarks/results/``.
 
     python benchmarks/memory_limit.py                          # 3 GiB: n_jobs 2, 4, auto; 12 trials
     python benchmarks/memory_limit.py --limit-mib 3072,2048 --settings 2,4,auto
+    python benchmarks/memory_limit.py --big-trial-mib 4096     # the 3rd trial does not fit even alone
 """
 
 from __future__ import annotations
@@ -60,15 +61,21 @@ sweep_parameters:
   x: {{type: float, low: 0.0, high: 1.0}}
 """
 
+#: With ``--big-trial-mib``: the third trial takes that much (a configuration too big even alone).
+BIG = """  mib: {{type: categorical, choices: [{mib}, {big}]}}
+enqueue: [{{mib: {mib}}}, {{mib: {mib}}}, {{mib: {big}}}]
+"""
 
-def run_once(limit_mib: int, setting: str, trials: int, mib: int, hold: float) -> dict[str, object]:
+
+def run_once(limit_mib: int, setting: str, trials: int, mib: int, hold: float, big: int = 0) -> dict[str, object]:
     scratch = Path(tempfile.mkdtemp(prefix="hj_mem_bench_"))
     group = MemoryCgroup(limit_mib)
     try:
         (scratch / "train.py").write_text(SCRIPT)
         (scratch / "config").mkdir()
         (scratch / "config" / "config.yaml").write_text(
-            CONFIG.format(tag=f"n{setting}", n_jobs=setting, trials=trials, mib=mib, hold=hold))
+            CONFIG.format(tag=f"n{setting}", n_jobs=setting, trials=trials, mib=mib, hold=hold)
+            + (BIG.format(mib=mib, big=big) if big else ""))
         procs = shlex.quote(str(group.path / "cgroup.procs"))
         command = f"echo $$ > {procs} && exec {shlex.quote(sys.executable)} train.py"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -77,16 +84,20 @@ def run_once(limit_mib: int, setting: str, trials: int, mib: int, hold: float) -
                               timeout=1800, check=False)
         wall = time.monotonic() - started
         states: dict[str, int] = {}
+        pruned: list[str] = []
         db = scratch / "optuna_studies" / f"mem_n{setting}.db"
         if db.exists():
             with closing(sqlite3.connect(db)) as conn:
                 for state, count in conn.execute("SELECT state, COUNT(*) FROM trials GROUP BY state"):
                     states[state] = count
+                pruned = [f"PRUNED trial {n}: {json.loads(v)}" for n, v in conn.execute(
+                    "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a USING (trial_id) "
+                    "WHERE t.state = 'PRUNED' AND a.key = 'failure_reason'")]
         lines = done.stdout.splitlines() + done.stderr.splitlines()
         said = [x.strip() for x in lines if "n_jobs auto:" in x or "running at most" in x
                 or "running up to" in x or "fix the code" in x]
         return {"limit_mib": limit_mib, "n_jobs": setting, "exit": done.returncode, "wall_s": round(wall, 1),
-                "states": states, "oom_kills": group.oom_kills(), "said": said[:6]}
+                "states": states, "oom_kills": group.oom_kills(), "said": (pruned + said)[:6]}
     finally:
         group.remove()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -99,6 +110,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--trial-mib", type=int, default=1024)
     parser.add_argument("--hold", type=float, default=1.5)
+    parser.add_argument("--big-trial-mib", type=int, default=0,
+                        help="the third trial allocates this much instead (one configuration too big alone)")
     args = parser.parse_args()
     why = unavailable()
     if why:
@@ -111,12 +124,12 @@ def main() -> int:
     rows = []
     for limit in (int(x) for x in args.limit_mib.split(",")):
         for setting in args.settings.split(","):
-            row = run_once(limit, setting.strip(), args.trials, args.trial_mib, args.hold)
+            row = run_once(limit, setting.strip(), args.trials, args.trial_mib, args.hold, args.big_trial_mib)
             rows.append(row)
             states = ", ".join(f"{k} {v}" for k, v in sorted(row["states"].items()))  # type: ignore[union-attr]
             print(f"{limit:>9}  {setting:>6}  {row['exit']:>4}  {row['wall_s']:>6}  {row['oom_kills']:>9}  {states}")
             for line in row["said"]:  # type: ignore[union-attr]
-                print(f"{'':>11}| {line[:150]}")
+                print(f"{'':>11}| {line[:260]}")
     out = REPO / "benchmarks" / "results" / f"memory_limit_{time.strftime('%Y%m%d_%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"load_average": load, "args": vars(args), "runs": rows}, indent=2))
