@@ -322,3 +322,42 @@ def test_trial_processes_exit_cleanly_at_the_end_and_run_atexit_handlers(project
     assert len(pids) == 2
     ran = {p.name.split("_", 1)[1] for p in project.root.glob("atexit_*")}
     assert pids <= ran  # (the launcher's own atexit file is there too)
+
+
+PROGRAMMATIC = '''
+import signal, sys
+from hparam_joblib import hparam_search
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    return config["x"]
+
+if __name__ == "__main__":
+    mine = lambda signum, frame: None
+    signal.signal(signal.SIGINT, mine)
+    try:
+        train(argv=[])
+    except Exception as err:
+        print("raised:", type(err).__name__, err)
+    print("handler kept:", signal.getsignal(signal.SIGINT) is mine)
+'''
+
+
+def test_a_trial_log_directory_that_cannot_be_made_stops_cleanly(project: Project) -> None:
+    """A file where the trial log directory goes: one line naming it, from the CLI (no traceback)
+    and from Python (the caller's signal handlers as they were, nothing started)."""
+    project.write_config(search_config(n_jobs=2, n_trials=2))
+    (project.root / "optuna_studies").mkdir()
+    (project.root / "optuna_studies" / "exp_t").write_text("in the way\n")
+    project.script.write_text(PROGRAMMATIC)
+    done = project.run()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "raised: StorageError" in done.stdout and "cannot create the trial log directory" in done.stdout, done.stdout
+    assert "handler kept: True" in done.stdout, done.stdout
+    cli = project.root / "cli.py"
+    cli.write_text(PROGRAMMATIC.replace("train(argv=[])", "train()"))
+    done = project.run(script=cli)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "cannot create the trial log directory" in done.stderr, done.stderr
+    assert states(project.db("exp_t")) == {}  # no trial ran
