@@ -85,3 +85,29 @@ def test_a_kill_counted_in_a_cgroup_without_a_limit_is_the_machines(tmp_path: Pa
     before = counters(group)
     (session / "memory.events").write_text("oom 0\noom_kill 1\n")
     assert str(oom_cause(group, before, counters(group))).startswith("the machine's memory")
+
+
+def test_headroom_is_taken_at_the_level_that_has_the_limit(tmp_path: Path) -> None:
+    """A SLURM job's limit sits on the job's cgroup; this process is in a step below it that holds
+    only part of the job's usage: the room is the job's limit less the job's usage, not less the
+    step's (other steps of the job count too)."""
+    from hparam_joblib.runtime.trial._memory import headroom_mib
+
+    root = tmp_path / "cg"
+    job = root / "memory" / "slurm" / "job_7"
+    step = job / "step_0"
+    step.mkdir(parents=True)
+    for d, limit, used in ((root / "memory", 2**63 - 4096, 9 * 2**30), (root / "memory" / "slurm", 2**63 - 4096, 5 * 2**30),
+                           (job, 4 * 2**30, 3 * 2**30), (step, 2**63 - 4096, 1 * 2**30)):
+        (d / "memory.limit_in_bytes").write_text(f"{limit}\n")
+        (d / "memory.usage_in_bytes").write_text(f"{used}\n")
+        (d / "memory.stat").write_text("total_inactive_file 0\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("5:memory:/slurm/job_7/step_0\n0::/\n")
+    group = memory_cgroup(str(proc), root)
+    assert group is not None and limit_mib(group) == 4096
+    available = next(int(x.split()[1]) / 1024 for x in Path("/proc/meminfo").read_text().splitlines()
+                     if x.startswith("MemAvailable:"))  # the machine's own bound, also taken
+    assert headroom_mib(group) == min(1024.0, available)  # 4 GiB limit less the job's 3 GiB (not the step's 1)
+    (job / "memory.stat").write_text("total_inactive_file 536870912\n")  # page cache the kernel reclaims first
+    assert headroom_mib(group) == min(1536.0, available)

@@ -125,18 +125,7 @@ def limit_mib(cgroup: Cgroup | None) -> float | None:
     """The smallest memory limit on this cgroup and those above it, in MiB (None: no limit)."""
     if cgroup is None:
         return None
-    limits: list[int] = []
-    for d in cgroup.dirs:
-        if cgroup.version == 1:
-            value = _read_int(d / "memory.limit_in_bytes")
-        else:
-            try:
-                text = (d / "memory.max").read_text().strip()
-            except OSError:
-                continue
-            value = None if text == "max" else int(text) if text.isdigit() else None
-        if value is not None and value < _NO_LIMIT:
-            limits.append(value)
+    limits = [limit for d in cgroup.dirs if (limit := _dir_limit(cgroup, d)) is not None]
     return min(limits) / 2**20 if limits else None
 
 
@@ -172,18 +161,33 @@ def oom_cause(cgroup: Cgroup | None, before: MemoryCounters, after: MemoryCounte
     return None
 
 
+def _dir_limit(cgroup: Cgroup, d: Path) -> int | None:
+    """The memory limit set on one cgroup directory, in bytes (None: none there)."""
+    if cgroup.version == 1:
+        value = _read_int(d / "memory.limit_in_bytes")
+    else:
+        try:
+            text = (d / "memory.max").read_text().strip()
+        except OSError:
+            return None
+        value = int(text) if text.isdigit() else None
+    return value if value is not None and value < _NO_LIMIT else None
+
+
 def headroom_mib(cgroup: Cgroup | None) -> float | None:
-    """Memory that one more trial could still take, in MiB: the cgroup's limit less its usage
-    (less the page cache the kernel would reclaim first), or the machine's ``MemAvailable``,
-    whichever is smaller; None when neither is readable."""
+    """Memory that one more trial could still take, in MiB: at each level of the cgroup that has
+    a limit (a SLURM job's limit sits above its step's and task's cgroups, which hold only part of
+    its usage), the limit less that level's usage (less the page cache the kernel would reclaim
+    first); and the machine's ``MemAvailable``; the smallest of them. None when none is readable."""
     room: list[float] = []
-    limit = limit_mib(cgroup)
-    if cgroup is not None and limit is not None:
-        own = cgroup.dirs[0]
-        used = _read_int(own / ("memory.usage_in_bytes" if cgroup.version == 1 else "memory.current"))
-        cache = _keyed(own / "memory.stat", "total_inactive_file" if cgroup.version == 1 else "inactive_file")
-        if used is not None:
-            room.append(limit - (used - (cache or 0)) / 2**20)
+    if cgroup is not None:
+        usage, inactive = ("memory.usage_in_bytes", "total_inactive_file") if cgroup.version == 1 \
+            else ("memory.current", "inactive_file")
+        for d in cgroup.dirs:
+            limit = _dir_limit(cgroup, d)
+            used = _read_int(d / usage)
+            if limit is not None and used is not None:
+                room.append((limit - (used - (_keyed(d / "memory.stat", inactive) or 0))) / 2**20)
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
