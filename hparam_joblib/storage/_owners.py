@@ -5,6 +5,7 @@ whose heartbeat went silent.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
@@ -160,6 +161,21 @@ def reap_stale(storage: StudyStore, study_id: int) -> list[int]:
 
 #: Ownerless trials already reported by this process (warned once, not at every poll).
 _OWNERLESS_NAMED: set[tuple[str, int]] = set()
+#: A queued trial a loop has just taken over is RUNNING for a moment before its owner record is
+#: written: an ownerless trial younger than this is left alone.
+OWNERLESS_GRACE_SECONDS = 30.0
+
+
+def _just_started(storage: StudyStore, trial_id: int) -> bool:
+    """Did the RUNNING trial start less than :data:`OWNERLESS_GRACE_SECONDS` ago?"""
+    try:
+        started = storage.get_trial(trial_id).datetime_start
+    except Exception:  # noqa: BLE001 - gone meanwhile: nothing to reap
+        return True
+    if started is None:
+        return False
+    now = datetime.datetime.now(started.tzinfo) if started.tzinfo else datetime.datetime.now()
+    return (now - started).total_seconds() < OWNERLESS_GRACE_SECONDS
 
 
 def reap_ownerless(storage: StudyStore, study_id: int, trials: list[tuple[int, int]]) -> list[int]:
@@ -170,6 +186,8 @@ def reap_ownerless(storage: StudyStore, study_id: int, trials: list[tuple[int, i
     reaped: list[int] = []
     where = storage.location.kind
     for trial_id, number in trials:
+        if _just_started(storage, trial_id):  # a queued trial being taken over by one of our loops
+            continue
         holders = file_holders(storage.db_path, storage.family) if where == "sqlite" else []
         if where == "sqlite" and not holders:
             why = ("RUNNING with no owner record (not started by hparam_joblib, e.g. a plain Optuna "
