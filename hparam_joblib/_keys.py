@@ -55,6 +55,9 @@ PEAK_GPU_MIB_KEY = "peak_gpu_mib"
 #: Trial user attr: CPU seconds the trial used (its process and reaped children, user + system).
 CPU_SECONDS_KEY = "cpu_seconds"
 TRIAL_PID_KEY = "trial_pid"
+#: Trial user attr: the number of the trial whose configuration this one runs again (that one was
+#: killed for memory beside other trials: not the configuration's fault).
+RERUN_OF_KEY = "rerun_of"
 
 # --- Values stored under FAILURE_KIND_KEY ---------------------------------------------------------
 ERROR = "error"

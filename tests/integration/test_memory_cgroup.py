@@ -107,6 +107,13 @@ def test_too_many_at_once_are_rerun_with_fewer(cgroup: MemoryCgroup, project: Pr
         assert reason.startswith(f"out of memory: the kernel killed the trial's process at the memory "
                                  f"cgroup's limit of {LIMIT_MIB} MiB"), reason
         assert "its peak" in reason and "running beside it; it will be re-run" in reason, reason
+    # Re-run means the same configuration runs again (not a new one in its place).
+    by_number = {t["number"]: t for t in got}
+    reruns = [t for t in got if "rerun_of" in t["user_attrs"]]
+    assert reruns, got
+    for t in reruns:
+        killed = by_number[t["user_attrs"]["rerun_of"]]
+        assert killed["state"] == "FAIL" and killed["params"] == t["params"], (killed, t)
     lowered = [line for line in done.stderr.splitlines() if "from now on" in line]
     assert lowered and all("out of memory with" in line and "running at most" in line for line in lowered)
     assert "out of memory beside other trials (FAIL, not counted, re-run)" in done.stdout

@@ -33,6 +33,7 @@ CONTRACT = {
     "PEAK_GPU_MIB_KEY": "peak_gpu_mib",
     "CPU_SECONDS_KEY": "cpu_seconds",
     "TRIAL_PID_KEY": "trial_pid",
+    "RERUN_OF_KEY": "rerun_of",
     "ERROR": "error",
     "PRUNER": "pruner",
     "TIMEOUT": "timeout",

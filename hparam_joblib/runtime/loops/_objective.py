@@ -46,8 +46,11 @@ class MemoryRetry(Exception):
     """A trial was killed for memory while others ran beside it: it is FAIL (re-run, not counted)
     and the loop goes on, unless its job slot closed."""
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, number: int = -1, params: dict[str, Any] | None = None) -> None:
         super().__init__(why)
+        #: The killed trial's number and configuration (queued to run again, ``_worker._requeue``).
+        self.number = number
+        self.params = dict(params or {})
         # Raised through study.optimize, which would log it with a traceback; we say it once.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -246,7 +249,7 @@ class Objective:
                     "%s", running, trial.number, outcome.out_of_memory, lowered,
                     "until memory holds more (n_jobs: auto)" if self.jobs.auto else "from now on",
                 )
-        raise MemoryRetry(reason)
+        raise MemoryRetry(reason, trial.number, trial.params)
 
 
 def _fit_directions(value: float | list[float], n: int) -> tuple[float | list[float] | None, str]:

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,7 +29,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from hparam_joblib._errors import HparamError, UpgradeError
-from hparam_joblib._keys import FAILURE_REASON_KEY
+from hparam_joblib._keys import FAILURE_REASON_KEY, OWNER_KEY, RERUN_OF_KEY
 from hparam_joblib._logging import set_verbosity
 from hparam_joblib._logging import setup as setup_logging
 from hparam_joblib.config._algorithms import build, worker_seed
@@ -51,6 +52,7 @@ from hparam_joblib.storage import (
     n_finished,
     n_taken,
     open_storage,
+    owner_record,
     reap_dead_owners,
 )
 
@@ -182,7 +184,7 @@ def _load_study(task: WorkerTask, storage: StudyStore) -> optuna.Study:
         study_name=cfg.study_name, storage=cast(BaseStorage, storage),
         sampler=_sampler(cfg, task.worker_index, task.trials_before, task.launch_number), pruner=build(cfg.pruner),
     )
-    _skip_empty_waiting_reads(study, storage)
+    _skip_empty_waiting_reads(study, storage, task.run_id)
     _only_budgeted_trials(study, storage)
     return study
 
@@ -196,7 +198,7 @@ def _sampler(
     return sampler
 
 
-def _skip_empty_waiting_reads(study: optuna.Study, storage: StudyStore) -> None:
+def _skip_empty_waiting_reads(study: optuna.Study, storage: StudyStore, run_id: str) -> None:
     """Optuna's ``ask()`` first looks for an enqueued (WAITING) trial by reading every unfinished
     and new trial of the study (through its cache: ~6 queries), on every trial; most studies
     never enqueue one. An index lookup answers "none" first (a study with ``enqueue:`` entries
@@ -208,6 +210,10 @@ def _skip_empty_waiting_reads(study: optuna.Study, storage: StudyStore) -> None:
         popped = pop() if storage.has_waiting(study_id) else None
         if popped is not None:  # taken over, not created: checked_ask lets it through
             storage.popped_trial_ids.add(popped)
+            # Owned at once (the objective would write it only after sampling): an ownerless
+            # RUNNING trial looks abandoned to the reapers (``storage/_owners``).
+            storage.set_trial_system_attr(popped, OWNER_KEY, owner_record(run_id))
+            storage.created_trial_ids.add(popped)
         return popped
 
     study._pop_waiting_trial_id = pop_if_any  # type: ignore[method-assign]
@@ -254,6 +260,21 @@ def _admit_before_ask(study: optuna.Study, objective: Objective) -> None:
     study.ask = admitted_ask  # type: ignore[method-assign]
 
 
+def _requeue(study: optuna.Study, retry: MemoryRetry) -> None:
+    """Queue the configuration of a trial killed for memory beside others to run again (first,
+    like an ``enqueue`` entry; the new trial's user attr ``rerun_of`` names the killed one). The
+    killed trial is FAIL, so its budget slot is free; when another loop took that slot first (the
+    budget's last trials), the configuration is not run again and a new one is not either."""
+    if not retry.params:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.enqueue_trial(retry.params, user_attrs={RERUN_OF_KEY: retry.number})
+    except BudgetExhausted:
+        logger.info("trial %d's configuration is not run again: every trial of the budget is taken", retry.number)
+
+
 def _deadline(task: WorkerTask) -> float | None:
     """``time.time()`` after which this loop starts no trial: the stop rule's, or the end of its
     ``run_seconds`` counted from now (the trial process is ready)."""
@@ -275,7 +296,8 @@ def _loop(task: WorkerTask, storage: StudyStore, study: optuna.Study, objective:
             try:
                 if _optimize(study, objective, deadline):  # deadline passed / a stop rule fired
                     break
-            except MemoryRetry:  # the trial is FAIL (re-run); go on unless this loop's slot closed
+            except MemoryRetry as retry:  # the trial is FAIL; its configuration runs again
+                _requeue(study, retry)
                 if not objective.slot_closed():
                     objective.wait_for_room()
                 continue
