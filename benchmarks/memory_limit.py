@@ -39,7 +39,8 @@ from hparam_joblib import hparam_search
 
 @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
 def train(config):
-    block = bytearray(config["mib"] * 2**20)
+    big = config.get("big_mib") and config["x"] == config["big_x"]  # the one configuration too big alone
+    block = bytearray((config["big_mib"] if big else config["mib"]) * 2**20)
     for i in range(0, len(block), 4096):  # every page resident: charged to the cgroup
         block[i] = 1
     time.sleep(config["hold"])
@@ -61,9 +62,11 @@ sweep_parameters:
   x: {{type: float, low: 0.0, high: 1.0}}
 """
 
-#: With ``--big-trial-mib``: the third trial takes that much (a configuration too big even alone).
-BIG = """  mib: {{type: categorical, choices: [{mib}, {big}]}}
-enqueue: [{{mib: {mib}}}, {{mib: {mib}}}, {{mib: {big}}}]
+#: With ``--big-trial-mib``: the third configuration (x = 0.123456, re-runs included) takes that
+#: much, a configuration too big even alone; random sampling never draws that x again.
+BIG = """big_mib: {big}
+big_x: 0.123456
+enqueue: [{{x: 0.5}}, {{x: 0.6}}, {{x: 0.123456}}]
 """
 
 
