@@ -129,8 +129,6 @@ class JobSlot:
         self.n_jobs = n_jobs
         self.auto = auto
         self.slot: Slot | None = None
-        #: ``n_jobs: auto``: the last line said about the open count rising (for the worker's log).
-        self.raised_to: int | None = None
         #: Before any peak: the oldest running trial's pid, resident MiB and when that was read.
         self._probe: tuple[int, float, float] | None = None
 
@@ -283,9 +281,19 @@ class JobSlot:
         if room - reserve - idle_open * peak < peak * MARGIN + MARGIN_MIB:
             _write(since_file, f"{since}\n")
             return
-        if _write(_count_file(self.run_id), f"{open_now + 1}\n"):
+        try:
+            fd = open_lock_file(shared_directory(jobs_directory()) / f"{self.run_id}.jobs.lock", 0o666)
+        except OSError:
+            return
+        try:  # under the lock a step down takes: one happening now wins
+            lock(fd)
+            raised = open_slots(self.run_id, self.n_jobs) == open_now and \
+                _write(_count_file(self.run_id), f"{open_now + 1}\n")
+        finally:
+            unlock(fd)
+            os.close(fd)
+        if raised:
             _write(since_file, "0\n")
-            self.raised_to = open_now + 1
             logger.warning("memory holds one more trial (recent trial peak %.0f MiB, %.0f MiB free): "
                            "running up to %d at once again", peak, room, open_now + 1)
 
