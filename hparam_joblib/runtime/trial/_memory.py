@@ -197,15 +197,22 @@ def headroom_mib(cgroup: Cgroup | None) -> float | None:
     return min(room) if room else None
 
 
+def proc_mib(pid: int | str, name: str, key: str) -> float | None:
+    """The ``key:`` line of ``/proc/<pid>/<name>`` (``status``, ``smaps_rollup``: a number of
+    kB), in MiB; None when the process is gone or the line is not there."""
+    try:
+        with open(f"/proc/{pid}/{name}") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def rss_mib(pid: int) -> float:
     """A process's resident memory now, in MiB (0 when gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return 0.0
+    return proc_mib(pid, "status", "VmRSS") or 0.0
 
 
 def descendants(pid: int) -> list[int]:
@@ -234,14 +241,8 @@ def _pss_mib(pid: int) -> float:
     """A process's proportional share of resident memory (shared pages split among the
     processes sharing them: a forked DataLoader worker's copy-on-write pages are not counted
     twice), in MiB; its RSS where ``smaps_rollup`` is not readable; 0 when gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return rss_mib(pid)
-    return rss_mib(pid)
+    pss = proc_mib(pid, "smaps_rollup", "Pss")
+    return pss if pss is not None else rss_mib(pid)
 
 
 def tree_mib(pid: int) -> float | None:

@@ -37,6 +37,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from hparam_joblib.runtime.trial._gpu_memory import reset_torch_peak, torch_peak_mib
+from hparam_joblib.runtime.trial._memory import proc_mib
 
 #: Set in a trial process (read by ``@hparam_search`` to refuse a search started at import time).
 IN_TRIAL_PROCESS_ENV = "HPARAM_JOBLIB_TRIAL_PROCESS"
@@ -138,14 +139,7 @@ def _reset_peak_memory() -> None:
 
 def peak_mib(pid: int | str = "self") -> float | None:
     """VmHWM of a process in MiB (None when unknown)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return proc_mib(pid, "status", "VmHWM")
 
 
 def _thread_ticks() -> dict[str, int]:
