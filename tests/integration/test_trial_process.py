@@ -293,7 +293,7 @@ def test_search_started_at_import_time_fails_clearly(project: Project) -> None:
 
 
 ATEXIT_SCRIPT = '''
-import atexit, os
+import atexit, os, time
 from hparam_joblib import hparam_search
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -303,6 +303,7 @@ atexit.register(lambda: open(os.path.join(HERE, f"atexit_{os.getpid()}"), "w").c
 def train(config):
     with open(os.path.join(HERE, "trial_pids.txt"), "a") as fh:
         fh.write(f"{os.getpid()}\\n")
+    time.sleep(0.3)  # long enough that both loops get trials on a quiet machine
     return config["x"]
 
 if __name__ == "__main__":
@@ -319,7 +320,9 @@ def test_trial_processes_exit_cleanly_at_the_end_and_run_atexit_handlers(project
     assert done.returncode == 0, done.stderr
     assert states(project.db("exp_t")) == {"COMPLETE": 6}
     pids = set((project.root / "trial_pids.txt").read_text().split())
-    assert len(pids) == 2
+    # Two trial processes normally; on a loaded machine a loop that started late may find every
+    # trial taken (CI on 2 cores saw it once): each process that ran a trial must have exited cleanly.
+    assert 1 <= len(pids) <= 2, pids
     ran = {p.name.split("_", 1)[1] for p in project.root.glob("atexit_*")}
     assert pids <= ran  # (the launcher's own atexit file is there too)
 
